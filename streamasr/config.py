@@ -1,0 +1,70 @@
+"""Frozen configuration dataclasses: every tunable default of the engine lives here, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    aggressiveness: int = (
+        2  # webrtcvad mode, 0 (least) .. 3 (most aggressive at rejecting non-speech)
+    )
+    frame_ms: int = 30  # webrtcvad frame length: 10, 20 or 30
+    start_ms: int = 90  # voiced audio needed inside `start_window_ms` to open an utterance
+    start_window_ms: int = 150  # sliding window for the start decision
+    stop_ms: int = 450  # unvoiced audio that closes an utterance
+    preroll_ms: int = 300  # audio kept before the detected start (catches soft onsets)
+    max_utterance_ms: int = 25_000  # longer speech is cut at its quietest point
+    min_cut_ms: int = 5_000  # never cut an utterance shorter than this when cutting at max length
+
+    def __post_init__(self) -> None:
+        if self.aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"VAD aggressiveness must be 0..3, got {self.aggressiveness}")
+        if self.frame_ms not in (10, 20, 30):
+            raise ValueError(f"VAD frame_ms must be 10, 20 or 30, got {self.frame_ms}")
+        if self.start_ms > self.start_window_ms:
+            raise ValueError("VAD start_ms cannot exceed start_window_ms")
+        if not 0 < self.min_cut_ms < self.max_utterance_ms <= 30_000:
+            raise ValueError("VAD needs 0 < min_cut_ms < max_utterance_ms <= 30000")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_new_tokens: int = 128  # per window; a 30 s window rarely holds more than ~100 tokens
+    max_tokens_per_second: float = 8.0  # and at most this many per second of audio (+8): speech
+    # runs at ~4 tokens/s, so a longer run is a loop that would waste the step's compute
+    condition_on_previous: bool = True  # prompt with the text of previous finals
+    prompt_tokens: int = 64  # at most this many tokens of previous text in the prompt
+    no_speech_threshold: float = 0.6  # drop a window whose no-speech probability is above this ...
+    logprob_threshold: float = -1.0  # ... and whose mean token log-probability is below this
+    compression_ratio_threshold: float = 2.4  # above this the text is a repetition loop: drop it
+    max_repeat_ngram: int = (
+        16  # stop decoding at a loop of an n-gram up to this size (see whisper.py)
+    )
+    word_timestamps: bool = True  # cross-attention DTW word timing on finals
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    step_ms: int = 500  # re-decode the hypothesis after this much new speech audio
+    min_first_ms: int = 600  # audio needed before the first partial (shorter ones hallucinate)
+    encode_window: str = "utterance"  # "utterance": encode the utterance plus `window_pad_ms` of
+    # silence (fast); "full": pad every window to 30 s as Whisper was trained (offline-exact, slow)
+    window_pad_ms: int = 1000  # silence after the utterance in "utterance" mode
+    final_keeps_stable: bool = False  # True: the final continues the committed prefix (cheaper);
+    # False: the final is a free decode of the whole utterance (more accurate, may revise it)
+    partials: bool = True  # emit transcript.partial events
+    agreement: int = 2  # LocalAgreement-n: a word is stable once n consecutive hypotheses agree
+    vad: VadConfig = field(default_factory=VadConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self) -> None:
+        if self.step_ms < 50:
+            raise ValueError(f"step_ms must be at least 50, got {self.step_ms}")
+        if self.agreement < 1:
+            raise ValueError("agreement must be at least 1")
+        if self.encode_window not in ("utterance", "full"):
+            raise ValueError(
+                f"encode_window must be 'utterance' or 'full', got {self.encode_window!r}"
+            )

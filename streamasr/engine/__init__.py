@@ -1,0 +1,1 @@
+"""The sans-I/O streaming engine: sessions, stabilisation and decoder state."""

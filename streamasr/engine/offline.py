@@ -1,0 +1,48 @@
+"""Offline decoding of a whole recording on a fixed grid of 30 s windows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamasr.config import DecodeConfig
+from streamasr.events import TranscriptFinal, Word
+from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.base import AsrModel, looks_like_hallucination
+
+
+def transcribe_offline(
+    model: AsrModel, audio: np.ndarray, options: DecodeConfig | None = None
+) -> list[TranscriptFinal]:
+    """Decode `audio` (16 kHz mono) window by window, prompting each with the text before it."""
+    opts = options or DecodeConfig()
+    spec = model.features
+    window = spec.window_frames * spec.hop_samples
+    mel = LogMelBuffer(n_mels=spec.n_mels)
+    context: list[int] = []
+    finals: list[TranscriptFinal] = []
+    for seg, start in enumerate(range(0, len(audio), window)):
+        chunk = audio[start : start + window]
+        if len(chunk) < 2 * spec.hop_samples:
+            break
+        mel.reset()
+        mel.append(chunk)
+        result = model.transcribe(
+            mel.features(pad_to_frames=spec.window_frames),
+            num_frames=mel.num_frames,
+            prompt=context,
+            options=opts,
+            word_timestamps=opts.word_timestamps,
+        )
+        if looks_like_hallucination(result, opts):
+            continue
+        text = result.text.strip()
+        if not text:
+            continue
+        end = start + len(chunk)
+        words = tuple(
+            Word(w.word, start + w.start_sample, min(end, start + w.end_sample), w.probability)
+            for w in result.words
+        )
+        finals.append(TranscriptFinal(seg, text, start, end, words))
+        context = (context + list(result.tokens))[-opts.prompt_tokens :]
+    return finals

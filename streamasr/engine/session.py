@@ -1,0 +1,205 @@
+"""A sans-I/O streaming session: 16 kHz samples in, speech and transcript events out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamasr import SAMPLE_RATE
+from streamasr.audio.ring import SampleRing
+from streamasr.config import SessionConfig
+from streamasr.engine.stabilizer import Stabilizer
+from streamasr.events import (
+    Event,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptFinal,
+    TranscriptPartial,
+    Word,
+)
+from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.base import AsrModel, DecodeResult, looks_like_hallucination
+from streamasr.vad.segmenter import UtteranceEnd, UtteranceStart, VadSegmenter
+
+HOP = 160
+RING_SECONDS = 40  # > longest utterance (30 s) + pre-roll + the VAD's decision lag
+
+
+@dataclass
+class _Utterance:
+    segment_id: int
+    start_sample: int
+    mel_end: int  # absolute sample up to which audio is in the mel buffer
+    stabilizer: Stabilizer
+    decoded_at: int = -1  # mel_end at the last partial decode
+    partial_text: str = ""  # text of the last partial sent
+
+
+class Session:
+    """One audio stream. Feed it 16 kHz float32 mono samples; it returns events.
+
+    The model is shared and stateless; everything per-stream lives here. Calls are synchronous:
+    a decode happens inside `feed` when enough new speech has arrived.
+    """
+
+    def __init__(self, model: AsrModel, config: SessionConfig | None = None) -> None:
+        self.model = model
+        self.config = config or SessionConfig()
+        self._vad = VadSegmenter(self.config.vad)
+        self._ring = SampleRing(max_samples=RING_SECONDS * SAMPLE_RATE)
+        self._mel = LogMelBuffer(n_mels=model.features.n_mels)
+        self._utt: _Utterance | None = None
+        self._next_segment = 0
+        self._context: list[int] = []  # tokens of previous finals, the decoder prompt
+        self._closed = False
+
+    @property
+    def position(self) -> int:
+        """Samples received so far: the stream clock."""
+        return self._ring.end_sample
+
+    # ---------------------------------------------------------------- public
+    def feed(self, samples: np.ndarray) -> list[Event]:
+        if self._closed:
+            raise RuntimeError("session is closed")
+        x = np.asarray(samples)
+        if x.ndim != 1:
+            raise ValueError(f"samples must be 1-D mono, got shape {x.shape}")
+        if x.size == 0:
+            return []
+        x = x.astype(np.float32, copy=False)
+        self._ring.append(x)
+        events = self._on_vad(self._vad.feed(x))
+        events += self._maybe_partial()
+        return events
+
+    def flush(self) -> list[Event]:
+        """Finalise pending speech now; the session keeps going."""
+        if self._closed:
+            return []
+        return self._on_vad(self._vad.flush())
+
+    def close(self) -> list[Event]:
+        events = self.flush()
+        self._closed = True
+        return events
+
+    # ---------------------------------------------------------------- internals
+    def _on_vad(self, vad_events: list[UtteranceStart | UtteranceEnd]) -> list[Event]:
+        events: list[Event] = []
+        for ev in vad_events:
+            if isinstance(ev, UtteranceStart):
+                events += self._open(ev.start_sample)
+            else:
+                events += self._finish(ev.end_sample)
+        return events
+
+    def _open(self, start_sample: int) -> list[Event]:
+        start = max(start_sample, self._ring.start_sample)
+        self._mel.reset()
+        self._utt = _Utterance(
+            segment_id=self._next_segment,
+            start_sample=start,
+            mel_end=start,
+            stabilizer=Stabilizer(self.config.agreement, self._starts_word),
+        )
+        self._next_segment += 1
+        return [SpeechStarted(start)]
+
+    def _advance_mel(self, utt: _Utterance, end_sample: int) -> None:
+        if end_sample < utt.mel_end:  # the VAD closed the utterance before audio we already took
+            self._mel.reset()
+            utt.mel_end = utt.start_sample
+        if end_sample > utt.mel_end:
+            self._mel.append(self._ring.slice(utt.mel_end, end_sample))
+            utt.mel_end = end_sample
+
+    def _maybe_partial(self) -> list[Event]:
+        utt = self._utt
+        if utt is None:
+            return []
+        self._advance_mel(utt, self._ring.end_sample)
+        step = self.config.step_ms * SAMPLE_RATE // 1000
+        min_first = self.config.min_first_ms * SAMPLE_RATE // 1000
+        if utt.mel_end - utt.start_sample < min_first:
+            return []
+        if utt.decoded_at >= 0 and utt.mel_end - utt.decoded_at < step:
+            return []
+        utt.decoded_at = utt.mel_end
+        result = self._decode(prefix=list(utt.stabilizer.committed), words=False)
+        tokens = result.tokens if self._keep(result) else utt.stabilizer.committed
+        committed = utt.stabilizer.update(tokens)
+        text = self._text(tokens)
+        if not self.config.partials or (not text and not utt.partial_text):
+            return []
+        utt.partial_text = text
+        return [
+            TranscriptPartial(
+                segment_id=utt.segment_id,
+                text=text,
+                stable_text=self._text(committed),
+                start_sample=utt.start_sample,
+                end_sample=utt.mel_end,
+            )
+        ]
+
+    def _finish(self, end_sample: int) -> list[Event]:
+        utt = self._utt
+        if utt is None:
+            return []
+        self._utt = None
+        end = max(end_sample, utt.start_sample)
+        self._advance_mel(utt, end)
+        events: list[Event] = [SpeechStopped(end)]
+        if utt.mel_end - utt.start_sample < HOP * 2:
+            return events
+        committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
+        result = self._decode(prefix=list(committed), words=True)
+        if not self._keep(result):
+            result = DecodeResult((), "", 0.0, 1.0, 0.0)
+        text = self._text(result.tokens)
+        if text or utt.partial_text:
+            words = tuple(
+                Word(
+                    w.word,
+                    utt.start_sample + w.start_sample,
+                    min(end, utt.start_sample + w.end_sample),
+                    w.probability,
+                )
+                for w in result.words
+            )
+            events.append(TranscriptFinal(utt.segment_id, text, utt.start_sample, end, words))
+        if text:
+            self._context = (self._context + list(result.tokens))[
+                -self.config.decode.prompt_tokens :
+            ]
+        return events
+
+    def _decode(self, *, prefix: list[int], words: bool) -> DecodeResult:
+        spec = self.model.features
+        num_frames = self._mel.num_frames
+        if self.config.encode_window == "full":
+            pad_to = spec.window_frames
+        else:
+            covered = -(-self._mel.num_samples // spec.hop_samples)
+            pad_to = covered + self.config.window_pad_ms // 10
+            pad_to = min(spec.window_frames, pad_to + pad_to % 2)
+        feats = self._mel.features(pad_to_frames=pad_to)
+        return self.model.transcribe(
+            feats,
+            num_frames=num_frames,
+            prompt=self._context,
+            options=self.config.decode,
+            word_timestamps=words and self.config.decode.word_timestamps,
+            prefix=prefix,
+        )
+
+    def _keep(self, r: DecodeResult) -> bool:
+        return not looks_like_hallucination(r, self.config.decode)
+
+    def _text(self, tokens: tuple[int, ...] | list[int]) -> str:
+        return self.model.decode_tokens(list(tokens)).strip()
+
+    def _starts_word(self, token: int) -> bool:
+        return self.model.decode_tokens([token]).startswith(" ")

@@ -1,0 +1,101 @@
+"""Typed transcript events and their JSON form: sample indices inside, seconds on the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamasr import SAMPLE_RATE
+
+
+def seconds(sample: int) -> float:
+    """Sample index on the engine clock to seconds from stream start, rounded for the wire."""
+    return round(sample / SAMPLE_RATE, 3)
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str  # the word as decoded, with its leading space if any
+    start_sample: int
+    end_sample: int
+    probability: float  # mean probability of the word's tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "word": self.word,
+            "start": seconds(self.start_sample),
+            "end": seconds(self.end_sample),
+            "probability": round(self.probability, 4),
+        }
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    sample: int  # first sample of the utterance, pre-roll included
+    type: str = field(default="speech.started", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "t": seconds(self.sample)}
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    sample: int  # end of the last voiced frame of the utterance
+    type: str = field(default="speech.stopped", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "t": seconds(self.sample)}
+
+
+@dataclass(frozen=True)
+class TranscriptPartial:
+    segment_id: int
+    text: str  # the whole current hypothesis of the segment
+    stable_text: str  # the prefix of `text` the stabilizer has committed
+    start_sample: int
+    end_sample: int
+    type: str = field(default="transcript.partial", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "segment_id": self.segment_id,
+            "text": self.text,
+            "stable_text": self.stable_text,
+            "start": seconds(self.start_sample),
+            "end": seconds(self.end_sample),
+        }
+
+
+@dataclass(frozen=True)
+class TranscriptFinal:
+    segment_id: int
+    text: str
+    start_sample: int
+    end_sample: int
+    words: tuple[Word, ...] = ()
+    type: str = field(default="transcript.final", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "segment_id": self.segment_id,
+            "text": self.text,
+            "start": seconds(self.start_sample),
+            "end": seconds(self.end_sample),
+            "words": [w.to_dict() for w in self.words],
+        }
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    code: str  # stable machine-readable code, e.g. "bad_audio"
+    message: str
+    fatal: bool = False
+    type: str = field(default="error", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "code": self.code, "message": self.message, "fatal": self.fatal}
+
+
+Event = SpeechStarted | SpeechStopped | TranscriptPartial | TranscriptFinal | ErrorEvent

@@ -1,0 +1,1 @@
+"""Model input features: the incremental Whisper log-mel spectrogram of one segment."""

@@ -1,0 +1,1 @@
+"""Model adapters (Whisper, GLM-ASR, Tiny Audio), weight conversion and model resolution."""

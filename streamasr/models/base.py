@@ -1,0 +1,81 @@
+"""The model-adapter interface of the engine: features in; tokens, text and word timings out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from streamasr.config import DecodeConfig
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    word: str  # decoded text of the word, leading space kept
+    start_sample: int  # relative to the first sample of the decoded window
+    end_sample: int
+    probability: float  # mean probability of the word's tokens
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    tokens: tuple[int, ...]  # text tokens only, no prompt or special tokens
+    text: str
+    avg_logprob: float  # sum of token log-probabilities (end token included) / (len + 1)
+    no_speech_prob: float  # probability of the no-speech token at the start of the transcript
+    compression_ratio: float  # len(text bytes) / len(zlib(text bytes)); loops compress well
+    words: tuple[WordTiming, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.text.strip()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    n_mels: int  # log-mel bins the model's front end expects
+    window_frames: int  # frames in one model window (3000 = 30 s at 10 ms)
+    hop_samples: int = 160
+
+
+class AsrModel(Protocol):
+    """A loaded model shared by every session; it must hold no per-session state."""
+
+    name: str
+    features: FeatureSpec
+
+    def transcribe(
+        self,
+        features: np.ndarray,
+        *,
+        num_frames: int,
+        prompt: list[int],
+        options: DecodeConfig,
+        word_timestamps: bool,
+        prefix: list[int] | None = None,
+    ) -> DecodeResult:
+        """Decode one window of normalised log-mel `features` (n_mels, T).
+
+        `num_frames` counts the frames that hold real audio (the rest is padding); `prompt` is
+        previous text as tokens, used as context only; `prefix` is forced as the first tokens
+        of the transcript (and is part of the result).
+        """
+        ...
+
+    def decode_tokens(self, tokens: list[int]) -> str:
+        """Tokens to text, special tokens dropped."""
+        ...
+
+    def encode_text(self, text: str) -> list[int]:
+        """Text to tokens, for prompting with previous text."""
+        ...
+
+
+def looks_like_hallucination(result: DecodeResult, options: DecodeConfig) -> bool:
+    """Whisper's own gate: silence-like (no-speech and low confidence) or looping text."""
+    silent = (
+        result.no_speech_prob > options.no_speech_threshold
+        and result.avg_logprob < options.logprob_threshold
+    )
+    return silent or result.compression_ratio > options.compression_ratio_threshold

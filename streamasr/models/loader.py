@@ -1,0 +1,32 @@
+"""Turn a `--model` value into a loaded model adapter; the family comes from the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streamasr.errors import ModelFormatError
+from streamasr.models.base import AsrModel
+from streamasr.models.resolve import resolve_model_dir
+
+DEFAULT_MODEL = "tiny.en"
+
+
+def model_family(model_dir: Path) -> str:
+    """The `model_type` of a transformers-format dir, e.g. 'whisper'."""
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{model_dir}/config.json is missing or not JSON: {exc}") from exc
+    return str(cfg.get("model_type", ""))
+
+
+def load_model(spec: str = DEFAULT_MODEL) -> AsrModel:
+    """Resolve `spec` (a name, a dir or a hub id) and load it with the adapter of its family."""
+    model_dir = resolve_model_dir(spec)
+    family = model_family(model_dir)
+    if family == "whisper":
+        from streamasr.models.whisper import WhisperModel
+
+        return WhisperModel.from_dir(model_dir, name=spec)
+    raise ModelFormatError(f"{spec}: model family {family!r} is not supported (supported: whisper)")

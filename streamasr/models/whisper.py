@@ -1,0 +1,389 @@
+"""Whisper adapter: transformers weights, our own forward, KV-cached greedy decoding."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamasr.config import DecodeConfig
+from streamasr.engine.kv_cache import KVCache
+from streamasr.errors import ModelFormatError
+from streamasr.models.base import DecodeResult, FeatureSpec, WordTiming
+from streamasr.models.timing import alignment_matrix, split_words, word_boundaries
+
+ENCODER_FRAME_SAMPLES = 320  # one encoder frame = 2 mel frames = 20 ms
+
+
+@dataclass(frozen=True)
+class WhisperTokens:
+    eot: int
+    sot: int
+    sot_prev: int
+    no_speech: int
+    no_timestamps: int
+    timestamp_begin: int
+    sot_sequence: tuple[int, ...]  # sot [, language, task], no-timestamps
+    suppress: tuple[int, ...]  # never generated
+    begin_suppress: tuple[int, ...]  # not generated as the first token
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _tail_repeats(tokens: list[int], max_n: int) -> int:
+    """Length n of a loop at the end of `tokens`, else 0.
+
+    A loop is an n-gram repeated back to back: 4 times for n = 1 ("no no no" is speech),
+    3 times for n <= 4, twice for longer n-grams (a whole phrase said twice in a row is
+    Whisper's classic failure on short or noisy windows, rarely real speech).
+    """
+    for n in range(1, max_n + 1):
+        times = 4 if n == 1 else 3 if n <= 4 else 2
+        if len(tokens) < n * times:
+            continue
+        tail = tokens[-n:]
+        if all(
+            tokens[len(tokens) - (k + 1) * n : len(tokens) - k * n] == tail for k in range(1, times)
+        ):
+            return n
+    return 0
+
+
+class WhisperModel:
+    """One Whisper checkpoint, shared by all sessions; all per-call state lives in locals."""
+
+    def __init__(self, hf_model: Any, tokenizer: Any, gen_config: Any, name: str) -> None:
+        self.name = name
+        self.hf = hf_model.eval()
+        self.tokenizer = tokenizer
+        cfg = hf_model.config
+        self.config = cfg
+        self.encoder = hf_model.model.encoder
+        self.decoder = hf_model.model.decoder
+        self.n_heads_dec = cfg.decoder_attention_heads
+        self.n_heads_enc = cfg.encoder_attention_heads
+        self.features = FeatureSpec(
+            n_mels=cfg.num_mel_bins, window_frames=2 * cfg.max_source_positions
+        )
+        self.max_target_positions = cfg.max_target_positions
+        self.tokens = self._special_tokens(gen_config)
+        self.alignment_heads = self._alignment_heads(gen_config)
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_dir(cls, model_dir: Path, *, name: str | None = None) -> WhisperModel:
+        from transformers import AutoTokenizer, GenerationConfig, WhisperForConditionalGeneration
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        try:
+            hf = WhisperForConditionalGeneration.from_pretrained(
+                str(model_dir), dtype=torch.float32
+            )
+            tok = AutoTokenizer.from_pretrained(str(model_dir))
+        except (OSError, ValueError) as exc:
+            raise ModelFormatError(f"cannot load a Whisper model from {model_dir}: {exc}") from exc
+        try:
+            gen = GenerationConfig.from_pretrained(str(model_dir))
+        except OSError:
+            gen = hf.generation_config
+        return cls(hf, tok, gen, name or model_dir.name)
+
+    def _special_tokens(self, gen: Any) -> WhisperTokens:
+        tok = self.tokenizer
+
+        vocab = tok.get_vocab()
+
+        def tid(s: str) -> int:
+            if s not in vocab:
+                raise ModelFormatError(f"tokenizer lacks the special token {s}")
+            return int(vocab[s])
+
+        eot = tid("<|endoftext|>")
+        sot = tid("<|startoftranscript|>")
+        no_ts = tid("<|notimestamps|>")
+        try:
+            no_speech = tid("<|nospeech|>")
+        except ModelFormatError:
+            no_speech = tid("<|nocaptions|>")
+        multilingual = bool(getattr(gen, "is_multilingual", self.config.vocab_size >= 51865))
+        sot_seq = (
+            (sot, tid("<|en|>"), tid("<|transcribe|>"), no_ts) if multilingual else (sot, no_ts)
+        )
+        suppress = tuple(int(t) for t in (getattr(gen, "suppress_tokens", None) or []))
+        begin = getattr(gen, "begin_suppress_tokens", None) or [220, eot]  # 220 is " " in GPT-2 BPE
+        specials = [
+            tid(s)
+            for s in (
+                "<|startoftranscript|>",
+                "<|startofprev|>",
+                "<|startoflm|>",
+                "<|translate|>",
+                "<|transcribe|>",
+            )
+        ] + [no_speech, no_ts]
+        return WhisperTokens(
+            eot=eot,
+            sot=sot,
+            sot_prev=tid("<|startofprev|>"),
+            no_speech=no_speech,
+            no_timestamps=no_ts,
+            timestamp_begin=no_ts + 1,
+            sot_sequence=sot_seq,
+            suppress=tuple(sorted(set(suppress) | set(specials))),
+            begin_suppress=tuple(int(t) for t in begin),
+        )
+
+    def _alignment_heads(self, gen: Any) -> dict[int, list[int]]:
+        heads = getattr(gen, "alignment_heads", None)
+        layers = self.config.decoder_layers
+        if not heads:  # openai's default: every head of the second half of the layers
+            heads = [
+                [layer, h] for layer in range(layers // 2, layers) for h in range(self.n_heads_dec)
+            ]
+        out: dict[int, list[int]] = {}
+        for layer, head in heads:
+            out.setdefault(int(layer), []).append(int(head))
+        return out
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode_tokens(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    # ---------------------------------------------------------------- forward
+    @staticmethod
+    def _attend(attn: Any, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+        b, t, d = x.shape
+        q = (attn.q_proj(x) * attn.scaling).view(b, t, heads, -1).transpose(1, 2)  # (B, H, T, D)
+        k = attn.k_proj(x).view(b, t, heads, -1).transpose(1, 2)
+        v = attn.v_proj(x).view(b, t, heads, -1).transpose(1, 2)
+        return q, k, v
+
+    @torch.inference_mode()
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """Log-mel (B, n_mels, T) with T even and <= 3000 -> encoder states (B, T/2, d)."""
+        enc = self.encoder
+        t = features.shape[-1]
+        if t % 2 or t > self.features.window_frames:
+            raise ValueError(
+                f"mel frames must be even and <= {self.features.window_frames}, got {t}"
+            )
+        x = F.gelu(enc.conv1(features))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, T/2, d)
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        for layer in enc.layers:
+            h = layer.self_attn_layer_norm(x)
+            q, k, v = self._attend(layer.self_attn, h, self.n_heads_enc)
+            a = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+            x = x + layer.self_attn.out_proj(a.transpose(1, 2).flatten(2))
+            h = layer.final_layer_norm(x)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+        out: torch.Tensor = enc.layer_norm(x)
+        return out
+
+    @torch.inference_mode()
+    def cross_kv(self, enc_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per decoder layer, cross-attention keys and values (B, H, S, D) of the encoder states."""
+        b, s, _ = enc_states.shape
+        out = []
+        for layer in self.decoder.layers:
+            ea = layer.encoder_attn
+            k = ea.k_proj(enc_states).view(b, s, self.n_heads_dec, -1).transpose(1, 2)
+            v = ea.v_proj(enc_states).view(b, s, self.n_heads_dec, -1).transpose(1, 2)
+            out.append((k, v))
+        return out
+
+    @torch.inference_mode()
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        cross: list[tuple[torch.Tensor, torch.Tensor]],
+        qk_out: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Feed `tokens` (B, T) after the cached prefix; return logits (B, T, vocab).
+
+        When `qk_out` is given, the raw cross-attention logits of the alignment heads,
+        (heads, T, S) for batch item 0, are appended to it.
+        """
+        dec = self.decoder
+        b, t = tokens.shape
+        pos0 = cache.length
+        x = dec.embed_tokens(tokens) + dec.embed_positions.weight[pos0 : pos0 + t]
+        mask = None
+        if t > 1:
+            q_pos = torch.arange(pos0, pos0 + t).unsqueeze(1)
+            mask = torch.arange(pos0 + t).unsqueeze(0) <= q_pos  # (T, L) causal over cache + new
+        step_qk: list[torch.Tensor] = []
+        for i, layer in enumerate(dec.layers):
+            h = layer.self_attn_layer_norm(x)
+            q, k, v = self._attend(layer.self_attn, h, self.n_heads_dec)
+            k_all, v_all = cache.append(i, k, v)
+            a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=1.0)
+            x = x + layer.self_attn.out_proj(a.transpose(1, 2).flatten(2))
+
+            h = layer.encoder_attn_layer_norm(x)
+            ea = layer.encoder_attn
+            q = (ea.q_proj(h) * ea.scaling).view(b, t, self.n_heads_dec, -1).transpose(1, 2)
+            ck, cv = cross[i]
+            a = F.scaled_dot_product_attention(q, ck, cv, scale=1.0)
+            if qk_out is not None and i in self.alignment_heads:
+                heads = self.alignment_heads[i]
+                step_qk.append(q[0, heads] @ ck[0, heads].transpose(-1, -2))  # (h, T, S)
+            x = x + ea.out_proj(a.transpose(1, 2).flatten(2))
+
+            h = layer.final_layer_norm(x)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+        cache.advance(t)
+        if qk_out is not None:
+            qk_out.append(torch.cat(step_qk, dim=0))
+        x = dec.layer_norm(x)
+        logits: torch.Tensor = x @ dec.embed_tokens.weight.T
+        return logits
+
+    # ---------------------------------------------------------------- decoding
+    def _prompt(self, prompt: list[int], max_prompt: int) -> list[int]:
+        prev = prompt[-max_prompt:] if max_prompt > 0 else []
+        return ([self.tokens.sot_prev, *prev] if prev else []) + list(self.tokens.sot_sequence)
+
+    @torch.inference_mode()
+    def transcribe(
+        self,
+        features: np.ndarray,
+        *,
+        num_frames: int,
+        prompt: list[int],
+        options: DecodeConfig,
+        word_timestamps: bool,
+        prefix: list[int] | None = None,
+    ) -> DecodeResult:
+        mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(0)
+        if mel.shape[-1] % 2:
+            mel = F.pad(mel, (0, 1))
+        enc = self.encode(mel)
+        return self.decode(
+            enc,
+            num_frames=num_frames,
+            prompt=prompt,
+            options=options,
+            word_timestamps=word_timestamps,
+            prefix=prefix or [],
+        )
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        enc: torch.Tensor,
+        *,
+        num_frames: int,
+        prompt: list[int],
+        options: DecodeConfig,
+        word_timestamps: bool,
+        prefix: list[int],
+    ) -> DecodeResult:
+        """Greedy decoding of one window's encoder states (1, S, d), continuing `prefix`."""
+        tk = self.tokens
+        max_prompt = min(options.prompt_tokens, self.max_target_positions // 2 - 1)
+        head = self._prompt(prompt if options.condition_on_previous else [], max_prompt)
+        seq = head + list(prefix)
+        by_length = 8 + int(options.max_tokens_per_second * num_frames / 100)
+        budget = min(options.max_new_tokens, by_length, self.max_target_positions - len(seq) - 1)
+        cache = KVCache(
+            layers=len(self.decoder.layers),
+            batch=1,
+            heads=self.n_heads_dec,
+            head_dim=self.config.d_model // self.n_heads_dec,
+            max_len=len(seq) + budget + 1,
+        )
+        cross = self.cross_kv(enc)
+        qk: list[torch.Tensor] | None = [] if word_timestamps else None
+        logits = self.decode_step(torch.tensor([seq]), cache, cross, qk)[0]  # (T, V)
+        sot_index = seq.index(tk.sot)
+        no_speech_prob = float(logits[sot_index].float().softmax(-1)[tk.no_speech])
+        suppress = torch.tensor(tk.suppress, dtype=torch.long)
+        begin = torch.tensor(tk.begin_suppress, dtype=torch.long)
+
+        out: list[int] = list(prefix)
+        # Log-probabilities of the forced prefix tokens, read off the prefill logits.
+        prefill_lp = logits[len(head) - 1 : len(seq) - 1].log_softmax(-1)
+        token_logprobs = [float(prefill_lp[i, t]) for i, t in enumerate(prefix)]
+        sum_logprob = sum(token_logprobs)
+        step_logits = logits[-1]
+        for step in range(len(prefix), len(prefix) + budget + 1):
+            step_logits = step_logits.clone()
+            step_logits[suppress] = -torch.inf
+            if step == 0:
+                step_logits[begin] = -torch.inf
+            out_of_room = step == len(prefix) + budget
+            next_tok = tk.eot if out_of_room else int(step_logits.argmax())
+            lp = float(step_logits.log_softmax(-1)[next_tok])
+            sum_logprob += lp
+            if next_tok == tk.eot:
+                break
+            out.append(next_tok)
+            token_logprobs.append(lp)
+            rep = _tail_repeats(out[len(prefix) :], options.max_repeat_ngram)
+            if rep:
+                times = 4 if rep == 1 else 3 if rep <= 4 else 2
+                del out[-(times - 1) * rep :]  # keep one copy of the looping n-gram
+                del token_logprobs[-(times - 1) * rep :]
+                break
+            step_logits = self.decode_step(torch.tensor([[next_tok]]), cache, cross, qk)[0, -1]
+
+        text = self.decode_tokens(out)
+        words: tuple[WordTiming, ...] = ()
+        if word_timestamps and out and qk is not None:
+            words = self._word_timings(qk, len(head), out, token_logprobs, num_frames)
+        return DecodeResult(
+            tokens=tuple(out),
+            text=text,
+            avg_logprob=sum_logprob / (len(out) + 1),
+            no_speech_prob=no_speech_prob,
+            compression_ratio=compression_ratio(text),
+            words=words,
+        )
+
+    def _word_timings(
+        self,
+        qk_steps: list[torch.Tensor],
+        prompt_len: int,
+        tokens: list[int],
+        logprobs: list[float],
+        num_frames: int,
+    ) -> tuple[WordTiming, ...]:
+        # Row r of the stacked logits belongs to input position r; text token i is the input at
+        # position prompt_len + i, which is where its own cross-attention alignment is read.
+        qk = torch.cat(qk_steps, dim=1).float().numpy()  # (heads, positions, S)
+        qk = qk[:, prompt_len - len(self.tokens.sot_sequence) :]
+        enc_frames = max(1, min(qk.shape[-1], (num_frames + 1) // 2))
+        matrix = alignment_matrix(qk, enc_frames)
+        matrix = matrix[len(self.tokens.sot_sequence) : len(self.tokens.sot_sequence) + len(tokens)]
+        words, groups = split_words(tokens, self.decode_tokens)
+        bounds = word_boundaries(matrix, groups, ENCODER_FRAME_SAMPLES)
+        probs = np.exp(np.array(logprobs))
+        result = []
+        idx = 0
+        for word, group, (s, e) in zip(words, groups, bounds, strict=True):
+            p = float(probs[idx : idx + len(group)].mean())
+            idx += len(group)
+            result.append(WordTiming(word=word, start_sample=s, end_sample=e, probability=p))
+        return tuple(result)
+
+
+def load_whisper(model_dir: Path, name: str | None = None) -> WhisperModel:
+    """Load a transformers-format Whisper dir (config.json with model_type 'whisper')."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    if cfg.get("model_type") != "whisper":
+        raise ModelFormatError(f"{model_dir} holds a {cfg.get('model_type')!r} model, not whisper")
+    return WhisperModel.from_dir(model_dir, name=name)

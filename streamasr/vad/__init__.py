@@ -1,0 +1,1 @@
+"""Voice activity detection: webrtcvad frames turned into utterance start/end events."""

