@@ -28,9 +28,11 @@ def run(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def wav(tmp_path_factory: pytest.TempPathFactory, sentences: list[np.ndarray]) -> Path:
-    audio = np.concatenate([speech.silence(0.4), sentences[0], speech.silence(0.8)])
-    path = tmp_path_factory.mktemp("cli") / "fox.wav"
+def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    said = speech.espeak("I left my keys on the kitchen table this morning.", d, voice="en-gb")
+    audio = np.concatenate([speech.silence(0.4), said, speech.silence(0.8)])
+    path = d / "keys.wav"
     sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
     return path
 
@@ -44,7 +46,7 @@ def test_stream_jsonl_prints_events_and_a_latency_summary(
     types = [e["type"] for e in events]
     assert types[0] == "speech.started" and "transcript.partial" in types
     assert types[-2:] == ["speech.stopped", "transcript.final"]
-    assert "quick brown fox" in events[-1]["text"].lower()
+    assert "kitchen table" in events[-1]["text"].lower()
     assert r.stderr.strip().splitlines()[-1].startswith("final latency after speech end: 1 ")
 
 
@@ -55,7 +57,7 @@ def test_offline_subtitle_formats(
     r = run("transcribe", str(wav), "--mode", "offline", "--format", fmt, cache=tiny_en_cache)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(head)
-    assert "fox" in r.stdout.lower()
+    assert "kitchen table" in r.stdout.lower()
 
 
 def test_bad_inputs_exit_2_with_one_line(wav: Path, tmp_path: Path, tiny_en_cache: Path) -> None:
