@@ -25,8 +25,10 @@ class VadConfig:
             raise ValueError(f"VAD frame_ms must be 10, 20 or 30, got {self.frame_ms}")
         if self.start_ms > self.start_window_ms:
             raise ValueError("VAD start_ms cannot exceed start_window_ms")
-        if not 0 < self.min_cut_ms < self.max_utterance_ms <= 30_000:
-            raise ValueError("VAD needs 0 < min_cut_ms < max_utterance_ms <= 30000")
+        if not 0 < self.min_cut_ms < self.max_utterance_ms:
+            raise ValueError("VAD needs 0 < min_cut_ms < max_utterance_ms")
+        if self.max_utterance_ms + self.preroll_ms > 30_000:  # one model window holds it all
+            raise ValueError("VAD max_utterance_ms + preroll_ms must not exceed 30000")
 
 
 @dataclass(frozen=True)
