@@ -1,4 +1,4 @@
-"""The `streamasr` command line: transcribe files (streamed or offline); more subcommands later."""
+"""The `streamasr` command line: transcribe files (streamed or offline) and serve the daemon."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
 from streamasr import SAMPLE_RATE, __version__
-from streamasr.errors import InputError
+from streamasr.errors import InputError, ModelError
 from streamasr.events import Event, TranscriptFinal
 from streamasr.formats import RENDERERS
 
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
@@ -55,7 +57,80 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=["jsonl", "text", "srt", "vtt"], default="text")
     t.add_argument("--model", default="tiny.en", help="tiny.en, a model dir or a hub id")
     t.add_argument("--chunk-ms", type=int, default=50, help="stream chunk length (20..100 ms)")
+    _add_serve_parser(sub)
     return p
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "serve",
+        help="run the WebSocket daemon (protocol v1) and the caption page",
+        description="Flags override STREAMASR_* environment variables, which override the "
+        "--config file, which overrides the defaults. See docs/protocol.md.",
+    )
+    s.add_argument("--config", type=Path, help="TOML file of settings (keys as the flags)")
+    s.add_argument("--host", help="bind address (127.0.0.1); other hosts need a token")
+    s.add_argument("--port", type=int, help="port (8765); 0 picks a free one")
+    s.add_argument("--model", help="tiny.en (default), a model dir or a hub id")
+    s.add_argument("--token", help="bearer token (prefer STREAMASR_TOKEN: flags show in ps)")
+    s.add_argument(
+        "--allow-origin",
+        dest="allow_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser origin allowed besides same-origin, e.g. https://example.org; repeatable",
+    )
+    s.add_argument("--max-sessions", type=int, help="concurrent sessions (4)")
+    s.add_argument("--max-frame-bytes", type=int, help="largest binary frame (1048576)")
+    s.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds (30)")
+    s.add_argument("--max-session", dest="max_session_s", type=float, help="seconds (14400)")
+    s.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (10)")
+    s.add_argument("--workers", type=int, help="decode threads (1)")
+    s.add_argument("--threads", type=int, help="torch intra-op threads (torch's default)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+    import logging
+    import os
+
+    from streamasr.server.app import Server
+    from streamasr.server.config import load_config
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    if flags.get("allow_origins") is not None:
+        flags["allow_origins"] = tuple(flags["allow_origins"])
+    config = load_config(args.config, os.environ, flags)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",  # no timestamps: journald adds them
+    )
+    if config.log_level != "debug":  # websockets logs every connection and HTTP reply at INFO
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+
+    def ready(server: Server) -> None:
+        hint = " (add ?token=...)" if config.token else ""
+        out.write(f"streamasr: serving captions at {server.url}{hint}\n")
+        out.flush()
+
+    try:
+        asyncio.run(Server(config).run(on_ready=ready))
+    except ModelError as exc:  # a malformed or unsupported model (not found is an InputError)
+        print(f"streamasr: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the port is taken, the address is not ours, ...
+        where = f"cannot listen on {config.host}:{config.port}: " if _is_bind_error(exc) else ""
+        print(f"streamasr: error: {where}{exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _is_bind_error(exc: OSError) -> bool:
+    import errno
+
+    return exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
 def _emit(ev: Event, fmt: str, out: TextIO) -> None:
@@ -135,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "transcribe":
             return _transcribe(args, sys.stdout, sys.stderr)
+        if args.command == "serve":
+            return _serve(args, sys.stdout)
     except InputError as exc:
         print(f"streamasr: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

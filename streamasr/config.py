@@ -45,15 +45,24 @@ class DecodeConfig:
         16  # stop decoding at a loop of an n-gram up to this size (see whisper.py)
     )
     word_timestamps: bool = True  # cross-attention DTW word timing on finals
+    boost_peak_dbfs: float | None = -6.0  # boost a final's audio toward this peak (None: off)
+    max_boost_db: float = 24.0  # ... by at most this much (-30 dBFS speech reaches -6 dBFS)
 
 
 @dataclass(frozen=True)
 class SessionConfig:
     step_ms: int = 500  # re-decode the hypothesis after this much new speech audio
     min_first_ms: int = 600  # audio needed before the first partial (shorter ones hallucinate)
+    min_utterance_ms: int = 250  # shorter utterances (pre-roll included) are never decoded:
+    # webrtcvad calls the first 120-180 ms of any non-silent stream speech, and tiny.en turns
+    # such a blip into "you"; a real word plus the 300 ms pre-roll is always longer
     encode_window: str = "utterance"  # "utterance": encode the utterance plus `window_pad_ms` of
     # silence (fast); "full": pad every window to 30 s as Whisper was trained (offline-exact, slow)
     window_pad_ms: int = 1000  # silence after the utterance in "utterance" mode
+    final_window: str = "full"  # the same choice for the final decode of an utterance: the
+    # full window costs one 30 s encode per utterance and cuts WER (docs/engine.md)
+    final_speculation_ms: int = 150  # decode the final once the speaker has paused this long,
+    # inside the VAD's stop hangover, so it is ready when the utterance closes (0: off)
     final_keeps_stable: bool = False  # True: the final continues the committed prefix (cheaper);
     # False: the final is a free decode of the whole utterance (more accurate, may revise it)
     partials: bool = True  # emit transcript.partial events

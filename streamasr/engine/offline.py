@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamasr.audio.level import boost_to_peak
 from streamasr.config import DecodeConfig
 from streamasr.events import TranscriptFinal, Word
 from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.base import AsrModel, looks_like_hallucination
+
+
+def final_audio(audio: np.ndarray, options: DecodeConfig) -> np.ndarray:
+    """The audio of a final (or offline) decode, level-boosted as `options` say."""
+    if options.boost_peak_dbfs is None:
+        return audio
+    return boost_to_peak(
+        audio, target_dbfs=options.boost_peak_dbfs, max_gain_db=options.max_boost_db
+    )
 
 
 def transcribe_offline(
@@ -25,7 +35,7 @@ def transcribe_offline(
         if len(chunk) < 2 * spec.hop_samples:
             break
         mel.reset()
-        mel.append(chunk)
+        mel.append(final_audio(chunk, opts))
         result = model.transcribe(
             mel.features(pad_to_frames=spec.window_frames),
             num_frames=mel.num_frames,

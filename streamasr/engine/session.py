@@ -9,6 +9,7 @@ import numpy as np
 from streamasr import SAMPLE_RATE
 from streamasr.audio.ring import SampleRing
 from streamasr.config import SessionConfig
+from streamasr.engine.offline import final_audio
 from streamasr.engine.stabilizer import Stabilizer
 from streamasr.events import (
     Event,
@@ -22,7 +23,6 @@ from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.base import AsrModel, DecodeResult, looks_like_hallucination
 from streamasr.vad.segmenter import UtteranceEnd, UtteranceStart, VadSegmenter
 
-HOP = 160
 RING_SECONDS = 40  # > longest utterance (30 s) + pre-roll + the VAD's decision lag
 
 
@@ -34,6 +34,7 @@ class _Utterance:
     stabilizer: Stabilizer
     decoded_at: int = -1  # mel_end at the last partial decode
     partial_text: str = ""  # text of the last partial sent
+    speculative: tuple[int, DecodeResult] | None = None  # (end_sample, final decoded early)
 
 
 class Session:
@@ -108,9 +109,6 @@ class Session:
         return [SpeechStarted(start)]
 
     def _advance_mel(self, utt: _Utterance, end_sample: int) -> None:
-        if end_sample < utt.mel_end:  # the VAD closed the utterance before audio we already took
-            self._mel.reset()
-            utt.mel_end = utt.start_sample
         if end_sample > utt.mel_end:
             self._mel.append(self._ring.slice(utt.mel_end, end_sample))
             utt.mel_end = end_sample
@@ -120,6 +118,18 @@ class Session:
         if utt is None:
             return []
         self._advance_mel(utt, self._ring.end_sample)
+        pending_end = self._vad.pending_end
+        speculate_ms = self.config.final_speculation_ms
+        if pending_end is not None and speculate_ms > 0:
+            # The speaker paused: decode the final now, inside the VAD's stop hangover, so it
+            # is ready the moment the utterance closes. Partials wait while the pause lasts.
+            if utt.speculative is not None and utt.speculative[0] == pending_end:
+                return []
+            if self._vad.trailing_unvoiced_ms >= speculate_ms and not self._too_short(
+                utt, pending_end
+            ):
+                utt.speculative = (pending_end, self._final_result(utt, pending_end))
+                return []
         step = self.config.step_ms * SAMPLE_RATE // 1000
         min_first = self.config.min_first_ms * SAMPLE_RATE // 1000
         if utt.mel_end - utt.start_sample < min_first:
@@ -127,7 +137,12 @@ class Session:
         if utt.decoded_at >= 0 and utt.mel_end - utt.decoded_at < step:
             return []
         utt.decoded_at = utt.mel_end
-        result = self._decode(prefix=list(utt.stabilizer.committed), words=False)
+        result = self._decode(
+            self._mel,
+            prefix=list(utt.stabilizer.committed),
+            words=False,
+            window=self.config.encode_window,
+        )
         tokens = result.tokens if self._keep(result) else utt.stabilizer.committed
         committed = utt.stabilizer.update(tokens)
         text = self._text(tokens)
@@ -144,20 +159,31 @@ class Session:
             )
         ]
 
+    def _too_short(self, utt: _Utterance, end: int) -> bool:
+        return end - utt.start_sample < self.config.min_utterance_ms * SAMPLE_RATE // 1000
+
+    def _final_result(self, utt: _Utterance, end: int) -> DecodeResult:
+        """The final decode of the utterance's audio [start, end), reused if speculated."""
+        if utt.speculative is not None and utt.speculative[0] == end:
+            return utt.speculative[1]
+        mel = LogMelBuffer(n_mels=self.model.features.n_mels)
+        mel.append(final_audio(self._ring.slice(utt.start_sample, end), self.config.decode))
+        committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
+        result = self._decode(
+            mel, prefix=list(committed), words=True, window=self.config.final_window
+        )
+        return result if self._keep(result) else DecodeResult((), "", 0.0, 1.0, 0.0)
+
     def _finish(self, end_sample: int) -> list[Event]:
         utt = self._utt
         if utt is None:
             return []
         self._utt = None
         end = max(end_sample, utt.start_sample)
-        self._advance_mel(utt, end)
         events: list[Event] = [SpeechStopped(end)]
-        if utt.mel_end - utt.start_sample < HOP * 2:
+        if self._too_short(utt, end):
             return events
-        committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
-        result = self._decode(prefix=list(committed), words=True)
-        if not self._keep(result):
-            result = DecodeResult((), "", 0.0, 1.0, 0.0)
+        result = self._final_result(utt, end)
         text = self._text(result.tokens)
         if text or utt.partial_text:
             words = tuple(
@@ -176,19 +202,19 @@ class Session:
             ]
         return events
 
-    def _decode(self, *, prefix: list[int], words: bool) -> DecodeResult:
+    def _decode(
+        self, mel: LogMelBuffer, *, prefix: list[int], words: bool, window: str
+    ) -> DecodeResult:
         spec = self.model.features
-        num_frames = self._mel.num_frames
-        if self.config.encode_window == "full":
+        if window == "full":
             pad_to = spec.window_frames
         else:
-            covered = -(-self._mel.num_samples // spec.hop_samples)
+            covered = -(-mel.num_samples // spec.hop_samples)
             pad_to = covered + self.config.window_pad_ms // 10
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
-        feats = self._mel.features(pad_to_frames=pad_to)
         return self.model.transcribe(
-            feats,
-            num_frames=num_frames,
+            mel.features(pad_to_frames=pad_to),
+            num_frames=mel.num_frames,
             prompt=self._context,
             options=self.config.decode,
             word_timestamps=words and self.config.decode.word_timestamps,

@@ -97,6 +97,18 @@ class VadSegmenter:
         """Whether an utterance is open."""
         return self._in_speech
 
+    @property
+    def trailing_unvoiced_ms(self) -> int:
+        """How long the open utterance has been unvoiced at its end (0 when voiced or closed)."""
+        return self._unvoiced_run * self.config.frame_ms if self._in_speech else 0
+
+    @property
+    def pending_end(self) -> int | None:
+        """The end the open utterance gets if no voiced frame follows; None while voiced/closed."""
+        if not self._in_speech or self._unvoiced_run == 0:
+            return None
+        return max(self._voiced_end(), self._utt_start)
+
     def feed(self, samples: np.ndarray) -> list[VadEvent]:
         """Consume (n,) float32 samples at 16 kHz; returns the events decided by whole frames."""
         x = np.asarray(samples, dtype=np.float32)

@@ -1,0 +1,217 @@
+"""Streaming against offline transcription on the held-out corpus (bench/corpus.py).
+
+    python bench/transcribe.py [--corpus DIR] [--model tiny.en] [--speed 1|max] [--limit N]
+                               [--threads N]
+
+Each file is streamed through a `Session` in 50 ms chunks and also decoded by
+`transcribe_offline`. Per file group (the single utterances, each long file) and overall, the
+markdown table gives:
+
+- audio seconds, and the real-time factor: wall seconds spent inside `Session.feed`/`close`
+  over audio seconds (offline decoding is not counted);
+- final latency p50/p95: wall time at which `feed`/`close` returned a `transcript.final`, minus
+  the time at which a live source would have delivered the final's `end` sample (t0 + end /
+  16000): it includes the VAD's end-of-speech wait, the final decode and any backlog;
+- partial interval p50/p95: wall-time gaps between consecutive `transcript.partial` events of
+  one segment;
+- streamed and offline WER (`streamasr.textnorm`) and the streamed WER's relative difference
+  from the offline one;
+
+then the process's peak RSS. `--speed 1` paces the chunks in real time on an absolute schedule
+(chunk k is fed at t0 + its end sample / 16000, so sleeps never accumulate drift); `--speed max`
+feeds them as fast as possible, and the wall-clock columns read n/a. One untimed stream of the
+first file warms the model up before measuring. `--threads N` sets torch's intra-op threads:
+on a small shared machine, fewer threads than cores can be much faster than the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from corpus import DEFAULT_OUT, build
+
+from streamasr import SAMPLE_RATE
+from streamasr.audio.files import load_audio
+from streamasr.engine.offline import transcribe_offline
+from streamasr.engine.session import Session
+from streamasr.events import Event, TranscriptFinal, TranscriptPartial
+from streamasr.models.base import AsrModel
+from streamasr.models.loader import load_model
+from streamasr.textnorm import wer
+
+CHUNK = SAMPLE_RATE * 50 // 1000  # 50 ms
+
+
+@dataclass
+class Stats:
+    """Measurements of one file, or pooled over a group of files."""
+
+    audio_s: float = 0.0
+    compute_s: float = 0.0
+    final_latency_s: list[float] = field(default_factory=list)
+    partial_gap_s: list[float] = field(default_factory=list)
+    max_lag_s: float = 0.0  # how far a feed ran behind the real-time schedule, at worst
+    refs: list[str] = field(default_factory=list)
+    streamed: list[str] = field(default_factory=list)
+    offline: list[str] = field(default_factory=list)
+
+    def add(self, other: Stats) -> None:
+        self.audio_s += other.audio_s
+        self.compute_s += other.compute_s
+        self.final_latency_s += other.final_latency_s
+        self.partial_gap_s += other.partial_gap_s
+        self.max_lag_s = max(self.max_lag_s, other.max_lag_s)
+        self.refs += other.refs
+        self.streamed += other.streamed
+        self.offline += other.offline
+
+
+def stream(model: AsrModel, audio: np.ndarray, paced: bool) -> Stats:
+    """Feed `audio` through a fresh Session in 50 ms chunks; time it and collect the finals."""
+    session = Session(model)
+    st = Stats(audio_s=len(audio) / SAMPLE_RATE)
+    last_partial: dict[int, float] = {}  # segment_id -> wall time of its latest partial
+    finals: list[str] = []
+
+    def handle(events: list[Event], now: float) -> None:
+        for ev in events:
+            if isinstance(ev, TranscriptFinal):
+                finals.append(ev.text)
+                st.final_latency_s.append(now - (t0 + ev.end_sample / SAMPLE_RATE))
+            elif isinstance(ev, TranscriptPartial):
+                if ev.segment_id in last_partial:
+                    st.partial_gap_s.append(now - last_partial[ev.segment_id])
+                last_partial[ev.segment_id] = now
+
+    t0 = time.perf_counter()
+    for start in range(0, len(audio), CHUNK):
+        end = min(start + CHUNK, len(audio))
+        if paced:
+            delay = t0 + end / SAMPLE_RATE - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                st.max_lag_s = max(st.max_lag_s, -delay)
+        fed = time.perf_counter()
+        events = session.feed(audio[start:end])
+        now = time.perf_counter()
+        st.compute_s += now - fed
+        handle(events, now)
+    before = time.perf_counter()
+    events = session.close()
+    now = time.perf_counter()
+    st.compute_s += now - before
+    handle(events, now)
+    st.streamed.append(" ".join(finals))
+    return st
+
+
+def percentile(xs: list[float], q: float, paced: bool) -> str:
+    return f"{np.percentile(xs, q):.2f}" if paced and xs else "n/a"
+
+
+def row(name: str, files: int, st: Stats, paced: bool) -> str:
+    w_stream, w_off = wer(st.refs, st.streamed), wer(st.refs, st.offline)
+    rel = "+0%" if w_stream == w_off else "inf"  # the cases where offline WER is 0
+    if w_off > 0:
+        rel = f"{(w_stream - w_off) / w_off:+.0%}"
+    cells = [
+        name,
+        str(files),
+        f"{st.audio_s:.1f}",
+        f"{st.compute_s / st.audio_s:.3f}",
+        percentile(st.final_latency_s, 50, paced),
+        percentile(st.final_latency_s, 95, paced),
+        percentile(st.partial_gap_s, 50, paced),
+        percentile(st.partial_gap_s, 95, paced),
+        f"{w_stream:.1%}",
+        f"{w_off:.1%}",
+        rel,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| group | files | audio s | RTF | final lat p50 s | final lat p95 s | partial gap p50 s "
+    "| partial gap p95 s | WER stream | WER offline | stream vs offline |\n"
+    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--corpus", type=Path, default=DEFAULT_OUT, help="corpus dir (built if missing)")
+    p.add_argument("--model", default="tiny.en", help="tiny.en, a model dir or a hub id")
+    p.add_argument(
+        "--speed", choices=["1", "max"], default="1", help="1: real time; max: no pacing"
+    )
+    p.add_argument("--limit", type=int, default=None, help="only the first N manifest entries")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's own choice)",
+    )
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    paced = args.speed == "1"
+
+    manifest = args.corpus / "manifest.jsonl"
+    if not manifest.exists():
+        print(f"building the corpus in {args.corpus}", file=sys.stderr)
+        build(args.corpus)
+    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+    entries = entries[: args.limit]
+    model = load_model(args.model)
+    stream(model, load_audio(args.corpus / entries[0]["file"])[: 3 * SAMPLE_RATE], paced=False)
+
+    groups: dict[str, Stats] = {}
+    counts: dict[str, int] = {}
+    for e in entries:
+        audio = load_audio(args.corpus / e["file"])
+        st = stream(model, audio, paced)
+        st.refs.append(e["text"])
+        st.offline.append(" ".join(f.text for f in transcribe_offline(model, audio)))
+        groups.setdefault(e["group"], Stats()).add(st)
+        counts[e["group"]] = counts.get(e["group"], 0) + 1
+        print(
+            f"{e['file']}: {st.audio_s:.1f} s, RTF {st.compute_s / st.audio_s:.3f}, "
+            f"WER stream {wer(st.refs, st.streamed):.1%} offline {wer(st.refs, st.offline):.1%}"
+            f"\n  stream:  {st.streamed[0]}\n  offline: {st.offline[0]}",
+            file=sys.stderr,
+        )
+
+    overall = Stats()
+    for st in groups.values():
+        overall.add(st)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"command: {shlex.join(['python', *sys.argv])}")
+    print(
+        f"machine: nproc {os.cpu_count()}, usable cpus {len(os.sched_getaffinity(0))}, "
+        f"torch threads {torch.get_num_threads()}, load average at end {load}; "
+        f"model {args.model}, chunk 50 ms, speed {args.speed}\n"
+    )
+    print(HEADER)
+    for name, st in groups.items():
+        print(row("single utterances" if name == "single" else name, counts[name], st, paced))
+    print(row("**overall**", len(entries), overall, paced))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(f"\npeak RSS: {peak_mib:.0f} MiB")
+    if paced:
+        print(f"worst lag of a feed behind the real-time schedule: {overall.max_lag_s:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Server configuration: a frozen dataclass from defaults < TOML file < STREAMASR_* env < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamasr.errors import InputError
+from streamasr.models.loader import DEFAULT_MODEL
+
+ENV_PREFIX = "STREAMASR_"
+
+
+class ConfigError(InputError):
+    """A configuration value that is missing, malformed or unsafe."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"  # bind address; anything but loopback requires a token
+    port: int = 8765  # 0 picks a free port (tests)
+    model: str = DEFAULT_MODEL  # a model name, a local model dir or a hub id
+    token: str | None = None  # bearer token; required when host is not loopback
+    allow_origins: tuple[str, ...] = ()  # extra browser origins; same-origin is always allowed,
+    # "*" allows any origin
+    max_sessions: int = 4  # concurrent sessions; one more is accepted, then closed 1013
+    max_frame_bytes: int = 1_048_576  # largest binary frame (1 MiB: 32 s of 16 kHz s16 mono)
+    idle_timeout_s: float = 30.0  # no audio for this long: finalise, close 1000 "idle"
+    max_session_s: float = 14_400.0  # session length limit (4 h): finalise, close 1008
+    drain_timeout_s: float = 10.0  # on SIGTERM: time for open sessions to send their finals
+    workers: int = 1  # decode threads shared by all sessions (1 suits a 2-core CPU)
+    threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    outgoing_queue: int = 64  # messages queued for a client that does not read (partials merge)
+    max_backlog_s: float = 10.0  # audio queued for the decoder per session before reads pause
+    static_dir: str | None = None  # files served at /; None: the page shipped in the package
+    log_level: str = "info"  # debug, info, warning, error
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+        if not 0 <= self.port <= 65_535:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"log_level must be debug, info, warning or error, not {self.log_level!r}"
+            )
+        if self.token == "":
+            raise ConfigError("token must not be empty")
+        if self.token is None and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to listen on {self.host!r} without a token: set --token, "
+                "STREAMASR_TOKEN or `token` in the config file (or bind to 127.0.0.1)"
+            )
+
+    @property
+    def protocol_limits(self) -> dict[str, Any]:
+        """The limits a client is told in session.started."""
+        return {
+            "max_frame_bytes": self.max_frame_bytes,
+            "idle_timeout_s": self.idle_timeout_s,
+            "max_session_s": self.max_session_s,
+        }
+
+
+_POSITIVE = (
+    "max_sessions",
+    "max_frame_bytes",
+    "idle_timeout_s",
+    "max_session_s",
+    "drain_timeout_s",
+    "workers",
+    "outgoing_queue",
+    "max_backlog_s",
+)
+
+
+def _check_positive(config: ServerConfig) -> None:
+    for name in _POSITIVE:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.threads is not None and config.threads <= 0:
+        raise ConfigError(f"threads must be positive, got {config.threads}")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1; False for wildcards and other addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> ServerConfig:
+    """Merge the sources, later ones winning: defaults, `file`, `env` (STREAMASR_*), `flags`.
+
+    `flags` holds only the options given on the command line (None values are ignored).
+    """
+    values: dict[str, Any] = {}
+    if file is not None:
+        values.update(_from_toml(file))
+    values.update(_from_env(env or {}))
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    try:
+        return ServerConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(ServerConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(ServerConfig)}
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    types_ = _field_types()
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in types_:
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(types_)})")
+        out[name] = _coerce(name, types_[name], value, f"{path}: {key}")
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, kind in _field_types().items():
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            out[name] = _coerce(name, kind, env[var], var)
+    return out
+
+
+def _coerce(name: str, kind: Any, value: Any, where: str) -> Any:
+    """`value` (a TOML value or an env string) as the field's type; ConfigError if it is not."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):  # X | None
+        if value is None or value == "":
+            return None
+        kind = next(a for a in args if a is not type(None))
+    try:
+        if typing.get_origin(kind) is tuple:
+            items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+            return tuple(str(i) for i in items)
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError("a boolean is not a number")
+        if kind is int and isinstance(value, float):
+            raise ValueError("expected an integer")
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: bad value {value!r} for {name}: {exc}") from None

@@ -1,0 +1,296 @@
+"""The asyncio shell of one WebSocket session: read, decode and send tasks around the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from streamasr.config import SessionConfig
+from streamasr.events import ErrorEvent, TranscriptFinal, TranscriptPartial
+from streamasr.models.base import AsrModel
+from streamasr.server.config import ServerConfig
+from streamasr.server.metrics import ServerMetrics
+from streamasr.server.protocol import (
+    Action,
+    Audio,
+    Close,
+    CloseCode,
+    End,
+    ErrorCode,
+    Flush,
+    SendError,
+    ServerMessage,
+    ServerProtocol,
+    SessionEnded,
+    SessionStart,
+    SessionStarted,
+    Start,
+    error_event,
+)
+from streamasr.server.queues import ArrivalClock, CloseRequest, Inbox, Outbox
+from streamasr.server.stream import AudioStream
+from streamasr.server.worker import DecodePool
+
+log = logging.getLogger(__name__)
+
+CLOSE_GRACE_S = 2.0  # wait this long for the client's close frame, then drop the TCP connection
+SHUTDOWN_REASON = "server shutting down"
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """What every connection shares; read-only, so no per-client state lives on it."""
+
+    config: ServerConfig
+    model: AsrModel
+    session_config: SessionConfig
+    pool: DecodePool
+    metrics: ServerMetrics
+
+
+class Connection:
+    """One client: a `ServerProtocol`, an `AudioStream`, an `Inbox`, an `Outbox`, three tasks."""
+
+    def __init__(self, ws: ServerConnection, ctx: ServerContext) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.session_id = uuid.uuid4().hex
+        self.protocol = ServerProtocol(max_frame_bytes=ctx.config.max_frame_bytes)
+        self.outbox = Outbox(ctx.config.outgoing_queue, ctx.metrics.dropped_partials.inc)
+        self._inbox: Inbox | None = None
+        self._stream: AudioStream | None = None
+        self._clock: ArrivalClock | None = None
+        self._done = asyncio.Event()
+        self._close_with: tuple[int, str] | None = None  # close code and reason, once decided
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._compute: asyncio.Task[None] | None = None
+        self._idle_deadline: float | None = None
+        self._max_length: asyncio.TimerHandle | None = None
+        self._grace_s = CLOSE_GRACE_S  # how long the closing handshake may take
+
+    # ---------------------------------------------------------------- lifecycle
+    async def run(self) -> None:
+        """Serve the session until it ends, then close the socket; never raises."""
+        loop = asyncio.get_running_loop()
+        self._idle_deadline = loop.time() + self.ctx.config.idle_timeout_s
+        self._spawn(self._read())
+        self._spawn(self._send(), sender=True)
+        try:
+            await self._done.wait()
+        finally:
+            if self._max_length is not None:
+                self._max_length.cancel()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._close_socket()
+
+    def end(self, reason: str = "shutdown") -> None:
+        """A server-side end: finalise the session, send its finals and session.ended, close."""
+        code = CloseCode.GOING_AWAY if reason == "shutdown" else CloseCode.NORMAL
+        close_reason = SHUTDOWN_REASON if reason == "shutdown" else reason
+        self._idle_deadline = None
+        self._spawn(self._apply(self.protocol.end(reason, close_code=code), close_reason))
+
+    def abort(
+        self,
+        code: int = CloseCode.GOING_AWAY,
+        reason: str = SHUTDOWN_REASON,
+        grace_s: float = CLOSE_GRACE_S,
+    ) -> None:
+        """Stop now, whatever is pending: the drain time is over, or the client is too slow."""
+        self._grace_s = grace_s
+        self._finish((code, reason))
+
+    def _finish(self, close_with: tuple[int, str] | None) -> None:
+        if not self._done.is_set():
+            self._close_with = close_with
+            self._done.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], sender: bool = False) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._guard(coro, sender))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: coro.close())  # a task cancelled before it ran
+        return task
+
+    async def _guard(self, coro: Coroutine[Any, Any, None], sender: bool) -> None:
+        """The edge of every task of this connection: a failure ends this session only."""
+        try:
+            await coro
+        except ConnectionClosed:
+            self._finish(None)  # the client went away: nothing more can be sent
+        except Exception:
+            log.exception("session %s failed", self.session_id)
+            self.ctx.metrics.errors.labels(code=ErrorCode.INTERNAL_ERROR.value).inc()
+            if sender:  # nobody is left to send an error: just close
+                self.abort(CloseCode.INTERNAL, "internal error")
+            else:
+                self._fail("internal server error; see the server log")
+
+    async def _close_socket(self) -> None:
+        if self._close_with is None:
+            self.ws.transport.abort()  # the client is gone or a close is already under way
+            return
+        code, reason = self._close_with
+        try:
+            async with asyncio.timeout(self._grace_s):
+                await self.ws.close(code, reason)
+        except TimeoutError:  # a client that does not read never sees our close frame
+            self.ws.transport.abort()
+
+    # ---------------------------------------------------------------- reading
+    async def _read(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout_at(self._idle_deadline):
+                    message = await self.ws.recv()
+            except TimeoutError:
+                self.end("idle")
+                continue
+            if isinstance(message, str):
+                actions = self.protocol.receive_text(message)
+            else:
+                actions = self.protocol.receive_bytes(message)
+            await self._apply(actions)
+            if len(self.outbox):
+                await asyncio.sleep(0)  # let the sender write before the next buffered frame
+
+    async def _apply(self, actions: list[Action], close_reason: str | None = None) -> None:
+        for action in actions:
+            if isinstance(action, Start):
+                self._start(action.options)
+            elif isinstance(action, Audio):
+                await self._on_audio(action.samples)
+            elif isinstance(action, Flush | End):
+                if self._inbox is not None:
+                    await self._inbox.put_command(action)
+            elif isinstance(action, SendError):
+                self._queue(action.error)
+            elif isinstance(action, Close):
+                self._close_now(action.code, close_reason or action.reason)
+
+    def _start(self, options: SessionStart) -> None:
+        rate = options.audio.sample_rate
+        self._stream = AudioStream(self.ctx.model, self._session_config(options), rate)
+        self._inbox = Inbox(max(1, int(self.ctx.config.max_backlog_s * rate)))
+        self._clock = ArrivalClock(rate)
+        model_name = getattr(self.ctx.model, "name", "unknown")
+        limits = self.ctx.config.protocol_limits
+        self._queue(SessionStarted(self.session_id, model_name, options, limits))
+        self._compute = self._spawn(self._decode_loop())
+        loop = asyncio.get_running_loop()
+        self._max_length = loop.call_later(self.ctx.config.max_session_s, self._on_max_length)
+        log.info("session %s started: %s", self.session_id, options.audio.to_dict())
+
+    def _session_config(self, options: SessionStart) -> SessionConfig:
+        base = self.ctx.session_config
+        decode = dataclasses.replace(base.decode, word_timestamps=options.word_timestamps)
+        return dataclasses.replace(base, partials=options.partials, decode=decode)
+
+    async def _on_audio(self, samples: np.ndarray) -> None:
+        assert self._inbox is not None and self._clock is not None  # Start comes first
+        loop = asyncio.get_running_loop()
+        self._clock.mark(samples.size, loop.time())
+        self._idle_deadline = loop.time() + self.ctx.config.idle_timeout_s
+        self.ctx.metrics.audio_seconds.inc(samples.size / self._clock.sample_rate)
+        await self._inbox.put_audio(samples)
+
+    def _on_max_length(self) -> None:
+        self._idle_deadline = None
+        reason = "max_length"
+        self._spawn(self._apply(self.protocol.end(reason, close_code=CloseCode.POLICY), reason))
+
+    # ---------------------------------------------------------------- decoding
+    async def _decode_loop(self) -> None:
+        assert self._inbox is not None and self._stream is not None
+        stream, pool = self._stream, self.ctx.pool
+        while True:
+            item = await self._inbox.get()
+            if isinstance(item, np.ndarray):
+                events, seconds = await pool.run(stream.feed, item)
+            elif isinstance(item, Flush):
+                events, seconds = await pool.run(stream.flush)
+            else:
+                events, seconds = await pool.run(stream.close)
+            self.ctx.metrics.decode_seconds.observe(seconds)
+            for event in events:
+                self._queue(event)
+            if isinstance(item, End):
+                if item.reason == "max_length":
+                    limit = self.ctx.config.max_session_s
+                    message = f"the session reached its maximum length of {limit:g} s"
+                    self._queue(error_event(ErrorCode.SESSION_TOO_LONG, message))
+                self._queue(SessionEnded(item.reason))
+                self._queue(_end_close(item.reason))
+                return
+
+    # ---------------------------------------------------------------- sending
+    def _queue(self, message: ServerMessage | CloseRequest) -> None:
+        if self._done.is_set():  # closing: nothing more will be sent
+            return
+        if isinstance(message, ErrorEvent) and not self.outbox.closed:
+            self.ctx.metrics.errors.labels(code=message.code).inc()
+        if not self.outbox.put(message) and self._write_blocked():
+            self.ctx.metrics.errors.labels(code=ErrorCode.CLIENT_TOO_SLOW.value).inc()
+            log.warning("session %s: client too slow, closing", self.session_id)
+            self.abort(CloseCode.POLICY, "client too slow")
+
+    def _write_blocked(self) -> bool:
+        """The socket is not taking our bytes: the client does not read (fast enough)."""
+        return self.ws.transport.get_write_buffer_size() > 0
+
+    def _close_now(self, code: int, reason: str) -> None:
+        """A fatal error: drop pending audio, send what is queued (the error last), close."""
+        if self._compute is not None:
+            self._compute.cancel()
+        self._idle_deadline = None
+        self._queue(CloseRequest(code, reason))
+
+    def _fail(self, message: str) -> None:
+        """An internal error: tell the client (the count is taken by `_guard`), close 1011."""
+        if self.outbox.closed:
+            self.abort(CloseCode.INTERNAL, "internal error")
+            return
+        self.outbox.put(error_event(ErrorCode.INTERNAL_ERROR, message))
+        self._close_now(CloseCode.INTERNAL, "internal error")
+
+    async def _send(self) -> None:
+        while True:
+            message = await self.outbox.get()
+            if isinstance(message, CloseRequest):
+                self._finish((message.code, message.reason))
+                return
+            self._observe_latency(message)
+            await self.ws.send(self.protocol.event(message))
+
+    def _observe_latency(self, message: ServerMessage) -> None:
+        if self._clock is None or not isinstance(message, TranscriptPartial | TranscriptFinal):
+            return
+        arrived = self._clock.time_of(message.end_sample)
+        if arrived is None:
+            return
+        latency = asyncio.get_running_loop().time() - arrived
+        metric = self.ctx.metrics
+        hist = (
+            metric.final_latency if isinstance(message, TranscriptFinal) else metric.partial_latency
+        )
+        hist.observe(max(0.0, latency))
+
+
+def _end_close(reason: str) -> CloseRequest:
+    if reason == "shutdown":
+        return CloseRequest(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+    if reason == "max_length":
+        return CloseRequest(CloseCode.POLICY, "session too long")
+    return CloseRequest(CloseCode.NORMAL, "idle" if reason == "idle" else "")

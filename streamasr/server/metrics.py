@@ -1,0 +1,69 @@
+"""Prometheus metrics of one server, in a registry of its own (never the process-global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# seconds; decode calls run 1 ms (fake model) .. a few s (a long final on a busy CPU)
+DECODE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# seconds from the audio reaching the server to the message leaving it
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+
+class ServerMetrics:
+    """The daemon's counters, gauges and histograms; `exposition()` is the /metrics body."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.ready = Gauge("streamasr_ready", "1 once the model is loaded and warm", registry=r)
+        self.sessions_active = Gauge(
+            "streamasr_sessions_active", "Open WebSocket sessions", registry=r
+        )
+        self.sessions = Counter("streamasr_sessions", "Sessions accepted", registry=r)
+        self.rejected = Counter(
+            "streamasr_rejected_connections",
+            "Connections refused: busy (max sessions), unauthorized, origin, not_ready",
+            ["reason"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "streamasr_errors", "Error messages sent to clients, by code", ["code"], registry=r
+        )
+        self.audio_seconds = Counter(
+            "streamasr_audio_seconds", "Seconds of audio received", registry=r
+        )
+        self.decode_seconds = Histogram(
+            "streamasr_decode_seconds",
+            "Wall time of each engine call (feed, flush, close) in the worker pool",
+            buckets=DECODE_BUCKETS,
+            registry=r,
+        )
+        self.partial_latency = Histogram(
+            "streamasr_partial_latency_seconds",
+            "From the arrival of the audio at a partial's end to the partial being sent",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.final_latency = Histogram(
+            "streamasr_final_latency_seconds",
+            "From the arrival of the audio at a final's end (speech stop) to the final being sent",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dropped_partials = Counter(
+            "streamasr_dropped_partials",
+            "Partials replaced in a slow client's queue before they were sent",
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric of this server."""
+        return generate_latest(self.registry)

@@ -1,0 +1,420 @@
+"""Wire protocol v1 of `streamasr serve`: typed messages and a sans-I/O per-connection core.
+
+Clients import the message classes (`SessionStart`, `SessionFlush`, `SessionEnd`, `AudioFormat`)
+and `parse_server_message`; the server drives one `ServerProtocol` per connection, which turns
+received frames into actions and outgoing messages into JSON text with a per-session `seq`.
+Nothing here does I/O: docs/protocol.md describes the same rules for people.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from streamasr.audio.pcm import ENCODINGS, decode_pcm
+from streamasr.audio.resample import MAX_RATE, MIN_RATE
+from streamasr.errors import AudioFormatError, InputError
+from streamasr.events import ErrorEvent, Event
+
+PROTOCOL_VERSION = 1
+STREAM_PATH = "/v1/stream"
+MAX_TEXT_BYTES = 65_536  # a control message is a few hundred bytes; anything this big is abuse
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server uses (RFC 6455, section 7.4.1)."""
+
+    NORMAL = 1000  # session.end, or idle
+    GOING_AWAY = 1001  # server shutdown
+    INVALID_DATA = 1007  # an invalid session.start
+    POLICY = 1008  # a message out of order, client too slow, session too long
+    TOO_BIG = 1009  # a frame over the size limit
+    INTERNAL = 1011  # a bug in the server
+    TRY_AGAIN = 1013  # server busy (max sessions)
+
+
+class ErrorCode(enum.StrEnum):
+    """The `code` of an `error` message; `CLOSE_CODES` says which ones end the session."""
+
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_AUDIO = "bad_audio"
+    INVALID_START = "invalid_start"
+    UNSUPPORTED_AUDIO = "unsupported_audio"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNEXPECTED_START = "unexpected_start"
+    FRAME_TOO_BIG = "frame_too_big"
+    CLIENT_TOO_SLOW = "client_too_slow"
+    SESSION_TOO_LONG = "session_too_long"
+    SERVER_BUSY = "server_busy"
+    INTERNAL_ERROR = "internal_error"
+
+
+# error code -> close code of a fatal error, or None: the error is reported and the session goes on
+CLOSE_CODES: dict[ErrorCode, CloseCode | None] = {
+    ErrorCode.BAD_JSON: None,
+    ErrorCode.BAD_MESSAGE: None,
+    ErrorCode.UNKNOWN_TYPE: None,
+    ErrorCode.BAD_AUDIO: None,
+    ErrorCode.INVALID_START: CloseCode.INVALID_DATA,
+    ErrorCode.UNSUPPORTED_AUDIO: CloseCode.INVALID_DATA,
+    ErrorCode.UNSUPPORTED_LANGUAGE: CloseCode.INVALID_DATA,
+    ErrorCode.UNSUPPORTED_VERSION: CloseCode.POLICY,
+    ErrorCode.UNEXPECTED_START: CloseCode.POLICY,
+    ErrorCode.FRAME_TOO_BIG: CloseCode.TOO_BIG,
+    ErrorCode.CLIENT_TOO_SLOW: CloseCode.POLICY,
+    ErrorCode.SESSION_TOO_LONG: CloseCode.POLICY,
+    ErrorCode.SERVER_BUSY: CloseCode.TRY_AGAIN,
+    ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL,
+}
+
+
+class ProtocolError(InputError):
+    """A client message that breaks the protocol; `code` decides whether the session survives."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def close_code(self) -> CloseCode | None:
+        return CLOSE_CODES[self.code]
+
+
+# ------------------------------------------------------------------ client -> server messages
+@dataclass(frozen=True)
+class AudioFormat:
+    """The layout of the binary frames of a session."""
+
+    encoding: str = "pcm_s16le"  # "pcm_s16le" or "pcm_f32le", little-endian, interleaved
+    sample_rate: int = 16_000  # Hz, MIN_RATE..MAX_RATE; resampled to 16 kHz on the server
+    channels: int = 1  # 1 or 2; stereo is averaged to mono
+
+    @property
+    def bytes_per_frame(self) -> int:
+        """Bytes of one sample frame (all channels of one instant)."""
+        return (2 if self.encoding == "pcm_s16le" else 4) * self.channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "encoding": self.encoding,
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: object) -> AudioFormat:
+        """Validate a JSON `audio` object; missing keys take the defaults."""
+        if not isinstance(obj, dict):
+            raise ProtocolError(ErrorCode.INVALID_START, "'audio' must be an object")
+        encoding = _field(obj, "audio.encoding", obj.get("encoding", cls.encoding), str)
+        rate = _field(obj, "audio.sample_rate", obj.get("sample_rate", cls.sample_rate), int)
+        channels = _field(obj, "audio.channels", obj.get("channels", cls.channels), int)
+        if encoding not in ENCODINGS:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_AUDIO,
+                f"unsupported encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}",
+            )
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_AUDIO,
+                f"sample_rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz",
+            )
+        if channels not in (1, 2):
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_AUDIO, f"channels must be 1 or 2, not {channels}"
+            )
+        return cls(encoding, rate, channels)
+
+
+def _field(obj: dict[str, Any], name: str, value: object, kind: type) -> Any:
+    """`value` if it is a `kind` (bool is not an int here), else an invalid_start error."""
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ProtocolError(
+            ErrorCode.INVALID_START, f"'{name}' must be a {kind.__name__}, got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    """Optional first message: the audio format and the session's options."""
+
+    audio: AudioFormat = field(default_factory=AudioFormat)
+    language: str = "en"  # the spoken language; the server lists the ones it supports
+    partials: bool = True  # send transcript.partial messages
+    word_timestamps: bool = True  # word timings in transcript.final
+    version: int = PROTOCOL_VERSION
+    type: ClassVar[str] = "session.start"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "version": self.version,
+            "audio": self.audio.to_dict(),
+            "language": self.language,
+            "partials": self.partials,
+            "word_timestamps": self.word_timestamps,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> SessionStart:
+        """Validate a parsed session.start; unknown keys are ignored (forward compatibility)."""
+        version = _field(obj, "version", obj.get("version", PROTOCOL_VERSION), int)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {version} is not supported; this server speaks "
+                f"version {PROTOCOL_VERSION}",
+            )
+        return cls(
+            audio=AudioFormat.from_dict(obj.get("audio", {})),
+            language=_field(obj, "language", obj.get("language", "en"), str),
+            partials=_field(obj, "partials", obj.get("partials", True), bool),
+            word_timestamps=_field(obj, "word_timestamps", obj.get("word_timestamps", True), bool),
+        )
+
+
+@dataclass(frozen=True)
+class SessionFlush:
+    """Finalise the pending speech now; the session stays open."""
+
+    type: ClassVar[str] = "session.flush"
+
+    def to_json(self) -> str:
+        return json.dumps({"type": self.type})
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    """Finalise, receive session.ended, then the server closes with 1000."""
+
+    type: ClassVar[str] = "session.end"
+
+    def to_json(self) -> str:
+        return json.dumps({"type": self.type})
+
+
+ClientMessage = SessionStart | SessionFlush | SessionEnd
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    """One client text frame to its message; raises ProtocolError when it is not one."""
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError from lone surrogates
+        raise ProtocolError(ErrorCode.BAD_JSON, f"text frame is not JSON: {exc}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, "a text frame must be a JSON object with a string 'type'"
+        )
+    kind = obj["type"]
+    if kind == SessionStart.type:
+        return SessionStart.from_dict(obj)
+    if kind == SessionFlush.type:
+        return SessionFlush()
+    if kind == SessionEnd.type:
+        return SessionEnd()
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_TYPE,
+        f"unknown message type {kind[:40]!r}; expected session.start, session.flush or session.end",
+    )
+
+
+# ------------------------------------------------------------------ server -> client messages
+@dataclass(frozen=True)
+class SessionStarted:
+    session_id: str
+    model: str
+    start: SessionStart  # the options in force (the defaults when the client sent none)
+    limits: dict[str, Any]  # max_frame_bytes, idle_timeout_s, max_session_s
+    type: str = field(default="session.started", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "session_id": self.session_id,
+            "model": self.model,
+            "protocol": PROTOCOL_VERSION,
+            "audio": self.start.audio.to_dict(),
+            "language": self.start.language,
+            "partials": self.start.partials,
+            "word_timestamps": self.start.word_timestamps,
+            "limits": dict(self.limits),
+        }
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    reason: str  # "client" (session.end), "idle", "max_length" or "shutdown"
+    type: str = field(default="session.ended", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "reason": self.reason}
+
+
+ServerMessage = Event | SessionStarted | SessionEnded
+
+
+def error_event(code: ErrorCode, message: str) -> ErrorEvent:
+    return ErrorEvent(code.value, message, fatal=CLOSE_CODES[code] is not None)
+
+
+def parse_server_message(text: str) -> dict[str, Any]:
+    """A server text frame as a dict with at least `type` (str) and `seq` (int), for clients."""
+    obj = json.loads(text)
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ValueError(f"not a server message: {text[:200]!r}")
+    if not isinstance(obj.get("seq"), int):
+        raise ValueError(f"server message without a seq: {text[:200]!r}")
+    return obj
+
+
+# ------------------------------------------------------------------ the sans-I/O core
+@dataclass(frozen=True)
+class Start:
+    """Open the session with these options (`implicit`: the client sent no session.start)."""
+
+    options: SessionStart
+    implicit: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Audio:
+    samples: np.ndarray  # (n,) float32 mono at the session's sample_rate, not yet resampled
+
+
+@dataclass(frozen=True)
+class Flush:
+    pass
+
+
+@dataclass(frozen=True)
+class End:
+    reason: str = "client"  # SessionEnded.reason
+
+
+@dataclass(frozen=True)
+class SendError:
+    error: ErrorEvent
+
+
+@dataclass(frozen=True)
+class Close:
+    code: CloseCode
+    reason: str
+
+
+Action = Start | Audio | Flush | End | SendError | Close
+
+
+class State(enum.Enum):
+    AWAITING_START = "awaiting_start"  # nothing valid received yet
+    STREAMING = "streaming"
+    ENDED = "ended"  # ending or failed: further input is ignored
+
+
+class ServerProtocol:
+    """One connection's protocol state: frames in, actions out; messages out with their `seq`."""
+
+    def __init__(self, *, max_frame_bytes: int, languages: tuple[str, ...] = ("en",)) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.languages = languages
+        self.state = State.AWAITING_START
+        self.options: SessionStart | None = None
+        self._seq = 0
+
+    def receive_text(self, text: str) -> list[Action]:
+        if self.state is State.ENDED:
+            return []
+        try:
+            if len(text.encode("utf-8", "replace")) > MAX_TEXT_BYTES:
+                raise ProtocolError(ErrorCode.FRAME_TOO_BIG, f"text frame over {MAX_TEXT_BYTES} B")
+            return self._on_message(parse_client_message(text))
+        except ProtocolError as exc:
+            return self._fail(exc)
+
+    def receive_bytes(self, data: bytes) -> list[Action]:
+        if self.state is State.ENDED:
+            return []
+        if len(data) > self.max_frame_bytes:
+            message = f"binary frame of {len(data)} B is over the limit, {self.max_frame_bytes} B"
+            return self._fail(ProtocolError(ErrorCode.FRAME_TOO_BIG, message))
+        actions = self._implicit_start()
+        fmt = (self.options or SessionStart()).audio  # set: the session has started
+        try:
+            samples = decode_pcm(data, encoding=fmt.encoding, channels=fmt.channels)
+        except AudioFormatError as exc:
+            return actions + self._fail(ProtocolError(ErrorCode.BAD_AUDIO, f"frame dropped: {exc}"))
+        return [*actions, Audio(samples)] if samples.size else actions
+
+    def end(self, reason: str, *, close_code: CloseCode = CloseCode.NORMAL) -> list[Action]:
+        """A server-side end (idle, max_length, shutdown): finalise if a session is open."""
+        state, self.state = self.state, State.ENDED
+        if state is State.STREAMING:
+            return [End(reason)]
+        if state is State.AWAITING_START:
+            return [Close(close_code, reason)]
+        return []
+
+    def event(self, message: ServerMessage) -> str:
+        """The JSON text frame of an outgoing message, with the next `seq` of this session."""
+        body = message.to_dict()
+        frame = {"type": body.pop("type"), "seq": self._seq, **body}
+        self._seq += 1
+        return json.dumps(frame, ensure_ascii=False)
+
+    # ---------------------------------------------------------------- internals
+    def _on_message(self, message: ClientMessage) -> list[Action]:
+        if isinstance(message, SessionStart):
+            return self._on_start(message)
+        actions = self._implicit_start()
+        if isinstance(message, SessionFlush):
+            return [*actions, Flush()]
+        self.state = State.ENDED
+        return [*actions, End("client")]
+
+    def _on_start(self, start: SessionStart) -> list[Action]:
+        if self.state is not State.AWAITING_START:
+            raise ProtocolError(
+                ErrorCode.UNEXPECTED_START,
+                "session.start must be the first message; the session has already started",
+            )
+        if start.language not in self.languages:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_LANGUAGE,
+                f"language {start.language!r} is not supported by this model "
+                f"(supported: {', '.join(self.languages)})",
+            )
+        self.state = State.STREAMING
+        self.options = start
+        return [Start(start)]
+
+    def _implicit_start(self) -> list[Action]:
+        if self.state is not State.AWAITING_START:
+            return []
+        self.state = State.STREAMING
+        self.options = SessionStart()
+        return [Start(self.options, implicit=True)]
+
+    def _fail(self, exc: ProtocolError) -> list[Action]:
+        actions: list[Action] = [SendError(error_event(exc.code, exc.message))]
+        if exc.close_code is not None:
+            self.state = State.ENDED
+            actions.append(Close(exc.close_code, _reason(exc.code)))
+        return actions
+
+
+def _reason(code: ErrorCode) -> str:
+    """A close reason: the error code in words (reasons are capped at 123 bytes)."""
+    return code.value.replace("_", " ")

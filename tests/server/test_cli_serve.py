@@ -1,0 +1,44 @@
+"""`streamasr serve` on the command line: refusals before anything starts, and the help text."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from streamasr.cli import main
+
+
+def test_serve_refuses_a_public_address_without_a_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STREAMASR_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "refusing to listen on '0.0.0.0' without a token" in capsys.readouterr().err
+
+
+def test_serve_reports_a_bad_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text("max_sessions = 'many'\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "bad value 'many' for max_sessions" in capsys.readouterr().err
+
+
+def test_serve_reports_a_taken_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--model", "/nonexistent"]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_serve_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--model", "--config", "--token", "--allow-origin"):
+        assert flag in out

@@ -1,0 +1,139 @@
+"""Plain HTTP on the daemon's port: health before and after warm-up, metrics, static files,
+the token and the Origin allowlist."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fake_model import FakeModel
+from prometheus_client.parser import text_string_to_metric_families
+from server_helpers import (
+    assert_served,
+    http_get,
+    pcm16,
+    session,
+    stream_session,
+    ws_url,
+)
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from streamasr.server.app import Server
+from streamasr.server.config import ServerConfig
+
+
+async def test_health_is_503_until_the_model_is_warm(make_server: Any) -> None:
+    release = threading.Event()
+
+    def slow_factory(_spec: str) -> FakeModel:
+        release.wait(10)  # runs on the decode thread: the event loop keeps answering
+        return FakeModel()
+
+    server = await make_server(model_factory=slow_factory, start=False)
+    startup = asyncio.create_task(server.startup())
+    while server._ws is None:  # the listener comes first, then the model
+        await asyncio.sleep(0.01)
+    before = await http_get(server, "/healthz")
+    assert (before.status, before.body) == (503, b"starting\n")
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(ws_url(server))
+    assert refused.value.response.status_code == 503
+    release.set()
+    await startup
+    after = await http_get(server, "/healthz")
+    assert (after.status, after.body) == (200, b"ok\n")
+    assert server.metrics.rejected.labels(reason="not_ready")._value.get() == 1
+
+
+async def test_metrics_parse_and_count(server: Server, speech_clips: list[np.ndarray]) -> None:
+    await stream_session(server, pcm16(speech_clips[2]), speed=8.0)
+    await session(server, ["{bad json", '{"type": "session.end"}'])
+    reply = await http_get(server, "/metrics")
+    assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(reply.body.decode())
+        for s in family.samples
+    }
+    assert samples[("streamasr_ready", ())] == 1
+    assert samples[("streamasr_sessions_total", ())] == 2
+    assert samples[("streamasr_sessions_active", ())] == 0
+    assert samples[("streamasr_errors_total", (("code", "bad_json"),))] == 1
+    audio_s = len(speech_clips[2]) / 16_000
+    assert samples[("streamasr_audio_seconds_total", ())] == pytest.approx(audio_s, abs=0.01)
+    assert samples[("streamasr_final_latency_seconds_count", ())] == 1
+    assert samples[("streamasr_partial_latency_seconds_count", ())] >= 1
+    assert samples[("streamasr_decode_seconds_count", ())] >= 2
+    other = Server(ServerConfig())  # each server has its own registry
+    assert b"streamasr_sessions_total 0.0" in other.metrics.exposition()
+
+
+async def test_static_files_are_served_with_their_types(make_server: Any, tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<p>hi</p>")
+    (tmp_path / "app.js").write_text("let x = 1;")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "style.css").write_text("p {}")
+    (tmp_path / ".secret").write_text("no")
+    server = await make_server(static_dir=str(tmp_path))
+    for path, kind, body in [
+        ("/", "text/html", b"<p>hi</p>"),
+        ("/app.js", "text/javascript", b"let x = 1;"),
+        ("/sub/style.css", "text/css", b"p {}"),
+    ]:
+        reply = await http_get(server, path)
+        assert reply.status == 200 and reply.body == body
+        assert reply.headers["Content-Type"].startswith(kind)
+    for path in (
+        "/missing.js",
+        "/.secret",
+        "/../" + tmp_path.name + "/app.js",
+        "/%2e%2e/etc/passwd",
+    ):
+        assert (await http_get(server, path)).status == 404, path
+
+
+async def test_the_package_placeholder_page_is_served(server: Server) -> None:
+    reply = await http_get(server, "/")
+    assert reply.status == 200 and reply.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert b"caption page is served here" in reply.body
+
+
+async def test_token_is_required_for_the_stream_and_metrics(make_server: Any) -> None:
+    server = await make_server(token="s3cret")
+    for headers, query in [({}, ""), ({"Authorization": "Bearer nope"}, ""), ({}, "?token=nope")]:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(ws_url(server, query), additional_headers=headers)
+        assert refused.value.response.status_code == 401
+    async with connect(ws_url(server), additional_headers={"Authorization": "Bearer s3cret"}):
+        pass
+    async with connect(ws_url(server, "?token=s3cret")):
+        pass
+    assert (await http_get(server, "/metrics")).status == 401
+    authorized = await http_get(server, "/metrics", {"Authorization": "Bearer s3cret"})
+    assert authorized.status == 200
+    assert (await http_get(server, "/healthz")).status == 200  # open, for probes
+    assert server.metrics.rejected.labels(reason="unauthorized")._value.get() == 3
+
+
+async def test_origins_outside_the_allowlist_are_refused(make_server: Any) -> None:
+    server = await make_server(allow_origins=("https://captions.example",))
+    port = server.port
+    allowed = [None, "https://captions.example", f"http://127.0.0.1:{port}"]
+    for origin in allowed:
+        headers = {"Origin": origin} if origin else {}
+        async with connect(ws_url(server), additional_headers=headers):
+            pass
+    for origin in ["https://evil.example", "null", f"http://127.0.0.1:{port + 1}"]:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(ws_url(server), additional_headers={"Origin": origin})
+        assert refused.value.response.status_code == 403, origin
+    # DNS rebinding: a foreign name resolved to 127.0.0.1 is same-origin by Host, yet refused
+    rebinding = {"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"}
+    assert (await http_get(server, "/metrics", rebinding)).status == 403
+    assert server.metrics.rejected.labels(reason="origin")._value.get() == 3
+    await assert_served(server)
