@@ -21,6 +21,9 @@ def model_family(model_dir: Path) -> str:
     return str(cfg.get("model_type", ""))
 
 
+SUPPORTED = "whisper, glmasr (GLM-ASR-Nano-2512), asr_model (Tiny Audio)"
+
+
 def load_model(spec: str = DEFAULT_MODEL) -> AsrModel:
     """Resolve `spec` (a name, a dir or a hub id) and load it with the adapter of its family."""
     model_dir = resolve_model_dir(spec)
@@ -29,4 +32,12 @@ def load_model(spec: str = DEFAULT_MODEL) -> AsrModel:
         from streamasr.models.whisper import WhisperModel
 
         return WhisperModel.from_dir(model_dir, name=spec)
-    raise ModelFormatError(f"{spec}: model family {family!r} is not supported (supported: whisper)")
+    if family == "glmasr":
+        from streamasr.models.glmasr import GlmAsrAdapter
+
+        return GlmAsrAdapter.from_dir(model_dir, name=spec)
+    if family == "asr_model":  # Tiny Audio's custom config; the adapter checks the projector
+        from streamasr.models.tinyaudio import TinyAudioAdapter
+
+        return TinyAudioAdapter.from_dir(model_dir, name=spec)
+    raise ModelFormatError(f"{spec}: model family {family!r} is not supported ({SUPPORTED})")

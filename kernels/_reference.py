@@ -1,0 +1,51 @@
+"""The masked attention that every torch reference reduces to: SDPA with a boolean mask."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def key_limits(
+    lengths: torch.Tensor, q_len: int, *, mask: str, block_size: int | None = None
+) -> torch.Tensor:
+    """(B, Lq): query i of sequence b attends keys [0, limit[b, i]).
+
+    The queries are the last q_len of the lengths[b] valid positions: query i sits at
+    lengths[b] - q_len + i. causal: keys up to itself; block_causal: every key in its block
+    (positions // block_size, counted from position 0) or an earlier one; none: every valid key.
+    """
+    valid = lengths.view(-1, 1).long()  # (B, 1)
+    pos = valid - q_len + torch.arange(q_len, device=lengths.device)  # (B, Lq)
+    if mask == "causal":
+        return pos + 1
+    if mask == "block_causal":
+        if block_size is None:
+            raise ValueError("block_causal needs a block_size")
+        return torch.minimum((pos // block_size + 1) * block_size, valid)
+    return valid.expand(-1, q_len)
+
+
+def masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    mask: str,
+    block_size: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """q (B, Hq, Lq, D) against k, v (B, Hkv, Lk, D) under `key_limits`; returns (B, Hq, Lq, D)."""
+    n = int(lengths.max())  # no query sees a key at or past the longest valid length
+    limits = key_limits(lengths, q.shape[2], mask=mask, block_size=block_size)  # (B, Lq)
+    keys = torch.arange(n, device=q.device)
+    allowed = keys.view(1, 1, n) < limits.unsqueeze(-1)  # (B, Lq, N)
+    return F.scaled_dot_product_attention(
+        q,
+        k[:, :, :n],
+        v[:, :, :n],
+        attn_mask=allowed.unsqueeze(1),  # (B, 1, Lq, N), shared by the heads
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )

@@ -1,0 +1,114 @@
+"""Our own KV-cached forward of a transformers Llama or Qwen3 decoder (grouped KV heads).
+
+The GLM-ASR decoder is Llama (16 q / 4 kv heads x 128); Tiny Audio's is Qwen3 (16 q / 8 kv
+heads x 128, plus a per-head RMSNorm on q and k before RoPE). Both run through `forward`, the
+one method a grouped-KV decode kernel replaces. The cache stores keys and values before the
+heads are repeated, (layers, B, kv_heads, max_len, head_dim).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from streamasr.engine.kv_cache import KVCache
+from streamasr.errors import ModelFormatError
+from streamasr.models.glm_encoder import apply_rope
+
+
+class CausalLm:
+    """A decoder-only LM: token embeddings, KV-cached forward, logits."""
+
+    def __init__(self, base: Any, lm_head: Any, *, vocab_limit: int | None = None) -> None:
+        """`base` is a transformers LlamaModel or Qwen3Model, `lm_head` its output Linear.
+
+        `vocab_limit` keeps only the first logits: Tiny Audio shrinks Qwen3's 151936 rows to its
+        tokenizer's 151670 tokens, so the padding rows are never generated.
+        """
+        cfg = base.config
+        if getattr(cfg, "use_sliding_window", False):
+            raise ModelFormatError("decoders with sliding-window attention are not supported")
+        self.base = base.eval()
+        self.lm_head = lm_head
+        self.layers = len(base.layers)
+        self.q_heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(cfg.num_key_value_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.q_heads)
+        self.max_positions = int(cfg.max_position_embeddings)
+        self.vocab_limit = vocab_limit
+        self.qk_norm = hasattr(base.layers[0].self_attn, "q_norm")  # Qwen3
+        param = next(base.parameters())
+        self.dtype, self.device = param.dtype, param.device
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        """Token embeddings (T, d) of `ids`."""
+        t = torch.tensor(ids, dtype=torch.long, device=self.device)
+        out: torch.Tensor = self.base.embed_tokens(t)
+        return out
+
+    def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
+        return KVCache(
+            layers=self.layers,
+            batch=batch,
+            heads=self.kv_heads,
+            head_dim=self.head_dim,
+            max_len=max_len,
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, cache: KVCache, *, logits_from: int = -1) -> torch.Tensor:
+        """Feed embeddings x (B, T, d) after the cached prefix; return logits (B, T', vocab).
+
+        Logits are computed only for positions `logits_from` .. T-1 (default: the last one).
+        """
+        b, t, _ = x.shape
+        pos0 = cache.length
+        positions = torch.arange(pos0, pos0 + t, device=x.device)[None, :]  # (1, T)
+        cos, sin = self.base.rotary_emb(x, position_ids=positions)  # (1, T, head_dim)
+        mask = None
+        if t > 1:  # causal over cache + new; a single query sees everything before it
+            mask = torch.arange(pos0 + t, device=x.device)[None, :] <= positions[0, :, None]
+        for i, layer in enumerate(self.base.layers):
+            h = layer.input_layernorm(x)
+            x = x + self._attend(layer.self_attn, h, i, cache, cos, sin, mask)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        cache.advance(t)
+        h = self.base.norm(x[:, logits_from:])
+        logits: torch.Tensor = self.lm_head(h)
+        if self.vocab_limit is not None:
+            logits = logits[..., : self.vocab_limit]
+        return logits
+
+    def _attend(
+        self,
+        attn: Any,
+        h: torch.Tensor,
+        layer: int,
+        cache: KVCache,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, t, _ = h.shape
+        q = attn.q_proj(h).view(b, t, self.q_heads, self.head_dim)  # (B, T, Hq, D)
+        k = attn.k_proj(h).view(b, t, self.kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = attn.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, Hq, T, D)
+        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, Hkv, T, D)
+        k_all, v_all = cache.append(layer, k, v)  # (B, Hkv, L, D)
+        a = F.scaled_dot_product_attention(
+            q,
+            k_all,
+            v_all,
+            attn_mask=mask,
+            scale=float(attn.scaling),
+            enable_gqa=self.kv_heads != self.q_heads,
+        )  # (B, Hq, T, D)
+        out: torch.Tensor = attn.o_proj(a.transpose(1, 2).reshape(b, t, -1))
+        return out

@@ -1,0 +1,155 @@
+"""The GLM-ASR audio encoder: our forward on transformers' weights; GLM-ASR and Tiny Audio use it.
+
+The encoder is Whisper's two convolutions (k3 s1, k3 s2, GELU after each: 50 frames/s) and a
+pre-LayerNorm transformer whose attention is bidirectional with no mask and applies rotate-half
+RoPE to the first half of each head's dims; positions restart at 0 in every window. The
+projectors after it stack MERGE = 4 encoder frames into one audio token (80 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from streamasr.errors import ModelFormatError
+
+HOP_SAMPLES = 160  # one mel frame
+CONV_LAYERS = ((1, 3, 1), (1, 3, 2))  # (padding, kernel, stride) of conv1 and conv2
+MERGE = 4  # encoder frames stacked into one audio token
+_TOWER_KEY = re.compile(r"^(?:model\.)?audio_tower\.(.+)$")  # 5.10+ and older checkpoint layouts
+
+
+def mel_frames_for(num_samples: int) -> int:
+    """Mel frames the feature extractor's attention mask marks as audio: ceil(n / 160).
+
+    The engine's `num_frames` is n // 160; the two differ when n is not a multiple of 160.
+    """
+    return -(-num_samples // HOP_SAMPLES)
+
+
+def encoder_frames(mel_frames: int) -> int:
+    """Encoder output frames for `mel_frames` input frames: ceil(L / 2) for L >= 1."""
+    n = mel_frames
+    for padding, kernel, stride in CONV_LAYERS:
+        n = (n + 2 * padding - (kernel - 1) - 1) // stride + 1
+    return max(n, 0)
+
+
+def audio_token_count(mel_frames: int) -> int:
+    """Audio tokens for `mel_frames` real frames, as the GLM-ASR processor counts them."""
+    return max((encoder_frames(mel_frames) - MERGE) // MERGE + 1, 0)
+
+
+def stack_frames(states: torch.Tensor, merge: int = MERGE) -> torch.Tensor:
+    """(B, S, d) encoder states -> (B, S // merge, merge * d); drops a trailing partial group."""
+    b, s, d = states.shape
+    groups = s // merge
+    return states[:, : groups * merge].reshape(b, groups, merge * d)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on the first cos.shape[-1] dims of x (B, H, T, D); cos/sin (1, T, R)."""
+    rot = cos.shape[-1]
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, T, R)
+    if rot == x.shape[-1]:
+        return x * c + rotate_half(x) * s
+    head, tail = x[..., :rot], x[..., rot:]
+    return torch.cat((head * c + rotate_half(head) * s, tail), dim=-1)
+
+
+class GlmAudioEncoder:
+    """A transformers `GlmAsrEncoder` run with our forward; holds no per-call state."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module.eval()
+        cfg = module.config
+        self.n_mels = int(cfg.num_mel_bins)
+        self.hidden_size = int(cfg.hidden_size)
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or self.hidden_size // self.heads)
+        if int(cfg.intermediate_size) != MERGE * self.hidden_size:
+            # transformers' projector reshapes the states to intermediate_size, while the
+            # processor counts tokens with a merge factor of 4: both hold only at 4 x hidden.
+            raise ModelFormatError(
+                f"GLM-ASR audio intermediate_size {cfg.intermediate_size} is not "
+                f"{MERGE} x hidden_size {self.hidden_size}"
+            )
+
+    @classmethod
+    def from_glmasr_dir(cls, model_dir: Path, *, dtype: torch.dtype = torch.float32) -> Any:
+        """Only the audio tower of a GLM-ASR dir: its config and its `audio_tower.*` weights."""
+        from safetensors import safe_open
+        from transformers import AutoConfig, GlmAsrEncoder
+
+        try:
+            audio_cfg = AutoConfig.from_pretrained(str(model_dir)).audio_config
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ModelFormatError(f"{model_dir} holds no GLM-ASR config: {exc}") from exc
+        state: dict[str, torch.Tensor] = {}
+        for file in _safetensors_files(model_dir):
+            with safe_open(str(file), framework="pt") as fh:
+                for key in fh.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    m = _TOWER_KEY.match(key)
+                    if m:
+                        state[m.group(1)] = fh.get_tensor(key).to(dtype)
+        with torch.device("meta"):  # no throwaway random init of ~600 M parameters
+            module = GlmAsrEncoder(audio_cfg)
+        try:
+            module.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise ModelFormatError(f"{model_dir}: audio tower weights do not fit: {exc}") from exc
+        module.rotary_emb = type(module.rotary_emb)(config=audio_cfg)  # its buffers were on meta
+        return cls(module)
+
+    @torch.inference_mode()
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """Normalised log-mel (B, n_mels, T) -> encoder states (B, ceil(T / 2), hidden)."""
+        m = self.module
+        if mel.ndim != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"expected log-mel (B, {self.n_mels}, T), got {tuple(mel.shape)}")
+        x = F.gelu(m.conv1(mel))
+        x = F.gelu(m.conv2(x)).transpose(1, 2)  # (B, S, d)
+        positions = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, S)
+        cos, sin = m.rotary_emb(x, position_ids=positions)  # (1, S, rotary dims)
+        for layer in m.layers:
+            x = x + self.attend(layer.self_attn, layer.input_layernorm(x), cos, sin)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        out: torch.Tensor = m.norm(x)
+        return out
+
+    def attend(
+        self, attn: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """One bidirectional self-attention block on h (B, S, d); the later kernel's call site."""
+        b, s, _ = h.shape
+        q = attn.q_proj(h).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
+        k = attn.k_proj(h).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        a = F.scaled_dot_product_attention(
+            q, k, v, scale=float(attn.scaling), enable_gqa=self.kv_heads != self.heads
+        )  # (B, H, S, D)
+        out: torch.Tensor = attn.o_proj(a.transpose(1, 2).reshape(b, s, -1))
+        return out
+
+
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [model_dir / s for s in shards]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelFormatError(f"{model_dir} holds no *.safetensors weights")
+    return files
