@@ -57,7 +57,11 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=["jsonl", "text", "srt", "vtt"], default="text")
     t.add_argument("--model", default="tiny.en", help="tiny.en, a model dir or a hub id")
     t.add_argument("--chunk-ms", type=int, default=50, help="stream chunk length (20..100 ms)")
+    t.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
     _add_serve_parser(sub)
+    from streamasr.meeting.command import add_meeting_parser
+
+    add_meeting_parser(sub)
     return p
 
 
@@ -86,7 +90,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     s.add_argument("--max-session", dest="max_session_s", type=float, help="seconds (14400)")
     s.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (10)")
     s.add_argument("--workers", type=int, help="decode threads (1)")
-    s.add_argument("--threads", type=int, help="torch intra-op threads (torch's default)")
+    s.add_argument("--threads", type=int, help="torch intra-op threads (1)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
@@ -173,8 +177,13 @@ def _stream(
 def _transcribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not 20 <= args.chunk_ms <= 100:
         raise InputError(f"--chunk-ms must be between 20 and 100, got {args.chunk_ms}")
+    if args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
     from streamasr.audio.files import load_audio
     from streamasr.models.loader import load_model
+    from streamasr.server.worker import set_torch_threads
+
+    set_torch_threads(args.threads)
 
     audio = load_audio(args.file)
     model = load_model(args.model)
@@ -212,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _transcribe(args, sys.stdout, sys.stderr)
         if args.command == "serve":
             return _serve(args, sys.stdout)
+        if args.command == "meeting":
+            from streamasr.meeting.command import run_meeting_command
+
+            return run_meeting_command(args, sys.stdout)
     except InputError as exc:
         print(f"streamasr: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

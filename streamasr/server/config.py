@@ -36,7 +36,8 @@ class ServerConfig:
     max_session_s: float = 14_400.0  # session length limit (4 h): finalise, close 1008
     drain_timeout_s: float = 10.0  # on SIGTERM: time for open sessions to send their finals
     workers: int = 1  # decode threads shared by all sessions (1 suits a 2-core CPU)
-    threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    threads: int | None = 1  # torch intra-op threads (None: torch's default, one per core); one
+    # thread per decode worker is far more robust when the cores are shared (docs/engine.md)
     outgoing_queue: int = 64  # messages queued for a client that does not read (partials merge)
     max_backlog_s: float = 10.0  # audio queued for the decoder per session before reads pause
     static_dir: str | None = None  # files served at /; None: the page shipped in the package

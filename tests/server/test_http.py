@@ -100,7 +100,7 @@ async def test_static_files_are_served_with_their_types(make_server: Any, tmp_pa
 async def test_the_package_placeholder_page_is_served(server: Server) -> None:
     reply = await http_get(server, "/")
     assert reply.status == 200 and reply.headers["Content-Type"] == "text/html; charset=utf-8"
-    assert b"caption page is served here" in reply.body
+    assert b'id="captions"' in reply.body and b"captions.js" in reply.body
 
 
 async def test_token_is_required_for_the_stream_and_metrics(make_server: Any) -> None:

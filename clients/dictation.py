@@ -1,0 +1,235 @@
+"""Desktop dictation: microphone or file -> streamasr daemon -> text typed in the focused window.
+
+    python clients/dictation.py [--url ws://127.0.0.1:8765/v1/stream] [--once] [--punctuation]
+
+Listening toggles on SIGUSR1, so a desktop shortcut can run `pkill -USR1 -f clients/dictation.py`;
+it starts listening unless --start-paused. `--once` types the first utterance and exits.
+Typing: xdotool on X11, wtype or ydotool on Wayland, the clipboard (xclip / wl-copy) otherwise;
+--backend picks one. See docs/dictation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+import numpy as np
+
+from streamasr.server.protocol import (
+    STREAM_PATH,
+    AudioFormat,
+    SessionEnd,
+    SessionFlush,
+    SessionStart,
+    parse_server_message,
+)
+
+RATE = 16_000
+CHUNK = RATE // 20  # 50 ms frames
+
+# ------------------------------------------------------------------ spoken punctuation
+SPOKEN = {
+    "comma": ",",
+    "period": ".",
+    "full stop": ".",
+    "question mark": "?",
+    "exclamation mark": "!",
+    "exclamation point": "!",
+    "colon": ":",
+    "semicolon": ";",
+    "new line": "\n",
+    "newline": "\n",
+    "new paragraph": "\n\n",
+}
+_SPOKEN_RE = re.compile(
+    r"[\s,.]*\b("
+    + "|".join(sorted((re.escape(k) for k in SPOKEN), key=len, reverse=True))
+    + r")\b[,.!?;:]?",
+    re.IGNORECASE,
+)
+
+
+def spoken_punctuation(text: str) -> str:
+    """'hello comma world period new line' -> 'hello, world.\\n' (the model's own punctuation
+    around a spoken mark is dropped: Whisper tends to write "Hello, comma, world.")."""
+
+    def mark(m: re.Match[str]) -> str:
+        return SPOKEN[" ".join(m.group(1).lower().split())]
+
+    out = _SPOKEN_RE.sub(mark, text)
+    out = re.sub(r"([,.?!:;]) *(?=\S)", r"\1 ", out)  # one space after a mark, before a word
+    out = re.sub(r" *\n *", "\n", out)
+    return out
+
+
+# ------------------------------------------------------------------ typing backends
+BACKENDS: dict[str, list[str]] = {
+    "xdotool": ["xdotool", "type", "--delay", "0", "--"],
+    "wtype": ["wtype", "--"],
+    "ydotool": ["ydotool", "type", "--"],
+    "xclip": ["xclip", "-selection", "clipboard"],  # text on stdin
+    "wl-copy": ["wl-copy"],  # text on stdin
+}
+CLIPBOARD = ("xclip", "wl-copy")
+
+
+def choose_backend(env: Mapping[str, str]) -> str:
+    """The first available backend for the session: Wayland, X11, then the clipboard."""
+    order = (
+        ["wtype", "ydotool", "wl-copy"]
+        if env.get("WAYLAND_DISPLAY")
+        else ["xdotool", "xclip"]
+        if env.get("DISPLAY")
+        else []
+    )
+    for name in order:
+        if shutil.which(name):
+            return name
+    raise SystemExit(f"dictation: no typing tool found (tried {', '.join(order) or 'none'})")
+
+
+def type_text(text: str, backend: str) -> None:
+    """Type `text` into the focused window (or put it on the clipboard)."""
+    if not text:
+        return
+    argv = BACKENDS[backend]
+    if backend in CLIPBOARD:
+        subprocess.run(argv, input=text.encode(), check=True, timeout=10)
+    else:
+        subprocess.run([*argv, text], check=True, timeout=30)
+
+
+class Committer:
+    """Turns finals into the text to type: spacing between utterances, spoken punctuation."""
+
+    def __init__(self, punctuation: bool) -> None:
+        self.punctuation = punctuation
+        self.typed_any = False
+
+    def text(self, final_text: str) -> str:
+        text = final_text.strip()
+        if self.punctuation:
+            text = spoken_punctuation(text)
+        if not text:
+            return ""
+        sep = " " if self.typed_any and not text.startswith("\n") else ""
+        self.typed_any = True
+        return sep + text
+
+
+# ------------------------------------------------------------------ audio
+async def file_audio(path: str, realtime: bool) -> AsyncIterator[np.ndarray]:
+    import soundfile as sf
+
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    if rate != RATE:
+        raise SystemExit(f"dictation: {path} must be 16 kHz mono (got {rate} Hz)")
+    mono = data.mean(axis=1)
+    for i in range(0, len(mono), CHUNK):
+        yield mono[i : i + CHUNK]
+        await asyncio.sleep(CHUNK / RATE if realtime else 0)
+
+
+async def mic_audio(device: str | None) -> AsyncIterator[np.ndarray]:
+    import sounddevice as sd  # optional: only the microphone needs PortAudio
+
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=200)  # 10 s; drop-newest when full
+
+    def callback(indata: np.ndarray, frames: int, t: object, status: object) -> None:
+        def put() -> None:
+            if not q.full():
+                q.put_nowait(indata[:, 0].copy())
+
+        loop.call_soon_threadsafe(put)
+
+    with sd.InputStream(
+        samplerate=RATE,
+        channels=1,
+        dtype="float32",
+        blocksize=CHUNK,
+        device=device,
+        callback=callback,
+    ):
+        while True:
+            yield await q.get()
+
+
+def pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+# ------------------------------------------------------------------ the client
+async def dictate(args: argparse.Namespace) -> int:
+    from websockets.asyncio.client import connect
+
+    backend = args.backend or choose_backend(os.environ)
+    committer = Committer(args.punctuation)
+    listening = asyncio.Event()
+    if not args.start_paused:
+        listening.set()
+    loop = asyncio.get_running_loop()
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+    async with connect(args.url, additional_headers=headers) as ws:
+        await ws.send(SessionStart(AudioFormat(), partials=False).to_json())
+
+        def toggle() -> None:
+            if listening.is_set():
+                listening.clear()
+                loop.create_task(ws.send(SessionFlush().to_json()))  # type what was said
+            else:
+                listening.set()
+
+        loop.add_signal_handler(signal.SIGUSR1, toggle)
+
+        async def send() -> None:
+            source = file_audio(args.input, args.realtime) if args.input else mic_audio(args.device)
+            async for chunk in source:
+                if listening.is_set():
+                    await ws.send(pcm16(chunk))
+            await ws.send(SessionEnd().to_json())
+
+        sender = asyncio.create_task(send())
+        try:
+            async for raw in ws:
+                msg = parse_server_message(str(raw))
+                if msg["type"] == "transcript.final":
+                    text = committer.text(msg["text"])
+                    type_text(text, backend)
+                    if text and args.once:
+                        break
+                elif msg["type"] == "error" and msg.get("fatal"):
+                    print(f"dictation: {msg['message']}", file=sys.stderr)
+                    return 1
+        finally:
+            sender.cancel()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", default=f"ws://127.0.0.1:8765{STREAM_PATH}")
+    p.add_argument("--token", default=os.environ.get("STREAMASR_TOKEN"))
+    p.add_argument("--device", help="sound input (sounddevice name or index)")
+    p.add_argument("--input", help="a 16 kHz wav file instead of the microphone (testing)")
+    p.add_argument("--realtime", action="store_true", help="pace --input in real time")
+    p.add_argument("--backend", choices=sorted(BACKENDS), help="typing tool (auto)")
+    p.add_argument("--punctuation", action="store_true", help="spoken punctuation ('comma')")
+    p.add_argument("--once", action="store_true", help="type one utterance, then exit")
+    p.add_argument("--start-paused", action="store_true", help="wait for SIGUSR1 to listen")
+    args = p.parse_args(argv)
+    try:
+        return asyncio.run(dictate(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Meeting transcription: audio sources, a crash-safe per-meeting transcript store, renderers."""

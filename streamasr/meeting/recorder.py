@@ -1,0 +1,135 @@
+"""Session events to meetings: finals go to the open meeting's store; long silence ends it."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from streamasr import SAMPLE_RATE
+from streamasr.engine.session import Session
+from streamasr.events import Event, SpeechStarted, SpeechStopped, TranscriptFinal
+from streamasr.meeting.sources import AudioSource
+from streamasr.meeting.store import MeetingWriter
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class MeetingRecorder:
+    """Feeds a Session and files its finals into meeting directories under `out`.
+
+    A meeting opens at the first final with text (so noise blips make no empty directories)
+    and its clock starts at that utterance's first sample. It ends on `split()`, `close()`, or
+    once no speech has been heard for `silence_timeout_s` of audio (sample clock, not wall
+    clock); the next final then opens a new meeting. `emit` gets each final after its fsync.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        out: Path,
+        emit: Emit,
+        silence_timeout_s: float | None = None,
+    ) -> None:
+        if silence_timeout_s is not None and silence_timeout_s <= 0:
+            raise ValueError(f"silence timeout must be positive, got {silence_timeout_s}")
+        self.session = session
+        self.out = out
+        self.emit = emit
+        self.timeout_samples = (
+            None if silence_timeout_s is None else round(silence_timeout_s * SAMPLE_RATE)
+        )
+        self.writer: MeetingWriter | None = None
+        self.meetings: list[Path] = []
+        self._speaking = False
+        self._last_voice_end = 0
+
+    def feed(self, samples: np.ndarray) -> None:
+        self._handle(self.session.feed(samples))
+        if (
+            self.writer is not None
+            and self.timeout_samples is not None
+            and not self._speaking
+            and self.session.position - self._last_voice_end >= self.timeout_samples
+        ):
+            self._end_meeting("silence")
+
+    def split(self) -> None:
+        """Finalise pending speech and end the current meeting; the next speech starts one."""
+        self._handle(self.session.flush())
+        self._end_meeting("split")
+
+    def close(self) -> None:
+        self._handle(self.session.close())
+        self._end_meeting("end")
+
+    def _handle(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, SpeechStarted):
+                self._speaking = True
+            elif isinstance(ev, SpeechStopped):
+                self._speaking = False
+                self._last_voice_end = ev.sample
+            elif isinstance(ev, TranscriptFinal):
+                self._record(ev)
+
+    def _record(self, final: TranscriptFinal) -> None:
+        if self.writer is None:
+            if not final.text.strip():
+                return
+            self.writer = MeetingWriter(self.out, origin_sample=final.start_sample)
+            self.meetings.append(self.writer.path)
+            self.emit({"type": "meeting.started", "dir": str(self.writer.path)})
+        record = self.writer.append(final)  # on disk before anyone is told
+        self.emit({**record, "meeting": self.writer.path.name})
+
+    def _end_meeting(self, reason: str) -> None:
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        writer.close()
+        self.emit(
+            {
+                "type": "meeting.ended",
+                "dir": str(writer.path),
+                "finals": writer.count,
+                "reason": reason,
+            }
+        )
+
+
+def run_meeting(source: AudioSource, recorder: MeetingRecorder) -> None:
+    """Record until the source ends or SIGTERM/SIGINT; SIGUSR1 ends the current meeting."""
+    requests: dict[str, bool] = {"stop": False, "split": False}
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        requests["stop"] = True
+        source.stop()
+
+    def on_split(signum: int, frame: FrameType | None) -> None:
+        requests["split"] = True
+
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig, handler in (
+            (signal.SIGTERM, on_stop),
+            (signal.SIGINT, on_stop),
+            (signal.SIGUSR1, on_split),
+        )
+    }
+    try:
+        for chunk in source.chunks():
+            recorder.feed(chunk)
+            if requests["split"]:
+                requests["split"] = False
+                recorder.split()
+            if requests["stop"]:
+                break
+        recorder.close()  # finalise the last utterance, render the transcript files
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
