@@ -211,11 +211,14 @@ class WhisperModel:
         cache: KVCache,
         cross: list[tuple[torch.Tensor, torch.Tensor]],
         qk_out: list[torch.Tensor] | None = None,
+        logits_from: int = 0,
     ) -> torch.Tensor:
-        """Feed `tokens` (B, T) after the cached prefix; return logits (B, T, vocab).
+        """Feed `tokens` (B, T) after the cached prefix; return logits (B, T - logits_from, vocab).
 
-        When `qk_out` is given, the raw cross-attention logits of the alignment heads,
-        (heads, T, S) for batch item 0, are appended to it.
+        The vocabulary projection is the costliest part of a step, so positions before
+        `logits_from` (a prompt nobody reads the predictions of) skip it. When `qk_out` is
+        given, the raw cross-attention logits of the alignment heads, (heads, T, S) for batch
+        item 0, are appended to it.
         """
         dec = self.decoder
         b, t = tokens.shape
@@ -248,7 +251,7 @@ class WhisperModel:
         cache.advance(t)
         if qk_out is not None:
             qk_out.append(torch.cat(step_qk, dim=0))
-        x = dec.layer_norm(x)
+        x = dec.layer_norm(x[:, logits_from:])
         logits: torch.Tensor = x @ dec.embed_tokens.weight.T
         return logits
 
@@ -308,15 +311,16 @@ class WhisperModel:
         )
         cross = self.cross_kv(enc)
         qk: list[torch.Tensor] | None = [] if word_timestamps else None
-        logits = self.decode_step(torch.tensor([seq]), cache, cross, qk)[0]  # (T, V)
         sot_index = seq.index(tk.sot)
-        no_speech_prob = float(logits[sot_index].float().softmax(-1)[tk.no_speech])
+        # (T - sot_index, V): predictions from the start-of-transcript token on
+        logits = self.decode_step(torch.tensor([seq]), cache, cross, qk, logits_from=sot_index)[0]
+        no_speech_prob = float(logits[0].float().softmax(-1)[tk.no_speech])
         suppress = torch.tensor(tk.suppress, dtype=torch.long)
         begin = torch.tensor(tk.begin_suppress, dtype=torch.long)
 
         out: list[int] = list(prefix)
         # Log-probabilities of the forced prefix tokens, read off the prefill logits.
-        prefill_lp = logits[len(head) - 1 : len(seq) - 1].log_softmax(-1)
+        prefill_lp = logits[len(head) - 1 - sot_index : len(seq) - 1 - sot_index].log_softmax(-1)
         token_logprobs = [float(prefill_lp[i, t]) for i, t in enumerate(prefix)]
         sum_logprob = sum(token_logprobs)
         step_logits = logits[-1]
