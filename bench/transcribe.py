@@ -42,6 +42,7 @@ from corpus import DEFAULT_OUT, build
 
 from streamasr import SAMPLE_RATE
 from streamasr.audio.files import load_audio
+from streamasr.config import SessionConfig
 from streamasr.engine.offline import transcribe_offline
 from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
@@ -76,9 +77,11 @@ class Stats:
         self.offline += other.offline
 
 
-def stream(model: AsrModel, audio: np.ndarray, paced: bool) -> Stats:
+def stream(
+    model: AsrModel, audio: np.ndarray, paced: bool, config: SessionConfig | None = None
+) -> Stats:
     """Feed `audio` through a fresh Session in 50 ms chunks; time it and collect the finals."""
-    session = Session(model)
+    session = Session(model, config)
     st = Stats(audio_s=len(audio) / SAMPLE_RATE)
     last_partial: dict[int, float] = {}  # segment_id -> wall time of its latest partial
     finals: list[str] = []
@@ -162,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="torch intra-op threads (default: torch's own choice)",
     )
+    p.add_argument("--final-window", choices=["utterance", "full"], default="full")
+    p.add_argument("--window-pad-ms", type=int, default=1000, help="silence after the utterance")
+    p.add_argument("--only", default=None, help="only manifest entries whose file contains this")
     args = p.parse_args(argv)
+    config = SessionConfig(final_window=args.final_window, window_pad_ms=args.window_pad_ms)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     paced = args.speed == "1"
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"building the corpus in {args.corpus}", file=sys.stderr)
         build(args.corpus)
     entries = [json.loads(line) for line in manifest.read_text().splitlines()]
-    entries = entries[: args.limit]
+    entries = [e for e in entries if args.only is None or args.only in e["file"]][: args.limit]
     model = load_model(args.model)
     stream(model, load_audio(args.corpus / entries[0]["file"])[: 3 * SAMPLE_RATE], paced=False)
 
@@ -180,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, int] = {}
     for e in entries:
         audio = load_audio(args.corpus / e["file"])
-        st = stream(model, audio, paced)
+        st = stream(model, audio, paced, config)
         st.refs.append(e["text"])
         st.offline.append(" ".join(f.text for f in transcribe_offline(model, audio)))
         groups.setdefault(e["group"], Stats()).add(st)
