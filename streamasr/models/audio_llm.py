@@ -20,8 +20,8 @@ from streamasr.errors import ModelFormatError, ModelNotFoundError
 from streamasr.models.base import DecodeResult, FeatureSpec
 from streamasr.models.causal_lm import CausalLm
 from streamasr.models.glm_encoder import GlmAudioEncoder, audio_token_count, stack_frames
+from streamasr.models.guards import compression_ratio, loop_excess
 from streamasr.models.resolve import hub_instructions
-from streamasr.models.whisper import _tail_repeats, compression_ratio
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
@@ -158,10 +158,9 @@ class AudioLlmAdapter:
             if token in self.eos_ids:
                 break
             out.append(token)
-            rep = _tail_repeats(out[len(prefix) :], options.max_repeat_ngram)
-            if rep:
-                times = 4 if rep == 1 else 3 if rep <= 4 else 2
-                del out[-(times - 1) * rep :]  # keep one copy of the looping n-gram
+            excess = loop_excess(out[len(prefix) :], options.max_repeat_ngram)
+            if excess:
+                del out[-excess:]  # keep one copy of the looping n-gram
                 break
             if step + 1 < budget:
                 step_x = self.lm.embed([token])[None]  # (1, 1, d)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError
 from streamasr.models.base import DecodeResult, FeatureSpec, WordTiming
+from streamasr.models.guards import compression_ratio, loop_excess
 from streamasr.models.timing import alignment_matrix, split_words, word_boundaries
 
 ENCODER_FRAME_SAMPLES = 320  # one encoder frame = 2 mel frames = 20 ms
@@ -32,30 +32,6 @@ class WhisperTokens:
     sot_sequence: tuple[int, ...]  # sot [, language, task], no-timestamps
     suppress: tuple[int, ...]  # never generated
     begin_suppress: tuple[int, ...]  # not generated as the first token
-
-
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
-def _tail_repeats(tokens: list[int], max_n: int) -> int:
-    """Length n of a loop at the end of `tokens`, else 0.
-
-    A loop is an n-gram repeated back to back: 4 times for n = 1 ("no no no" is speech),
-    3 times for n <= 4, twice for longer n-grams (a whole phrase said twice in a row is
-    Whisper's classic failure on short or noisy windows, rarely real speech).
-    """
-    for n in range(1, max_n + 1):
-        times = 4 if n == 1 else 3 if n <= 4 else 2
-        if len(tokens) < n * times:
-            continue
-        tail = tokens[-n:]
-        if all(
-            tokens[len(tokens) - (k + 1) * n : len(tokens) - k * n] == tail for k in range(1, times)
-        ):
-            return n
-    return 0
 
 
 class WhisperModel:
@@ -337,11 +313,10 @@ class WhisperModel:
                 break
             out.append(next_tok)
             token_logprobs.append(lp)
-            rep = _tail_repeats(out[len(prefix) :], options.max_repeat_ngram)
-            if rep:
-                times = 4 if rep == 1 else 3 if rep <= 4 else 2
-                del out[-(times - 1) * rep :]  # keep one copy of the looping n-gram
-                del token_logprobs[-(times - 1) * rep :]
+            excess = loop_excess(out[len(prefix) :], options.max_repeat_ngram)
+            if excess:
+                del out[-excess:]  # keep one copy of the looping n-gram
+                del token_logprobs[-excess:]
                 break
             step_logits = self.decode_step(torch.tensor([[next_tok]]), cache, cross, qk)[0, -1]
 
