@@ -14,7 +14,8 @@ markdown table gives:
   16000): it includes the VAD's end-of-speech wait, the final decode and any backlog;
 - partial interval p50/p95: wall-time gaps between consecutive `transcript.partial` events of
   one segment;
-- streamed and offline WER (`streamasr.textnorm`) and the streamed WER's relative difference
+- the WER of each segment's last partial (what a live caption showed just before the final),
+  streamed and offline WER (`streamasr.textnorm`) and the streamed WER's relative difference
   from the offline one;
 
 then the process's peak RSS. `--speed 1` paces the chunks in real time on an absolute schedule
@@ -64,6 +65,7 @@ class Stats:
     max_lag_s: float = 0.0  # how far a feed ran behind the real-time schedule, at worst
     refs: list[str] = field(default_factory=list)
     streamed: list[str] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)  # each segment's last partial, joined
     offline: list[str] = field(default_factory=list)
 
     def add(self, other: Stats) -> None:
@@ -74,6 +76,7 @@ class Stats:
         self.max_lag_s = max(self.max_lag_s, other.max_lag_s)
         self.refs += other.refs
         self.streamed += other.streamed
+        self.partial += other.partial
         self.offline += other.offline
 
 
@@ -85,6 +88,7 @@ def stream(
     st = Stats(audio_s=len(audio) / SAMPLE_RATE)
     last_partial: dict[int, float] = {}  # segment_id -> wall time of its latest partial
     finals: list[str] = []
+    partials: dict[int, str] = {}  # segment_id -> its latest partial text
 
     def handle(events: list[Event], now: float) -> None:
         for ev in events:
@@ -95,6 +99,7 @@ def stream(
                 if ev.segment_id in last_partial:
                     st.partial_gap_s.append(now - last_partial[ev.segment_id])
                 last_partial[ev.segment_id] = now
+                partials[ev.segment_id] = ev.text
 
     t0 = time.perf_counter()
     for start in range(0, len(audio), CHUNK):
@@ -116,6 +121,7 @@ def stream(
     st.compute_s += now - before
     handle(events, now)
     st.streamed.append(" ".join(finals))
+    st.partial.append(" ".join(partials[k] for k in sorted(partials)))
     return st
 
 
@@ -137,6 +143,7 @@ def row(name: str, files: int, st: Stats, paced: bool) -> str:
         percentile(st.final_latency_s, 95, paced),
         percentile(st.partial_gap_s, 50, paced),
         percentile(st.partial_gap_s, 95, paced),
+        f"{wer(st.refs, st.partial):.1%}",
         f"{w_stream:.1%}",
         f"{w_off:.1%}",
         rel,
@@ -146,8 +153,8 @@ def row(name: str, files: int, st: Stats, paced: bool) -> str:
 
 HEADER = (
     "| group | files | audio s | RTF | final lat p50 s | final lat p95 s | partial gap p50 s "
-    "| partial gap p95 s | WER stream | WER offline | stream vs offline |\n"
-    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    "| partial gap p95 s | WER last partials | WER stream | WER offline | stream vs offline |\n"
+    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 )
 
 
@@ -168,8 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final-window", choices=["utterance", "full"], default="full")
     p.add_argument("--window-pad-ms", type=int, default=1000, help="silence after the utterance")
     p.add_argument("--only", default=None, help="only manifest entries whose file contains this")
+    p.add_argument("--encoder", choices=["window", "chunked"], default="window")
+    p.add_argument("--chunk-ms", type=int, default=1000, help="chunked: commit block")
+    p.add_argument("--lookahead-ms", type=int, default=500, help="chunked: right context")
+    p.add_argument(
+        "--no-polish", action="store_true", help="chunked: finals from the cached states too"
+    )
     args = p.parse_args(argv)
-    config = SessionConfig(final_window=args.final_window, window_pad_ms=args.window_pad_ms)
+    config = SessionConfig(
+        final_window=args.final_window,
+        window_pad_ms=args.window_pad_ms,
+        encoder=args.encoder,
+        chunk_ms=args.chunk_ms,
+        lookahead_ms=args.lookahead_ms,
+        polish_final=not args.no_polish,
+    )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     paced = args.speed == "1"

@@ -14,6 +14,7 @@ from typing import TextIO
 import numpy as np
 
 from streamasr import SAMPLE_RATE, __version__
+from streamasr.config import SessionConfig
 from streamasr.errors import InputError, ModelError
 from streamasr.events import Event, TranscriptFinal
 from streamasr.formats import RENDERERS
@@ -58,6 +59,13 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="tiny.en", help="tiny.en, a model dir or a hub id")
     t.add_argument("--chunk-ms", type=int, default=50, help="stream chunk length (20..100 ms)")
     t.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
+    t.add_argument(
+        "--encoder",
+        choices=["window", "chunked"],
+        default=SessionConfig.encoder,
+        help="stream mode: re-encode the utterance window at each update, or encode chunks "
+        f"over cached states ({SessionConfig.encoder})",
+    )
     _add_serve_parser(sub)
     from streamasr.meeting.command import add_meeting_parser
 
@@ -91,6 +99,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     s.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (10)")
     s.add_argument("--workers", type=int, help="decode threads (1)")
     s.add_argument("--threads", type=int, help="torch intra-op threads (1)")
+    s.add_argument(
+        "--encoder",
+        choices=["window", "chunked"],
+        help=f"window: re-encode per update; chunked: cached prefix ({SessionConfig.encoder})",
+    )
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
@@ -148,7 +161,7 @@ def _stream(
 ) -> tuple[list[TranscriptFinal], StreamStats]:
     from streamasr.engine.session import Session
 
-    session = Session(model)  # type: ignore[arg-type]
+    session = Session(model, SessionConfig(encoder=args.encoder))  # type: ignore[arg-type]
     speed = float("inf") if args.speed == "max" else float(args.speed)
     chunk = args.chunk_ms * SAMPLE_RATE // 1000
     stats = StreamStats(t0=time.monotonic(), speed=speed)

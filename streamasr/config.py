@@ -61,6 +61,12 @@ class SessionConfig:
     window_pad_ms: int = 1000  # silence after the utterance in "utterance" mode
     final_window: str = "full"  # the same choice for the final decode of an utterance: the
     # full window costs one 30 s encode per utterance and cuts WER (docs/engine.md)
+    encoder: str = "window"  # "window": re-encode the utterance window at every update (exact);
+    # "chunked": encode only audio not yet committed, attending the cached states of the
+    # committed prefix (block-causal; cost per update does not grow with the utterance)
+    chunk_ms: int = 1000  # chunked: commit encoder states in blocks of this much audio ...
+    lookahead_ms: int = 500  # ... once this much audio follows the block (its right context)
+    polish_final: bool = True  # chunked: re-encode the utterance's window once for its final
     final_speculation_ms: int = 150  # decode the final once the speaker has paused this long,
     # inside the VAD's stop hangover, so it is ready when the utterance closes (0: off)
     final_keeps_stable: bool = False  # True: the final continues the committed prefix (cheaper);
@@ -75,6 +81,12 @@ class SessionConfig:
             raise ValueError(f"step_ms must be at least 50, got {self.step_ms}")
         if self.agreement < 1:
             raise ValueError("agreement must be at least 1")
+        if self.encoder not in ("window", "chunked"):
+            raise ValueError(f"encoder must be 'window' or 'chunked', got {self.encoder!r}")
+        if self.chunk_ms < 20 or self.chunk_ms % 20:
+            raise ValueError(f"chunk_ms must be a positive multiple of 20, got {self.chunk_ms}")
+        if self.lookahead_ms < 0 or self.lookahead_ms % 20:
+            raise ValueError(f"lookahead_ms must be a multiple of 20, got {self.lookahead_ms}")
         if self.encode_window not in ("utterance", "full"):
             raise ValueError(
                 f"encode_window must be 'utterance' or 'full', got {self.encode_window!r}"

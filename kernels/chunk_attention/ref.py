@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .._reference import masked_attention
 
@@ -23,5 +24,9 @@ def chunk_attention_ref(
     at position p sees keys <= p), block_causal (keys in blocks <= p // block_size), none.
     """
     if seq_lens is None:
+        if mask == "none":  # every key valid and visible: no mask to build
+            return F.scaled_dot_product_attention(
+                q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+            )
         seq_lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int64, device=q.device)
     return masked_attention(q, k, v, seq_lens, mask=mask, block_size=block_size, scale=scale)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .._reference import masked_attention
 
@@ -16,6 +17,6 @@ def cross_attention_ref(
     scale: float | None = None,
 ) -> torch.Tensor:
     """q (B, H, Lq, D) against each sequence's first enc_lens[b] encoder states k/v (B, H, S, D)."""
-    if enc_lens is None:
-        enc_lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int64, device=q.device)
+    if enc_lens is None:  # every key valid: no mask to build
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return masked_attention(q, k, v, enc_lens, mask="none", scale=scale)

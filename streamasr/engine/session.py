@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -20,7 +21,13 @@ from streamasr.events import (
     Word,
 )
 from streamasr.features.logmel import LogMelBuffer
-from streamasr.models.base import AsrModel, DecodeResult, looks_like_hallucination
+from streamasr.models.base import (
+    AsrModel,
+    ChunkedAsrModel,
+    DecodeResult,
+    looks_like_hallucination,
+    supports_chunked,
+)
 from streamasr.vad.segmenter import UtteranceEnd, UtteranceStart, VadSegmenter
 
 RING_SECONDS = 40  # > longest utterance (30 s) + pre-roll + the VAD's decision lag
@@ -54,6 +61,13 @@ class Session:
         self._next_segment = 0
         self._context: list[int] = []  # tokens of previous finals, the decoder prompt
         self._closed = False
+        self._encoder_cache: Any = None
+        if self.config.encoder == "chunked":
+            if not supports_chunked(model):
+                raise ValueError(
+                    f"model {model.name} has no chunked encoder; use the window encoder"
+                )
+            self._encoder_cache = cast(ChunkedAsrModel, model).new_encoder_cache()
 
     @property
     def position(self) -> int:
@@ -99,6 +113,8 @@ class Session:
     def _open(self, start_sample: int) -> list[Event]:
         start = max(start_sample, self._ring.start_sample)
         self._mel.reset()
+        if self._encoder_cache is not None:
+            self._encoder_cache.reset()
         self._utt = _Utterance(
             segment_id=self._next_segment,
             start_sample=start,
@@ -142,6 +158,7 @@ class Session:
             prefix=list(utt.stabilizer.committed),
             words=False,
             window=self.config.encode_window,
+            chunked=self._encoder_cache is not None,
         )
         tokens = result.tokens if self._keep(result) else utt.stabilizer.committed
         committed = utt.stabilizer.update(tokens)
@@ -166,6 +183,18 @@ class Session:
         """The final decode of the utterance's audio [start, end), reused if speculated."""
         if utt.speculative is not None and utt.speculative[0] == end:
             return utt.speculative[1]
+        if self._encoder_cache is not None and not self.config.polish_final:
+            # The final reuses the stream's cached encoder states: its mel runs up to the
+            # newest audio (the VAD's hangover after `end`), which is silence.
+            self._advance_mel(utt, self._ring.end_sample)
+            result = self._decode(
+                self._mel,
+                prefix=[],
+                words=True,
+                window=self.config.encode_window,
+                chunked=True,
+            )
+            return result if self._keep(result) else DecodeResult((), "", 0.0, 1.0, 0.0)
         mel = LogMelBuffer(n_mels=self.model.features.n_mels)
         mel.append(final_audio(self._ring.slice(utt.start_sample, end), self.config.decode))
         committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
@@ -203,7 +232,13 @@ class Session:
         return events
 
     def _decode(
-        self, mel: LogMelBuffer, *, prefix: list[int], words: bool, window: str
+        self,
+        mel: LogMelBuffer,
+        *,
+        prefix: list[int],
+        words: bool,
+        window: str,
+        chunked: bool = False,
     ) -> DecodeResult:
         spec = self.model.features
         if window == "full":
@@ -212,12 +247,29 @@ class Session:
             covered = -(-mel.num_samples // spec.hop_samples)
             pad_to = covered + self.config.window_pad_ms // 10
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
-        return self.model.transcribe(
-            mel.features(pad_to_frames=pad_to),
+        features = mel.features(pad_to_frames=pad_to)
+        words = words and self.config.decode.word_timestamps
+        if not chunked:
+            return self.model.transcribe(
+                features,
+                num_frames=mel.num_frames,
+                prompt=self._context,
+                options=self.config.decode,
+                word_timestamps=words,
+                prefix=prefix,
+            )
+        # Commit whole chunks of encoder frames (20 ms each) that have `lookahead_ms` of real
+        # audio after them; the rest of the window is recomputed on the next update.
+        chunk, ahead = self.config.chunk_ms // 20, self.config.lookahead_ms // 20
+        commit = (mel.num_frames // 2 - ahead) // chunk * chunk
+        return cast(ChunkedAsrModel, self.model).transcribe_chunked(
+            self._encoder_cache,
+            features,
             num_frames=mel.num_frames,
+            commit_frames=commit,
             prompt=self._context,
             options=self.config.decode,
-            word_timestamps=words and self.config.decode.word_timestamps,
+            word_timestamps=words,
             prefix=prefix,
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -70,6 +70,40 @@ class AsrModel(Protocol):
     def encode_text(self, text: str) -> list[int]:
         """Text to tokens, for prompting with previous text."""
         ...
+
+
+class ChunkedAsrModel(AsrModel, Protocol):
+    """A model whose encoder can run chunk by chunk over cached states of the audio before."""
+
+    def new_encoder_cache(self) -> Any:
+        """Fresh per-stream encoder state; the caller owns it and passes it back on each call."""
+        ...
+
+    def transcribe_chunked(
+        self,
+        cache: Any,
+        features: np.ndarray,
+        *,
+        num_frames: int,
+        commit_frames: int,
+        prompt: list[int],
+        options: DecodeConfig,
+        word_timestamps: bool,
+        prefix: list[int] | None = None,
+    ) -> DecodeResult:
+        """`transcribe` for a stream whose earlier encoder states are in `cache`.
+
+        `features` holds the stream's log-mel from its first frame on. Encoder frames
+        (2 mel frames each) before `commit_frames` are stored in `cache` for good; the frames
+        after them are recomputed on the next call.
+        """
+        ...
+
+
+def supports_chunked(model: AsrModel) -> bool:
+    return callable(getattr(model, "transcribe_chunked", None)) and callable(
+        getattr(model, "new_encoder_cache", None)
+    )
 
 
 def looks_like_hallucination(result: DecodeResult, options: DecodeConfig) -> bool:

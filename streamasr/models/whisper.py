@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError
+from streamasr.kernels import chunk_attention
 from streamasr.models.base import DecodeResult, FeatureSpec, WordTiming
+from streamasr.models.encoder_cache import EncoderCache
 from streamasr.models.guards import compression_ratio, loop_excess
 from streamasr.models.timing import alignment_matrix, split_words, word_boundaries
 
@@ -146,27 +148,127 @@ class WhisperModel:
         v = attn.v_proj(x).view(b, t, heads, -1).transpose(1, 2)
         return q, k, v
 
-    @torch.inference_mode()
-    def encode(self, features: torch.Tensor) -> torch.Tensor:
-        """Log-mel (B, n_mels, T) with T even and <= 3000 -> encoder states (B, T/2, d)."""
-        enc = self.encoder
-        t = features.shape[-1]
+    def _stem(self, mel: torch.Tensor) -> torch.Tensor:
+        """The two convolutions: log-mel (B, n_mels, T) -> (B, T/2, d), positions not added."""
+        x = F.gelu(self.encoder.conv1(mel))
+        return F.gelu(self.encoder.conv2(x)).permute(0, 2, 1)
+
+    def _check_frames(self, t: int) -> None:
         if t % 2 or t > self.features.window_frames:
             raise ValueError(
                 f"mel frames must be even and <= {self.features.window_frames}, got {t}"
             )
-        x = F.gelu(enc.conv1(features))
-        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, T/2, d)
+
+    @torch.inference_mode()
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """Log-mel (B, n_mels, T) with T even and <= 3000 -> encoder states (B, T/2, d)."""
+        enc = self.encoder
+        self._check_frames(features.shape[-1])
+        x = self._stem(features)
         x = x + enc.embed_positions.weight[: x.shape[1]]
         for layer in enc.layers:
             h = layer.self_attn_layer_norm(x)
             q, k, v = self._attend(layer.self_attn, h, self.n_heads_enc)
-            a = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+            a = chunk_attention(q, k, v, mask="none", scale=1.0)
             x = x + layer.self_attn.out_proj(a.transpose(1, 2).flatten(2))
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
         out: torch.Tensor = enc.layer_norm(x)
         return out
+
+    # ---------------------------------------------------------------- chunked encoding
+    def new_encoder_cache(self) -> EncoderCache:
+        """Empty per-stream state for `transcribe_chunked`."""
+        cfg = self.config
+        return EncoderCache(
+            layers=len(self.encoder.layers),
+            heads=self.n_heads_enc,
+            head_dim=cfg.d_model // self.n_heads_enc,
+            width=cfg.d_model,
+            max_frames=self.features.window_frames // 2,
+            cross_layers=len(self.decoder.layers),
+            cross_heads=self.n_heads_dec,
+            cross_head_dim=cfg.d_model // self.n_heads_dec,
+        )
+
+    @torch.inference_mode()
+    def encode_tail(
+        self, cache: EncoderCache, mel: torch.Tensor, *, commit_frames: int
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Encode mel (1, n_mels, T) of a stream whose first `cache.length` frames are cached.
+
+        Frames from `cache.length` on (the tail) attend the cached keys and values and each
+        other; the cached frames are not recomputed, so they never see the audio that came
+        after they were committed (block-causal). Then tail frames before `commit_frames` are
+        committed. Returns the encoder states (1, T/2, d) and the decoder's cross-attention
+        keys and values of them. With an empty cache and no commit this is `encode` exactly.
+        """
+        enc = self.encoder
+        t = mel.shape[-1]
+        self._check_frames(t)
+        c, total = cache.length, t // 2
+        if c > total:
+            raise ValueError(f"{c} frames are cached but the mel holds only {total}")
+        # conv2's frame c reads conv1 outputs 2c-1..2c+1, which read mel frames 2c-2..2c+2;
+        # start two mel frames early and drop the first output, whose input is cut off.
+        start = max(0, 2 * c - 2)
+        x = self._stem(mel[..., start:])[:, 1 if c else 0 :]  # (1, total - c, d)
+        x = x + enc.embed_positions.weight[c:total]
+        n_commit = min(max(commit_frames - c, 0), total - c)
+        for i, layer in enumerate(enc.layers):
+            h = layer.self_attn_layer_norm(x)
+            q, k, v = self._attend(layer.self_attn, h, self.n_heads_enc)
+            k_all = torch.cat([cache.k[i, :, :, :c], k], dim=2)  # (1, H, total, D)
+            v_all = torch.cat([cache.v[i, :, :, :c], v], dim=2)
+            a = chunk_attention(q, k_all, v_all, mask="none", scale=1.0)
+            if n_commit:
+                cache.commit_layer(i, k, v, n_commit)
+            x = x + layer.self_attn.out_proj(a.transpose(1, 2).flatten(2))
+            h = layer.final_layer_norm(x)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+        out = enc.layer_norm(x)  # (1, total - c, d)
+        cache.frames_computed += out.shape[1]
+        cross = []
+        for i, (k, v) in enumerate(self.cross_kv(out)):
+            cross.append(
+                (
+                    torch.cat([cache.cross_k[i, :, :, :c], k], dim=2),
+                    torch.cat([cache.cross_v[i, :, :, :c], v], dim=2),
+                )
+            )
+            if n_commit:
+                cache.commit_cross(i, k, v, n_commit)
+        states = torch.cat([cache.out[:, :c], out], dim=1)
+        cache.commit_out(out, n_commit)
+        return states, cross
+
+    @torch.inference_mode()
+    def transcribe_chunked(
+        self,
+        cache: EncoderCache,
+        features: np.ndarray,
+        *,
+        num_frames: int,
+        commit_frames: int,
+        prompt: list[int],
+        options: DecodeConfig,
+        word_timestamps: bool,
+        prefix: list[int] | None = None,
+    ) -> DecodeResult:
+        """`transcribe` over a stream's cached encoder prefix; see `encode_tail`."""
+        mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(0)
+        if mel.shape[-1] % 2:
+            mel = F.pad(mel, (0, 1))
+        enc, cross = self.encode_tail(cache, mel, commit_frames=commit_frames)
+        return self.decode(
+            enc,
+            num_frames=num_frames,
+            prompt=prompt,
+            options=options,
+            word_timestamps=word_timestamps,
+            prefix=prefix or [],
+            cross=cross,
+        )
 
     @torch.inference_mode()
     def cross_kv(self, enc_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -270,8 +372,12 @@ class WhisperModel:
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int],
+        cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> DecodeResult:
-        """Greedy decoding of one window's encoder states (1, S, d), continuing `prefix`."""
+        """Greedy decoding of one window's encoder states (1, S, d), continuing `prefix`.
+
+        `cross`: the decoder's cross-attention keys and values of `enc`, when already known.
+        """
         tk = self.tokens
         max_prompt = min(options.prompt_tokens, self.max_target_positions // 2 - 1)
         head = self._prompt(prompt if options.condition_on_previous else [], max_prompt)
@@ -285,7 +391,8 @@ class WhisperModel:
             head_dim=self.config.d_model // self.n_heads_dec,
             max_len=len(seq) + budget + 1,
         )
-        cross = self.cross_kv(enc)
+        if cross is None:
+            cross = self.cross_kv(enc)
         qk: list[torch.Tensor] | None = [] if word_timestamps else None
         sot_index = seq.index(tk.sot)
         # (T - sot_index, V): predictions from the start-of-transcript token on

@@ -57,7 +57,7 @@ class Server:
         self.metrics = ServerMetrics()
         self.state = "starting"  # "starting" -> "ready" -> "stopping" -> "stopped"
         self._model_factory = model_factory
-        self._session_config = session_config or SessionConfig()
+        self._session_config = session_config or SessionConfig(encoder=config.encoder)
         self._pool = DecodePool(config.workers)
         static = Path(config.static_dir) if config.static_dir else PACKAGE_STATIC
         self._routes = Routes(config, self.metrics, StaticFiles(static), lambda: self.state)

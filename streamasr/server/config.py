@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamasr.config import SessionConfig
 from streamasr.errors import InputError
 from streamasr.models.loader import DEFAULT_MODEL
 
@@ -38,6 +39,7 @@ class ServerConfig:
     workers: int = 1  # decode threads shared by all sessions (1 suits a 2-core CPU)
     threads: int | None = 1  # torch intra-op threads (None: torch's default, one per core); one
     # thread per decode worker is far more robust when the cores are shared (docs/engine.md)
+    encoder: str = SessionConfig.encoder  # "window" or "chunked" (see SessionConfig.encoder)
     outgoing_queue: int = 64  # messages queued for a client that does not read (partials merge)
     max_backlog_s: float = 10.0  # audio queued for the decoder per session before reads pause
     static_dir: str | None = None  # files served at /; None: the page shipped in the package
@@ -51,6 +53,8 @@ class ServerConfig:
             raise ConfigError(
                 f"log_level must be debug, info, warning or error, not {self.log_level!r}"
             )
+        if self.encoder not in ("window", "chunked"):
+            raise ConfigError(f"encoder must be 'window' or 'chunked', not {self.encoder!r}")
         if self.token == "":
             raise ConfigError("token must not be empty")
         if self.token is None and not is_loopback(self.host):

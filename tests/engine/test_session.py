@@ -111,3 +111,8 @@ def test_event_json_uses_seconds() -> None:
         "words": [],
     }
     assert SpeechStarted(8000).to_dict() == {"type": "speech.started", "t": 0.5}
+
+
+def test_chunked_encoder_needs_a_model_that_has_one() -> None:
+    with pytest.raises(ValueError, match="no chunked encoder"):
+        Session(FakeModel(), SessionConfig(encoder="chunked"))
