@@ -98,4 +98,22 @@ class ErrorEvent:
         return {"type": self.type, "code": self.code, "message": self.message, "fatal": self.fatal}
 
 
+@dataclass(frozen=True)
+class WarningEvent:
+    """Not an error: the server tells the client how it is coping (e.g. behind real time)."""
+
+    code: str  # "behind_real_time" or "caught_up"
+    message: str
+    lag_s: float  # how long ago the audio being processed now arrived
+    type: str = field(default="warning", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "code": self.code,
+            "message": self.message,
+            "lag": round(self.lag_s, 2),
+        }
+
+
 Event = SpeechStarted | SpeechStopped | TranscriptPartial | TranscriptFinal | ErrorEvent

@@ -29,6 +29,14 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
+    def row(self, b: int) -> KVCache:
+        """A one-sequence cache over row `b`'s storage, empty (e.g. for a per-row prefill)."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, b : b + 1], self.v[:, b : b + 1]
+        view.max_len = self.max_len
+        view.length = 0
+        return view
+
     def reset(self) -> None:
         self.length = 0
 

@@ -61,6 +61,7 @@ class Session:
         self._next_segment = 0
         self._context: list[int] = []  # tokens of previous finals, the decoder prompt
         self._closed = False
+        self.partials_paused = False  # set by a host that is behind real time: finals only
         self._encoder_cache: Any = None
         if self.config.encoder == "chunked":
             if not supports_chunked(model):
@@ -146,6 +147,8 @@ class Session:
             ):
                 utt.speculative = (pending_end, self._final_result(utt, pending_end))
                 return []
+        if self.partials_paused:
+            return []
         step = self.config.step_ms * SAMPLE_RATE // 1000
         min_first = self.config.min_first_ms * SAMPLE_RATE // 1000
         if utt.mel_end - utt.start_sample < min_first:

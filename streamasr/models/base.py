@@ -39,6 +39,20 @@ class FeatureSpec:
     hop_samples: int = 160
 
 
+@dataclass
+class TranscribeRequest:
+    """The arguments of one `transcribe` (cache None) or `transcribe_chunked` call."""
+
+    features: np.ndarray  # (n_mels, T)
+    num_frames: int
+    prompt: list[int]
+    options: DecodeConfig
+    word_timestamps: bool
+    prefix: list[int]
+    cache: Any = None  # the stream's encoder cache: a `transcribe_chunked` call
+    commit_frames: int = 0
+
+
 class AsrModel(Protocol):
     """A loaded model shared by every session; it must hold no per-session state."""
 

@@ -14,13 +14,10 @@ import torch.nn.functional as F
 from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError
-from streamasr.kernels import chunk_attention
-from streamasr.models.base import DecodeResult, FeatureSpec, WordTiming
+from streamasr.kernels import chunk_attention, cross_attention
+from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
 from streamasr.models.encoder_cache import EncoderCache
-from streamasr.models.guards import compression_ratio, loop_excess
-from streamasr.models.timing import alignment_matrix, split_words, word_boundaries
-
-ENCODER_FRAME_SAMPLES = 320  # one encoder frame = 2 mel frames = 20 ms
+from streamasr.models.whisper_decode import DecodeRow, greedy_batch
 
 
 @dataclass(frozen=True)
@@ -302,23 +299,19 @@ class WhisperModel:
         b, t = tokens.shape
         pos0 = cache.length
         x = dec.embed_tokens(tokens) + dec.embed_positions.weight[pos0 : pos0 + t]
-        mask = None
-        if t > 1:
-            q_pos = torch.arange(pos0, pos0 + t).unsqueeze(1)
-            mask = torch.arange(pos0 + t).unsqueeze(0) <= q_pos  # (T, L) causal over cache + new
         step_qk: list[torch.Tensor] = []
         for i, layer in enumerate(dec.layers):
             h = layer.self_attn_layer_norm(x)
             q, k, v = self._attend(layer.self_attn, h, self.n_heads_dec)
             k_all, v_all = cache.append(i, k, v)
-            a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=1.0)
+            a = chunk_attention(q, k_all, v_all, mask="causal", scale=1.0)
             x = x + layer.self_attn.out_proj(a.transpose(1, 2).flatten(2))
 
             h = layer.encoder_attn_layer_norm(x)
             ea = layer.encoder_attn
             q = (ea.q_proj(h) * ea.scaling).view(b, t, self.n_heads_dec, -1).transpose(1, 2)
             ck, cv = cross[i]
-            a = F.scaled_dot_product_attention(q, ck, cv, scale=1.0)
+            a = cross_attention(q, ck, cv, scale=1.0)
             if qk_out is not None and i in self.alignment_heads:
                 heads = self.alignment_heads[i]
                 step_qk.append(q[0, heads] @ ck[0, heads].transpose(-1, -2))  # (h, T, S)
@@ -334,7 +327,8 @@ class WhisperModel:
         return logits
 
     # ---------------------------------------------------------------- decoding
-    def _prompt(self, prompt: list[int], max_prompt: int) -> list[int]:
+    def prompt_tokens(self, prompt: list[int], max_prompt: int) -> list[int]:
+        """The decoder's prompt: up to `max_prompt` tokens of previous text, then the SOT."""
         prev = prompt[-max_prompt:] if max_prompt > 0 else []
         return ([self.tokens.sot_prev, *prev] if prev else []) + list(self.tokens.sot_sequence)
 
@@ -378,93 +372,39 @@ class WhisperModel:
 
         `cross`: the decoder's cross-attention keys and values of `enc`, when already known.
         """
-        tk = self.tokens
-        max_prompt = min(options.prompt_tokens, self.max_target_positions // 2 - 1)
-        head = self._prompt(prompt if options.condition_on_previous else [], max_prompt)
-        seq = head + list(prefix)
-        by_length = 8 + int(options.max_tokens_per_second * num_frames / 100)
-        budget = min(options.max_new_tokens, by_length, self.max_target_positions - len(seq) - 1)
-        cache = KVCache(
-            layers=len(self.decoder.layers),
-            batch=1,
-            heads=self.n_heads_dec,
-            head_dim=self.config.d_model // self.n_heads_dec,
-            max_len=len(seq) + budget + 1,
+        row = DecodeRow(
+            cross if cross is not None else self.cross_kv(enc),
+            num_frames,
+            prompt,
+            options,
+            word_timestamps,
+            list(prefix),
         )
-        if cross is None:
-            cross = self.cross_kv(enc)
-        qk: list[torch.Tensor] | None = [] if word_timestamps else None
-        sot_index = seq.index(tk.sot)
-        # (T - sot_index, V): predictions from the start-of-transcript token on
-        logits = self.decode_step(torch.tensor([seq]), cache, cross, qk, logits_from=sot_index)[0]
-        no_speech_prob = float(logits[0].float().softmax(-1)[tk.no_speech])
-        suppress = torch.tensor(tk.suppress, dtype=torch.long)
-        begin = torch.tensor(tk.begin_suppress, dtype=torch.long)
+        return greedy_batch(self, [row])[0]
 
-        out: list[int] = list(prefix)
-        # Log-probabilities of the forced prefix tokens, read off the prefill logits.
-        prefill_lp = logits[len(head) - 1 - sot_index : len(seq) - 1 - sot_index].log_softmax(-1)
-        token_logprobs = [float(prefill_lp[i, t]) for i, t in enumerate(prefix)]
-        sum_logprob = sum(token_logprobs)
-        step_logits = logits[-1]
-        for step in range(len(prefix), len(prefix) + budget + 1):
-            step_logits = step_logits.clone()
-            step_logits[suppress] = -torch.inf
-            if step == 0:
-                step_logits[begin] = -torch.inf
-            out_of_room = step == len(prefix) + budget
-            next_tok = tk.eot if out_of_room else int(step_logits.argmax())
-            lp = float(step_logits.log_softmax(-1)[next_tok])
-            sum_logprob += lp
-            if next_tok == tk.eot:
-                break
-            out.append(next_tok)
-            token_logprobs.append(lp)
-            excess = loop_excess(out[len(prefix) :], options.max_repeat_ngram)
-            if excess:
-                del out[-excess:]  # keep one copy of the looping n-gram
-                del token_logprobs[-excess:]
-                break
-            step_logits = self.decode_step(torch.tensor([[next_tok]]), cache, cross, qk)[0, -1]
+    @torch.inference_mode()
+    def transcribe_batch(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
+        """Many `transcribe`/`transcribe_chunked` calls (of different streams) at once.
 
-        text = self.decode_tokens(out)
-        words: tuple[WordTiming, ...] = ()
-        if word_timestamps and out and qk is not None:
-            words = self._word_timings(qk, len(head), out, token_logprobs, num_frames)
-        return DecodeResult(
-            tokens=tuple(out),
-            text=text,
-            avg_logprob=sum_logprob / (len(out) + 1),
-            no_speech_prob=no_speech_prob,
-            compression_ratio=compression_ratio(text),
-            words=words,
-        )
-
-    def _word_timings(
-        self,
-        qk_steps: list[torch.Tensor],
-        prompt_len: int,
-        tokens: list[int],
-        logprobs: list[float],
-        num_frames: int,
-    ) -> tuple[WordTiming, ...]:
-        # Row r of the stacked logits belongs to input position r; text token i is the input at
-        # position prompt_len + i, which is where its own cross-attention alignment is read.
-        qk = torch.cat(qk_steps, dim=1).float().numpy()  # (heads, positions, S)
-        qk = qk[:, prompt_len - len(self.tokens.sot_sequence) :]
-        enc_frames = max(1, min(qk.shape[-1], (num_frames + 1) // 2))
-        matrix = alignment_matrix(qk, enc_frames)
-        matrix = matrix[len(self.tokens.sot_sequence) : len(self.tokens.sot_sequence) + len(tokens)]
-        words, groups = split_words(tokens, self.decode_tokens)
-        bounds = word_boundaries(matrix, groups, ENCODER_FRAME_SAMPLES)
-        probs = np.exp(np.array(logprobs))
-        result = []
-        idx = 0
-        for word, group, (s, e) in zip(words, groups, bounds, strict=True):
-            p = float(probs[idx : idx + len(group)].mean())
-            idx += len(group)
-            result.append(WordTiming(word=word, start_sample=s, end_sample=e, probability=p))
-        return tuple(result)
+        Each window is encoded on its own (a chunk is already a matrix product); the decoding
+        steps of all of them run batched. Result i equals calling the model with request i.
+        """
+        rows = []
+        for r in requests:
+            mel = torch.from_numpy(np.ascontiguousarray(r.features, dtype=np.float32))
+            mel = mel.unsqueeze(0)
+            if mel.shape[-1] % 2:
+                mel = F.pad(mel, (0, 1))
+            if r.cache is None:
+                cross = self.cross_kv(self.encode(mel))
+            else:
+                _, cross = self.encode_tail(r.cache, mel, commit_frames=r.commit_frames)
+            rows.append(
+                DecodeRow(
+                    cross, r.num_frames, r.prompt, r.options, r.word_timestamps, list(r.prefix)
+                )
+            )
+        return greedy_batch(self, rows)
 
 
 def load_whisper(model_dir: Path, name: str | None = None) -> WhisperModel:

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from streamasr import __version__
 from streamasr.config import SessionConfig
+from streamasr.engine.scheduler import Scheduler, SchedulerConfig
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
 from streamasr.server.config import ServerConfig
@@ -58,7 +59,11 @@ class Server:
         self.state = "starting"  # "starting" -> "ready" -> "stopping" -> "stopped"
         self._model_factory = model_factory
         self._session_config = session_config or SessionConfig(encoder=config.encoder)
-        self._pool = DecodePool(config.workers)
+        # With the scheduler, pool threads run each session's VAD and features and wait for its
+        # batched model calls: one per session (and one for the model load) keeps none waiting.
+        batching = config.max_batch > 1
+        self._pool = DecodePool(config.max_sessions + 1 if batching else config.workers)
+        self._scheduler: Scheduler | None = None
         static = Path(config.static_dir) if config.static_dir else PACKAGE_STATIC
         self._routes = Routes(config, self.metrics, StaticFiles(static), lambda: self.state)
         self._ctx: ServerContext | None = None
@@ -127,8 +132,13 @@ class Server:
         await self._pool.run(set_torch_threads, self.config.threads)
         model, load_s = await self._pool.run(self._model_factory, self.config.model)
         _, warm_s = await self._pool.run(warm_up, model)
+        shared: AsrModel = model
+        if self.config.max_batch > 1:
+            budget = self.config.batch_budget_ms
+            self._scheduler = Scheduler(model, SchedulerConfig(self.config.max_batch, budget))
+            shared = self._scheduler.model_proxy()
         self._ctx = ServerContext(
-            self.config, model, self._session_config, self._pool, self.metrics
+            self.config, shared, self._session_config, self._pool, self.metrics
         )
         self.state = "ready"
         self.metrics.ready.set(1)
@@ -160,6 +170,8 @@ class Server:
         if self._ws is not None:
             await self._ws.wait_closed()
         self._pool.shutdown()
+        if self._scheduler is not None:
+            await asyncio.to_thread(self._scheduler.close)  # after the calls already queued
         self.state = "stopped"
         log.info("stopped")
 

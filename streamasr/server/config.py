@@ -39,6 +39,11 @@ class ServerConfig:
     workers: int = 1  # decode threads shared by all sessions (1 suits a 2-core CPU)
     threads: int | None = 1  # torch intra-op threads (None: torch's default, one per core); one
     # thread per decode worker is far more robust when the cores are shared (docs/engine.md)
+    max_batch: int = 8  # model calls of different sessions run as one batch, at most this many;
+    # 1: no scheduler, each call runs alone on the `workers` threads
+    batch_budget_ms: float = 5.0  # how long a call waits for others to join its batch
+    lag_warning_s: float = 3.0  # a session this far behind real time gets a `warning` event and
+    # its partials pause (finals only) until it is back under a third of this
     encoder: str = SessionConfig.encoder  # "window" or "chunked" (see SessionConfig.encoder)
     outgoing_queue: int = 64  # messages queued for a client that does not read (partials merge)
     max_backlog_s: float = 10.0  # audio queued for the decoder per session before reads pause
@@ -53,6 +58,8 @@ class ServerConfig:
             raise ConfigError(
                 f"log_level must be debug, info, warning or error, not {self.log_level!r}"
             )
+        if self.batch_budget_ms < 0:
+            raise ConfigError(f"batch_budget_ms must not be negative, got {self.batch_budget_ms}")
         if self.encoder not in ("window", "chunked"):
             raise ConfigError(f"encoder must be 'window' or 'chunked', not {self.encoder!r}")
         if self.token == "":
@@ -80,6 +87,8 @@ _POSITIVE = (
     "max_session_s",
     "drain_timeout_s",
     "workers",
+    "max_batch",
+    "lag_warning_s",
     "outgoing_queue",
     "max_backlog_s",
 )

@@ -15,7 +15,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from streamasr.config import SessionConfig
-from streamasr.events import ErrorEvent, TranscriptFinal, TranscriptPartial
+from streamasr.events import ErrorEvent, TranscriptFinal, TranscriptPartial, WarningEvent
 from streamasr.models.base import AsrModel
 from streamasr.server.config import ServerConfig
 from streamasr.server.metrics import ServerMetrics
@@ -226,6 +226,8 @@ class Connection:
             self.ctx.metrics.decode_seconds.observe(seconds)
             for event in events:
                 self._queue(event)
+            if isinstance(item, np.ndarray):
+                self._check_lag(stream)
             if isinstance(item, End):
                 if item.reason == "max_length":
                     limit = self.ctx.config.max_session_s
@@ -234,6 +236,30 @@ class Connection:
                 self._queue(SessionEnded(item.reason))
                 self._queue(_end_close(item.reason))
                 return
+
+    def _check_lag(self, stream: AudioStream) -> None:
+        """Behind real time: warn the client and pause partials; resume once caught up.
+
+        The lag is how long ago the audio just processed arrived. Pausing partials is the
+        degradation policy: finals are never dropped, and a session without partials needs
+        one decode per utterance instead of two per second of speech.
+        """
+        assert self._clock is not None
+        arrived = self._clock.time_of(stream.position)
+        if arrived is None:
+            return
+        lag = asyncio.get_running_loop().time() - arrived
+        limit = self.ctx.config.lag_warning_s
+        session = stream.session
+        if not session.partials_paused and lag > limit:
+            session.partials_paused = True
+            self.ctx.metrics.lag_warnings.inc()
+            log.warning("session %s is %.1f s behind real time", self.session_id, lag)
+            message = f"transcription is {lag:.1f} s behind the audio; partials are paused"
+            self._queue(WarningEvent("behind_real_time", message, lag))
+        elif session.partials_paused and lag < limit / 3:
+            session.partials_paused = False
+            self._queue(WarningEvent("caught_up", "back to real time; partials resume", lag))
 
     # ---------------------------------------------------------------- sending
     def _queue(self, message: ServerMessage | CloseRequest) -> None:

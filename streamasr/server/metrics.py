@@ -58,6 +58,11 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.lag_warnings = Counter(
+            "streamasr_lag_warnings",
+            "Times a session fell behind real time (warned, partials paused)",
+            registry=r,
+        )
         self.dropped_partials = Counter(
             "streamasr_dropped_partials",
             "Partials replaced in a slow client's queue before they were sent",

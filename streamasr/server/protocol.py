@@ -18,7 +18,7 @@ import numpy as np
 from streamasr.audio.pcm import ENCODINGS, decode_pcm
 from streamasr.audio.resample import MAX_RATE, MIN_RATE
 from streamasr.errors import AudioFormatError, InputError
-from streamasr.events import ErrorEvent, Event
+from streamasr.events import ErrorEvent, Event, WarningEvent
 
 PROTOCOL_VERSION = 1
 STREAM_PATH = "/v1/stream"
@@ -263,7 +263,7 @@ class SessionEnded:
         return {"type": self.type, "reason": self.reason}
 
 
-ServerMessage = Event | SessionStarted | SessionEnded
+ServerMessage = Event | WarningEvent | SessionStarted | SessionEnded
 
 
 def error_event(code: ErrorCode, message: str) -> ErrorEvent:

@@ -1,0 +1,259 @@
+"""Greedy Whisper decoding of a batch of windows from different streams, in shared model calls.
+
+Each row has its own prompt, forced prefix, encoder length and budget. Prompts are prefilled
+one row at a time (each is a matrix product already); then every generation step runs all rows
+at once: one token per row against its own ragged self-attention cache (`decode_attention`) and
+its own encoder states (`cross_attention`). A finished row rides along until the last one ends;
+on CPU and GPU alike a step's cost is the weight reads, which the extra rows share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from streamasr.config import DecodeConfig
+from streamasr.engine.kv_cache import KVCache
+from streamasr.kernels import cross_attention, decode_attention
+from streamasr.models.base import DecodeResult, WordTiming
+from streamasr.models.guards import compression_ratio, loop_excess
+from streamasr.models.timing import alignment_matrix, split_words, word_boundaries
+
+if TYPE_CHECKING:
+    from streamasr.models.whisper import WhisperModel
+
+ENCODER_FRAME_SAMPLES = 320  # one encoder frame = 2 mel frames = 20 ms
+
+CrossKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer (1, H, S, D) keys, values
+
+
+@dataclass
+class DecodeRow:
+    """One window to decode: its encoder's cross-attention keys/values and decode arguments."""
+
+    cross: CrossKV
+    num_frames: int
+    prompt: list[int]
+    options: DecodeConfig
+    word_timestamps: bool
+    prefix: list[int]
+
+
+@dataclass
+class _State:
+    """The greedy loop's state of one row."""
+
+    head: list[int]  # context prompt + start-of-transcript sequence
+    budget: int  # new tokens allowed after the prefix
+    out: list[int]
+    logprobs: list[float]
+    sum_logprob: float
+    no_speech_prob: float
+    qk: list[torch.Tensor] | None  # alignment-head cross-attention logits, (heads, T, S) each
+    step: int  # index in `out` of the token being predicted
+    done: bool = False
+    next_token: int = 0
+    logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
+
+def greedy_batch(model: WhisperModel, rows: list[DecodeRow]) -> list[DecodeResult]:
+    """Greedy decoding of every row; row i's result equals decoding it alone."""
+    states = [_prefill_state(model, r) for r in rows]
+    starts = [len(s.head) + len(r.prefix) for s, r in zip(states, rows, strict=True)]
+    cache = KVCache(
+        layers=len(model.decoder.layers),
+        batch=len(rows),
+        heads=model.n_heads_dec,
+        head_dim=model.config.d_model // model.n_heads_dec,
+        max_len=max(n + s.budget + 2 for n, s in zip(starts, states, strict=True)),
+    )
+    for b, (row, st) in enumerate(zip(rows, states, strict=True)):
+        _prefill(model, row, st, cache.row(b))
+    lengths = torch.tensor(starts)
+    cross_k, cross_v, enc_lens = _pad_cross(rows)
+    suppress = torch.tensor(model.tokens.suppress, dtype=torch.long)
+    begin = torch.tensor(model.tokens.begin_suppress, dtype=torch.long)
+    for row, st in zip(rows, states, strict=True):
+        _choose(model, row, st, suppress, begin)
+    while not all(s.done for s in states):
+        tokens = torch.tensor([[s.next_token] for s in states])  # (B, 1)
+        logits = _step(model, tokens, cache, lengths, cross_k, cross_v, enc_lens, states)
+        lengths += torch.tensor([0 if s.done else 1 for s in states])  # done rows stay put
+        for b, (row, st) in enumerate(zip(rows, states, strict=True)):
+            if not st.done:
+                st.logits = logits[b]
+                _choose(model, row, st, suppress, begin)
+    return [_result(model, row, st) for row, st in zip(rows, states, strict=True)]
+
+
+def _prefill_state(model: WhisperModel, row: DecodeRow) -> _State:
+    max_prompt = min(row.options.prompt_tokens, model.max_target_positions // 2 - 1)
+    head = model.prompt_tokens(row.prompt if row.options.condition_on_previous else [], max_prompt)
+    by_length = 8 + int(row.options.max_tokens_per_second * row.num_frames / 100)
+    room = model.max_target_positions - len(head) - len(row.prefix) - 1
+    return _State(
+        head=head,
+        budget=min(row.options.max_new_tokens, by_length, room),
+        out=list(row.prefix),
+        logprobs=[],
+        sum_logprob=0.0,
+        no_speech_prob=0.0,
+        qk=[] if row.word_timestamps else None,
+        step=len(row.prefix),
+    )
+
+
+def _prefill(model: WhisperModel, row: DecodeRow, st: _State, cache: KVCache) -> None:
+    """Run the prompt and prefix through the decoder; read the no-speech and prefix scores."""
+    seq = st.head + row.prefix
+    sot_index = seq.index(model.tokens.sot)
+    # (T - sot_index, V): predictions from the start-of-transcript token on
+    logits = model.decode_step(torch.tensor([seq]), cache, row.cross, st.qk, sot_index)[0]
+    st.no_speech_prob = float(logits[0].float().softmax(-1)[model.tokens.no_speech])
+    first = len(st.head) - 1 - sot_index
+    prefill_lp = logits[first : len(seq) - 1 - sot_index].log_softmax(-1)
+    st.logprobs = [float(prefill_lp[i, t]) for i, t in enumerate(row.prefix)]
+    st.sum_logprob = sum(st.logprobs)
+    st.logits = logits[-1]
+
+
+def _choose(
+    model: WhisperModel, row: DecodeRow, st: _State, suppress: torch.Tensor, begin: torch.Tensor
+) -> None:
+    """Pick the row's next token from `st.logits`, or end the row."""
+    tk = model.tokens
+    step_logits = st.logits.clone()
+    step_logits[suppress] = -torch.inf
+    if st.step == 0:
+        step_logits[begin] = -torch.inf
+    out_of_room = st.step == len(row.prefix) + st.budget
+    token = tk.eot if out_of_room else int(step_logits.argmax())
+    lp = float(step_logits.log_softmax(-1)[token])
+    st.sum_logprob += lp
+    if token == tk.eot:
+        st.done = True
+        return
+    st.out.append(token)
+    st.logprobs.append(lp)
+    excess = loop_excess(st.out[len(row.prefix) :], row.options.max_repeat_ngram)
+    if excess:
+        del st.out[-excess:]  # keep one copy of the looping n-gram
+        del st.logprobs[-excess:]
+        st.done = True
+        return
+    st.step += 1
+    st.next_token = token
+
+
+def _pad_cross(
+    rows: list[DecodeRow],
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Every row's cross keys/values in one (B, H, S_max, D) tensor per layer, and each S."""
+    enc_lens = torch.tensor([r.cross[0][0].shape[2] for r in rows])
+    if len(rows) == 1:
+        return [k for k, _ in rows[0].cross], [v for _, v in rows[0].cross], enc_lens
+    s_max = int(enc_lens.max())
+    ks, vs = [], []
+    for layer in range(len(rows[0].cross)):
+        k0 = rows[0].cross[layer][0]
+        k = k0.new_zeros((len(rows), k0.shape[1], s_max, k0.shape[3]))
+        v = torch.zeros_like(k)
+        for b, r in enumerate(rows):
+            rk, rv = r.cross[layer]
+            k[b, :, : rk.shape[2]] = rk[0]
+            v[b, :, : rv.shape[2]] = rv[0]
+        ks.append(k)
+        vs.append(v)
+    return ks, vs, enc_lens
+
+
+def _step(
+    model: WhisperModel,
+    tokens: torch.Tensor,
+    cache: KVCache,
+    lengths: torch.Tensor,
+    cross_k: list[torch.Tensor],
+    cross_v: list[torch.Tensor],
+    enc_lens: torch.Tensor,
+    states: list[_State],
+) -> torch.Tensor:
+    """One token per row (B, 1) at positions `lengths`; returns the logits (B, V)."""
+    dec = model.decoder
+    b = tokens.shape[0]
+    rows = torch.arange(b)
+    x = dec.embed_tokens(tokens) + dec.embed_positions.weight[lengths].unsqueeze(1)  # (B, 1, d)
+    timed = [i for i, s in enumerate(states) if s.qk is not None and not s.done]
+    step_qk: dict[int, list[torch.Tensor]] = {i: [] for i in timed}
+    for i, layer in enumerate(dec.layers):
+        h = layer.self_attn_layer_norm(x)
+        q, k, v = model._attend(layer.self_attn, h, model.n_heads_dec)  # (B, H, 1, D)
+        cache.k[i, rows, :, lengths] = k[:, :, 0]
+        cache.v[i, rows, :, lengths] = v[:, :, 0]
+        a = decode_attention(q, cache.k[i], cache.v[i], lengths + 1, scale=1.0)
+        x = x + layer.self_attn.out_proj(a.transpose(1, 2).flatten(2))
+
+        h = layer.encoder_attn_layer_norm(x)
+        ea = layer.encoder_attn
+        q = (ea.q_proj(h) * ea.scaling).view(b, 1, model.n_heads_dec, -1).transpose(1, 2)
+        a = cross_attention(q, cross_k[i], cross_v[i], enc_lens, scale=1.0)
+        if i in model.alignment_heads:
+            heads = model.alignment_heads[i]
+            for r in timed:
+                ck = cross_k[i][r, heads, : int(enc_lens[r])]
+                step_qk[r].append(q[r, heads] @ ck.transpose(-1, -2))  # (h, 1, S)
+        x = x + ea.out_proj(a.transpose(1, 2).flatten(2))
+
+        h = layer.final_layer_norm(x)
+        x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+    for r in timed:
+        qk = states[r].qk
+        assert qk is not None
+        qk.append(torch.cat(step_qk[r], dim=0))
+    logits: torch.Tensor = dec.layer_norm(x[:, 0]) @ dec.embed_tokens.weight.T
+    return logits
+
+
+def _result(model: WhisperModel, row: DecodeRow, st: _State) -> DecodeResult:
+    text = model.decode_tokens(st.out)
+    words: tuple[WordTiming, ...] = ()
+    if st.qk is not None and st.out:
+        words = _word_timings(model, st.qk, len(st.head), st.out, st.logprobs, row.num_frames)
+    return DecodeResult(
+        tokens=tuple(st.out),
+        text=text,
+        avg_logprob=st.sum_logprob / (len(st.out) + 1),
+        no_speech_prob=st.no_speech_prob,
+        compression_ratio=compression_ratio(text),
+        words=words,
+    )
+
+
+def _word_timings(
+    model: WhisperModel,
+    qk_steps: list[torch.Tensor],
+    prompt_len: int,
+    tokens: list[int],
+    logprobs: list[float],
+    num_frames: int,
+) -> tuple[WordTiming, ...]:
+    # Row r of the stacked logits belongs to input position r; text token i is the input at
+    # position prompt_len + i, which is where its own cross-attention alignment is read.
+    sot_len = len(model.tokens.sot_sequence)
+    qk = torch.cat(qk_steps, dim=1).float().numpy()  # (heads, positions, S)
+    qk = qk[:, prompt_len - sot_len :]
+    enc_frames = max(1, min(qk.shape[-1], (num_frames + 1) // 2))
+    matrix = alignment_matrix(qk, enc_frames)
+    matrix = matrix[sot_len : sot_len + len(tokens)]
+    words, groups = split_words(tokens, model.decode_tokens)
+    bounds = word_boundaries(matrix, groups, ENCODER_FRAME_SAMPLES)
+    probs = np.exp(np.array(logprobs))
+    result = []
+    idx = 0
+    for word, group, (s, e) in zip(words, groups, bounds, strict=True):
+        p = float(probs[idx : idx + len(group)].mean())
+        idx += len(group)
+        result.append(WordTiming(word=word, start_sample=s, end_sample=e, probability=p))
+    return tuple(result)

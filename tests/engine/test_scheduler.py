@@ -1,0 +1,159 @@
+"""Batched decoding across streams on real tiny.en: equal to one-at-a-time, shared, isolated."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import speech
+
+from streamasr.config import DecodeConfig, SessionConfig
+from streamasr.engine.scheduler import Scheduler, SchedulerConfig
+from streamasr.engine.session import Session
+from streamasr.events import Event, TranscriptFinal, TranscriptPartial
+from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.base import TranscribeRequest
+from streamasr.models.whisper import WhisperModel
+
+TEXTS = (
+    ("en-us", "Turn left at the second corner and walk past the bakery."),
+    ("en-gb", "The museum is closed on Mondays."),
+    ("en-us", "I will call you back in ten minutes."),
+)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_en_dir: Path) -> WhisperModel:
+    return WhisperModel.from_dir(tiny_en_dir, name="tiny.en")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
+    d = tmp_path_factory.mktemp("sched")
+    return [speech.espeak(text, d, voice=voice) for voice, text in TEXTS]
+
+
+def features(audio: np.ndarray, pad_frames: int = 100) -> tuple[np.ndarray, int]:
+    buf = LogMelBuffer(n_mels=80)
+    buf.append(audio)
+    return buf.features(pad_to_frames=buf.num_frames + pad_frames), buf.num_frames
+
+
+def requests(model: WhisperModel, clips: list[np.ndarray]) -> list[TranscribeRequest]:
+    """Rows that differ in every way a batch must keep apart."""
+    out = []
+    for i, clip in enumerate(clips):
+        feats, n = features(clip[: len(clip) * (i + 2) // 4])  # half, 3/4, all
+        out.append(
+            TranscribeRequest(
+                feats,
+                n,
+                prompt=model.encode_text(" Hello there.") if i == 1 else [],
+                options=DecodeConfig(),
+                word_timestamps=i != 2,
+                prefix=model.encode_text(" Turn left") if i == 0 else [],
+            )
+        )
+    feats, n = features(clips[1])
+    cache = model.new_encoder_cache()
+    model.encode_tail(cache, _mel(feats[:, :100]), commit_frames=25)  # a stream mid-utterance
+    out.append(
+        TranscribeRequest(feats, n, [], DecodeConfig(), True, [], cache=cache, commit_frames=50)
+    )
+    return out
+
+
+def _mel(feats: np.ndarray) -> object:
+    import torch
+
+    return torch.from_numpy(feats).unsqueeze(0)
+
+
+def single(model: WhisperModel, r: TranscribeRequest) -> object:
+    args = dict(
+        num_frames=r.num_frames,
+        prompt=r.prompt,
+        options=r.options,
+        word_timestamps=r.word_timestamps,
+        prefix=r.prefix,
+    )
+    if r.cache is None:
+        return model.transcribe(r.features, **args)  # type: ignore[arg-type]
+    import copy
+
+    cache = copy.deepcopy(r.cache)
+    return model.transcribe_chunked(cache, r.features, commit_frames=r.commit_frames, **args)  # type: ignore[arg-type]
+
+
+def test_a_batch_decodes_each_row_as_if_alone(
+    model: WhisperModel, clips: list[np.ndarray]
+) -> None:
+    reqs = requests(model, clips)
+    alone = [single(model, r) for r in reqs]
+    together = model.transcribe_batch(reqs)
+    for a, b in zip(alone, together, strict=True):
+        assert b.tokens == a.tokens  # type: ignore[attr-defined]
+        assert b.text.strip()
+        assert b.no_speech_prob == pytest.approx(a.no_speech_prob, abs=1e-4)  # type: ignore[attr-defined]
+        assert [w.word for w in b.words] == [w.word for w in a.words]  # type: ignore[attr-defined]
+        for wa, wb in zip(a.words, b.words, strict=True):  # type: ignore[attr-defined]
+            assert abs(wa.start_sample - wb.start_sample) <= 320
+    assert reqs[3].cache.length == 50  # the chunked row committed its frames
+
+
+def stream(model: object, audio: np.ndarray, config: SessionConfig) -> list[Event]:
+    session = Session(model, config)  # type: ignore[arg-type]
+    events: list[Event] = []
+    for start in range(0, len(audio), 800):
+        events += session.feed(audio[start : start + 800])
+    return events + session.close()
+
+
+@pytest.mark.parametrize("encoder", ["window", "chunked"])
+def test_concurrent_sessions_share_batches_and_keep_their_transcripts(
+    model: WhisperModel, clips: list[np.ndarray], encoder: str
+) -> None:
+    config = SessionConfig(encoder=encoder, final_window="utterance")
+    audios = [np.concatenate([speech.silence(0.3), c, speech.silence(1.0)]) for c in clips]
+    expected = [stream(model, a, config) for a in audios]
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=8, budget_ms=20))
+    results: dict[int, list[Event]] = {}
+
+    def run(i: int) -> None:
+        results[i] = stream(scheduler.model_proxy(), audios[i], config)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(audios))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    scheduler.close()
+    for i, events in enumerate(expected):
+        want = [e.text for e in events if isinstance(e, TranscriptFinal | TranscriptPartial)]
+        got = [e.text for e in results[i] if isinstance(e, TranscriptFinal | TranscriptPartial)]
+        assert got == want
+        assert any(isinstance(e, TranscriptFinal) and e.text for e in results[i])
+    assert scheduler.stats.largest_batch >= 2  # calls of different sessions ran together
+    assert scheduler.stats.calls > scheduler.stats.batches
+
+
+def test_a_failing_call_fails_alone(model: WhisperModel, clips: list[np.ndarray]) -> None:
+    good = requests(model, clips)[1]
+    bad = TranscribeRequest(np.zeros((80, 3001), np.float32), 100, [], DecodeConfig(), False, [])
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=4, budget_ms=200))
+    futures = [scheduler.submit(bad), scheduler.submit(good)]
+    assert futures[1].result().text.strip()
+    with pytest.raises(ValueError, match="mel frames"):
+        futures[0].result()
+    scheduler.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        scheduler.submit(good)
+
+
+def test_scheduler_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        SchedulerConfig(max_batch=0)
+    with pytest.raises(ValueError, match="budget_ms"):
+        SchedulerConfig(budget_ms=-1)
