@@ -18,6 +18,11 @@ class AudioStream:
         self._resampler = StreamResampler(sample_rate)
         self.session = Session(model, config)
 
+    @property
+    def position(self) -> int:
+        """Samples on the 16 kHz stream clock that reached the session so far."""
+        return self.session.position
+
     def feed(self, samples: np.ndarray) -> list[Event]:
         """(n,) float32 mono at the client's rate; a decode may run inside."""
         return self.session.feed(self._resampler.process(samples))
