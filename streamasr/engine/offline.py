@@ -38,7 +38,7 @@ def transcribe_offline(
         mel.append(final_audio(chunk, opts))
         result = model.transcribe(
             mel.features(pad_to_frames=spec.window_frames),
-            num_frames=mel.num_frames,
+            num_frames=mel.covered_frames,
             prompt=context,
             options=opts,
             word_timestamps=opts.word_timestamps,

@@ -247,15 +247,14 @@ class Session:
         if window == "full":
             pad_to = spec.window_frames
         else:
-            covered = -(-mel.num_samples // spec.hop_samples)
-            pad_to = covered + self.config.window_pad_ms // 10
+            pad_to = mel.covered_frames + self.config.window_pad_ms // 10
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
         features = mel.features(pad_to_frames=pad_to)
         words = words and self.config.decode.word_timestamps
         if not chunked:
             return self.model.transcribe(
                 features,
-                num_frames=mel.num_frames,
+                num_frames=mel.covered_frames,
                 prompt=self._context,
                 options=self.config.decode,
                 word_timestamps=words,
@@ -268,7 +267,7 @@ class Session:
         return cast(ChunkedAsrModel, self.model).transcribe_chunked(
             self._encoder_cache,
             features,
-            num_frames=mel.num_frames,
+            num_frames=mel.covered_frames,
             commit_frames=commit,
             prompt=self._context,
             options=self.config.decode,

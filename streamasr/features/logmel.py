@@ -116,6 +116,11 @@ class LogMelBuffer:
         """Frames of the unpadded segment, num_samples // 160 (the extractor's count)."""
         return self._n // HOP
 
+    @property
+    def covered_frames(self) -> int:
+        """Frames that hold any audio, ceil(num_samples / 160): the processors' mask count."""
+        return -(-self._n // HOP)
+
     def append(self, samples: np.ndarray) -> None:
         """Add (n,) float32 16 kHz samples and compute the frames that became final.
 

@@ -96,7 +96,9 @@ class AudioLlmAdapter:
 
         The whole window is encoded (bidirectional: real frames see the padding, as in
         transformers, where the processor pads every window to 30 s); only the first
-        n = audio_token_count(num_frames) tokens are kept, as the processor counts them.
+        n = audio_token_count(num_frames) tokens are kept, as the processor counts them. That
+        count equals the processor's when `num_frames` is its mask count, ceil(samples / 160)
+        (`glm_encoder.mel_frames_for`); samples // 160 is one token short for some lengths.
         """
         if features.ndim != 2 or features.shape[0] != self.features.n_mels:
             raise ValueError(

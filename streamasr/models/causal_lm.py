@@ -1,9 +1,11 @@
 """Our own KV-cached forward of a transformers Llama or Qwen3 decoder (grouped KV heads).
 
 The GLM-ASR decoder is Llama (16 q / 4 kv heads x 128); Tiny Audio's is Qwen3 (16 q / 8 kv
-heads x 128, plus a per-head RMSNorm on q and k before RoPE). Both run through `forward`, the
-one method a grouped-KV decode kernel replaces. The cache stores keys and values before the
-heads are repeated, (layers, B, kv_heads, max_len, head_dim).
+heads x 128, plus a per-head RMSNorm on q and k before RoPE). Both run through `forward`. The
+cache stores keys and values before the heads are repeated, (layers, B, kv_heads, max_len,
+head_dim), and the attention ops of `streamasr.kernels` read them as they are (grouped KV
+heads, no repeat): a prefill is `chunk_attention` with a causal mask, a one-token step is
+`decode_attention`. Both dispatch to Triton on CUDA and to a torch reference elsewhere.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError
+from streamasr.kernels import chunk_attention, decode_attention
 from streamasr.models.glm_encoder import apply_rope
 
 
@@ -69,12 +71,11 @@ class CausalLm:
         pos0 = cache.length
         positions = torch.arange(pos0, pos0 + t, device=x.device)[None, :]  # (1, T)
         cos, sin = self.base.rotary_emb(x, position_ids=positions)  # (1, T, head_dim)
-        mask = None
-        if t > 1:  # causal over cache + new; a single query sees everything before it
-            mask = torch.arange(pos0 + t, device=x.device)[None, :] <= positions[0, :, None]
+        # Every sequence of the batch holds the cached prefix plus these T tokens.
+        seq_lens = torch.full((b,), pos0 + t, dtype=torch.int32, device=x.device)  # (B,)
         for i, layer in enumerate(self.base.layers):
             h = layer.input_layernorm(x)
-            x = x + self._attend(layer.self_attn, h, i, cache, cos, sin, mask)
+            x = x + self._attend(layer.self_attn, h, i, cache, cos, sin, seq_lens)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         cache.advance(t)
         h = self.base.norm(x[:, logits_from:])
@@ -91,8 +92,9 @@ class CausalLm:
         cache: KVCache,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
+        seq_lens: torch.Tensor,
     ) -> torch.Tensor:
+        """Self-attention of h (B, T, d), whose keys and values are appended to `cache` first."""
         b, t, _ = h.shape
         q = attn.q_proj(h).view(b, t, self.q_heads, self.head_dim)  # (B, T, Hq, D)
         k = attn.k_proj(h).view(b, t, self.kv_heads, self.head_dim)  # (B, T, Hkv, D)
@@ -101,14 +103,15 @@ class CausalLm:
             q, k = attn.q_norm(q), attn.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, Hq, T, D)
         k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, Hkv, T, D)
-        k_all, v_all = cache.append(layer, k, v)  # (B, Hkv, L, D)
-        a = F.scaled_dot_product_attention(
-            q,
-            k_all,
-            v_all,
-            attn_mask=mask,
-            scale=float(attn.scaling),
-            enable_gqa=self.kv_heads != self.q_heads,
-        )  # (B, Hq, T, D)
+        k_all, v_all = cache.append(layer, k, v)  # (B, Hkv, L, D), L = cached + T
+        scale = float(attn.scaling)
+        # The lengths are built here from the cache's own counter, so their value check (a
+        # device sync on CUDA) is skipped.
+        if t == 1:
+            a = decode_attention(q, k_all, v_all, seq_lens, scale=scale, check_lengths=False)
+        else:  # a prefill: query i at position L - T + i sees keys up to itself
+            a = chunk_attention(
+                q, k_all, v_all, seq_lens, mask="causal", scale=scale, check_lengths=False
+            )  # (B, Hq, T, D)
         out: torch.Tensor = attn.o_proj(a.transpose(1, 2).reshape(b, t, -1))
         return out

@@ -2,8 +2,10 @@
 
 The encoder is Whisper's two convolutions (k3 s1, k3 s2, GELU after each: 50 frames/s) and a
 pre-LayerNorm transformer whose attention is bidirectional with no mask and applies rotate-half
-RoPE to the first half of each head's dims; positions restart at 0 in every window. The
-projectors after it stack MERGE = 4 encoder frames into one audio token (80 ms).
+RoPE to the first half of each head's dims; positions restart at 0 in every window. Its
+attention is `streamasr.kernels.chunk_attention` with no mask over the whole window (Triton on
+CUDA, a torch reference elsewhere). The projectors after it stack MERGE = 4 encoder frames into
+one audio token (80 ms).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from streamasr import SAMPLE_RATE
 from streamasr.errors import ModelFormatError
+from streamasr.kernels import chunk_attention
 
 HOP_SAMPLES = 160  # one mel frame
+WINDOW_SAMPLES = 30 * SAMPLE_RATE  # the processor cuts a request into 30 s windows
 CONV_LAYERS = ((1, 3, 1), (1, 3, 2))  # (padding, kernel, stride) of conv1 and conv2
 MERGE = 4  # encoder frames stacked into one audio token
 _TOWER_KEY = re.compile(r"^(?:model\.)?audio_tower\.(.+)$")  # 5.10+ and older checkpoint layouts
@@ -27,7 +32,9 @@ _TOWER_KEY = re.compile(r"^(?:model\.)?audio_tower\.(.+)$")  # 5.10+ and older c
 def mel_frames_for(num_samples: int) -> int:
     """Mel frames the feature extractor's attention mask marks as audio: ceil(n / 160).
 
-    The engine's `num_frames` is n // 160; the two differ when n is not a multiple of 160.
+    The mask is the sample mask taken every 160th sample, so a partial last hop counts as a
+    frame. `LogMelBuffer.num_frames` is n // 160: its token count is one short when
+    n // 160 is 6 mod 8 and n % 160 != 0 (`audio_token_count` steps at L = 8k - 1).
     """
     return -(-num_samples // HOP_SAMPLES)
 
@@ -43,6 +50,19 @@ def encoder_frames(mel_frames: int) -> int:
 def audio_token_count(mel_frames: int) -> int:
     """Audio tokens for `mel_frames` real frames, as the GLM-ASR processor counts them."""
     return max((encoder_frames(mel_frames) - MERGE) // MERGE + 1, 0)
+
+
+def audio_tokens_for_samples(num_samples: int) -> int:
+    """Audio tokens of a request of `num_samples` samples, as the GLM-ASR processor counts.
+
+    The processor sums the mask frames of all 30 s windows, then counts once; that equals the
+    sum of per-window counts (what a window-by-window decode keeps) because a full window's
+    3000 frames give 1500 encoder frames, a whole number of 4-frame groups.
+    """
+    full, rest = divmod(num_samples, WINDOW_SAMPLES)
+    return full * audio_token_count(mel_frames_for(WINDOW_SAMPLES)) + audio_token_count(
+        mel_frames_for(rest)
+    )
 
 
 def stack_frames(states: torch.Tensor, merge: int = MERGE) -> torch.Tensor:
@@ -93,7 +113,9 @@ class GlmAudioEncoder:
         from transformers import AutoConfig, GlmAsrEncoder
 
         try:
-            audio_cfg = AutoConfig.from_pretrained(str(model_dir)).audio_config
+            # trust_remote_code=False: a repo's own Python never runs (resolve.py never fetches it)
+            cfg = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
+            audio_cfg = cfg.audio_config
         except (OSError, ValueError, AttributeError) as exc:
             raise ModelFormatError(f"{model_dir} holds no GLM-ASR config: {exc}") from exc
         state: dict[str, torch.Tensor] = {}
@@ -131,15 +153,13 @@ class GlmAudioEncoder:
     def attend(
         self, attn: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> torch.Tensor:
-        """One bidirectional self-attention block on h (B, S, d); the later kernel's call site."""
+        """One bidirectional self-attention block on h (B, S, d): every frame sees the window."""
         b, s, _ = h.shape
         q = attn.q_proj(h).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
         k = attn.k_proj(h).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        a = F.scaled_dot_product_attention(
-            q, k, v, scale=float(attn.scaling), enable_gqa=self.kv_heads != self.heads
-        )  # (B, H, S, D)
+        a = chunk_attention(q, k, v, mask="none", scale=float(attn.scaling))  # (B, H, S, D)
         out: torch.Tensor = attn.o_proj(a.transpose(1, 2).reshape(b, s, -1))
         return out
 

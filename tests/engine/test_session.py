@@ -116,3 +116,13 @@ def test_event_json_uses_seconds() -> None:
 def test_chunked_encoder_needs_a_model_that_has_one() -> None:
     with pytest.raises(ValueError, match="no chunked encoder"):
         Session(FakeModel(), SessionConfig(encoder="chunked"))
+
+
+def test_models_are_told_every_frame_that_holds_audio() -> None:
+    """A trailing partial hop counts, as the GLM-ASR processor counts it: ceil(n / 160)."""
+    from streamasr.engine.offline import transcribe_offline
+
+    model = FakeModel()
+    audio = (0.1 * np.sin(np.arange(SAMPLE_RATE + 321) * 0.05)).astype(np.float32)
+    transcribe_offline(model, audio)  # type: ignore[arg-type]
+    assert model.calls[-1]["frames"] == 103  # 16321 / 160 = 102.006

@@ -10,10 +10,16 @@ import builders
 import numpy as np
 import pytest
 import torch
+from streamasr.kernels import use_backend
 
 from streamasr.config import DecodeConfig
 from streamasr.errors import ModelNotFoundError
-from streamasr.models.glm_encoder import audio_token_count, mel_frames_for
+from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.glm_encoder import (
+    audio_token_count,
+    audio_tokens_for_samples,
+    mel_frames_for,
+)
 from streamasr.models.glmasr import GlmAsrAdapter, glmasr_parts
 from streamasr.models.loader import load_model, model_family
 
@@ -48,22 +54,64 @@ def test_family_and_features(glm_dir: Path, glm: GlmAsrAdapter) -> None:
 
 
 @pytest.mark.parametrize(
-    "seconds,extra", [(1, 0), (1, 37), (10, 0), (10, 900), (70, 0), (70, 1234)]
+    "seconds,extra",
+    [(1, 0), (1, 37), (1, 321), (10, 0), (10, 159), (10, 900), (10, 961), (70, 0), (70, 1)]
+    + [(70, 961), (70, 1234)],
 )
 def test_prompt_and_token_count_equal_the_processor(
     glm: GlmAsrAdapter, seconds: int, extra: int
 ) -> None:
-    n = seconds * 16000 + extra  # extra samples: lengths that are not whole 8-frame groups
+    n = seconds * 16000 + extra  # extra samples: partial 10 ms hops, partial 8-frame groups
     audio = np.random.default_rng(seconds).standard_normal(n).astype(np.float32) * 0.1
     inputs = glm.processor.apply_transcription_request(audio)
+    expected = int((inputs["input_ids"] == glm.template.audio_token).sum())
     # Our engine decodes 30 s windows one at a time; their counts add up to the processor's.
-    ours = sum(
-        audio_token_count(mel_frames_for(len(audio[i : i + 480000]))) for i in range(0, n, 480000)
-    )
-    assert ours == int((inputs["input_ids"] == glm.template.audio_token).sum())
+    windows = [len(audio[i : i + 480000]) for i in range(0, n, 480000)]
+    ours = sum(audio_token_count(mel_frames_for(w)) for w in windows)
+    assert ours == audio_tokens_for_samples(n) == expected
     assert glm.template.ids(ours) == inputs["input_ids"][0].tolist()
     if extra == 0:
         assert ours == {1: 12, 10: 125, 70: 875}[seconds]
+    # Counting the last window's frames as n // 160 loses a token exactly when n // 160 is
+    # 6 mod 8 and a partial hop is left: 1 s + 321 and the 10 s + 961 tails.
+    floor = ours - audio_token_count(mel_frames_for(windows[-1]))
+    floor += audio_token_count(windows[-1] // 160)
+    assert expected - floor == (1 if extra in (321, 961) else 0)
+
+
+@pytest.mark.parametrize("extra", [37, 159, 321, 961])
+def test_partial_hop_audio_embeddings_equal_transformers(glm: GlmAsrAdapter, extra: int) -> None:
+    """Given the processor's frame count ceil(n / 160), the adapter keeps exactly the audio
+    embeddings transformers splices in, for lengths that are not whole 10 ms hops."""
+    n = 160000 + extra
+    audio = np.random.default_rng(extra).standard_normal(n).astype(np.float32) * 0.1
+    inputs = glm.processor.apply_transcription_request(audio)
+    ref = glm.hf.get_audio_features(
+        inputs["input_features"], inputs["input_features_mask"], return_dict=True
+    ).pooler_output  # (tokens, d)
+    ours = glm.audio_embeddings(inputs["input_features"][0].numpy(), mel_frames_for(n))
+    assert ours.shape[0] == int((inputs["input_ids"] == glm.template.audio_token).sum())
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_partial_hop_decode_equals_generate(
+    glm: GlmAsrAdapter, sentences: list[np.ndarray]
+) -> None:
+    """A length whose n // 160 is 6 mod 8 plus a partial hop (one token more than the floor
+    count gives) decodes to generate's tokens when the adapter gets ceil(n / 160) frames."""
+    audio = sentences[0][: len(sentences[0]) // 1280 * 1280 - 320 + 1]  # n // 160 = 8k - 2
+    assert (len(audio) // 160) % 8 == 6 and len(audio) % 160 == 1
+    mel = LogMelBuffer(n_mels=128)
+    mel.append(audio)
+    budget = builders.default_budget(len(audio))
+    result = glm.transcribe(
+        mel.features(pad_to_frames=3000),
+        num_frames=mel_frames_for(len(audio)),
+        prompt=[],
+        options=EXACT,
+        word_timestamps=False,
+    )
+    assert list(result.tokens) == reference(glm, audio, budget, [])
 
 
 def test_encoder_and_projector_equal_transformers(glm: GlmAsrAdapter) -> None:
@@ -103,6 +151,44 @@ def test_offline_decode_equals_transformers_generate(
         list(result.tokens), skip_special_tokens=True
     )
     assert (result.words, result.no_speech_prob) == ((), 0.0)
+
+
+def test_both_kernel_backends_decode_like_generate(
+    glm: GlmAsrAdapter, sentences: list[np.ndarray]
+) -> None:
+    """Triton (interpreted on a CPU) and the torch reference pick generate's greedy tokens.
+
+    A 2 s window keeps the interpreted encoder short; transformers sees the same window, as it
+    takes any whole number of 8-frame groups, with a mask over the 1.5 s of real audio.
+    """
+    mel = LogMelBuffer(n_mels=128)
+    mel.append(sentences[1][:24000])
+    features = mel.features(pad_to_frames=200)  # (128, 200)
+    n = audio_token_count(mel.num_frames)
+    ids = torch.tensor([glm.template.ids(n)])
+    mask = torch.zeros(1, 200, dtype=torch.long)
+    mask[0, : mel.num_frames] = 1
+    out = glm.hf.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        input_features=torch.from_numpy(features)[None],
+        input_features_mask=mask,
+        do_sample=False,
+        max_new_tokens=6,
+    )
+    expected = [t for t in out[0, ids.shape[1] :].tolist() if t not in glm.eos_ids]
+    assert len(expected) >= 3  # several one-token decode steps, not just the prefill
+    options = DecodeConfig(max_repeat_ngram=0, max_new_tokens=6)
+    for backend in ("reference", "triton"):
+        with use_backend(backend):
+            result = glm.transcribe(
+                features,
+                num_frames=mel.num_frames,
+                prompt=[],
+                options=options,
+                word_timestamps=False,
+            )
+        assert list(result.tokens) == expected, backend
 
 
 def test_forced_prefix_continues_like_generate(
@@ -204,8 +290,6 @@ def test_checkpoint_with_in_memory_key_names_loads_the_same(
 
 def test_shorter_padded_window_decodes(glm: GlmAsrAdapter, sentences: list[np.ndarray]) -> None:
     """The engine's "utterance" mode pads less than 30 s (any even length): no 8-frame rule."""
-    from streamasr.features.logmel import LogMelBuffer
-
     mel = LogMelBuffer(n_mels=128)
     mel.append(sentences[0])
     pad_to = mel.num_frames + 101 + (mel.num_frames + 101) % 2

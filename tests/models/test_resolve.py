@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import pytest
 
 from streamasr.errors import ModelError, ModelNotFoundError
@@ -15,11 +16,49 @@ from streamasr.models import convert as convert_mod
 from streamasr.models import resolve as resolve_mod
 from streamasr.models.resolve import (
     CONVERTER_VERSION,
+    HUB_ALLOW_PATTERNS,
+    HUB_IGNORE_PATTERNS,
     cache_root,
     file_sha256,
+    hub_files,
     parse_spec,
     resolve_model_dir,
 )
+
+# Hub repo layouts of the supported families: (what loading needs, what it must not fetch).
+# The kinds of files these repos hold; Tiny Audio's code files are those its push script uploads.
+HUB_LAYOUTS = {
+    "glmasr": (
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+        + ["tokenizer_config.json", "processor_config.json", "chat_template.jinja"],
+        [".gitattributes", "README.md", "configuration_glmasr.py", "modeling_glmasr.py"],
+    ),
+    "tiny-audio": (
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        + ["special_tokens_map.json", "added_tokens.json", "chat_template.jinja"]
+        + ["preprocessor_config.json", "processor_config.json", "requirements.txt"],
+        [".gitattributes", "README.md", "asr_config.py", "asr_modeling.py", "asr_processing.py"]
+        + ["asr_pipeline.py", "projectors.py", "alignment.py", "diarization.py", "handler.py"]
+        + ["__pycache__/asr_modeling.cpython-311.pyc"],
+    ),
+    "qwen3-sharded": (
+        ["config.json", "generation_config.json", "merges.txt", "vocab.json", "tokenizer.json"]
+        + ["tokenizer_config.json", "model-00001-of-00002.safetensors"]
+        + ["model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+        + ["additional_chat_templates/tool_use.jinja"],
+        [".gitattributes", "LICENSE", "README.md"],
+    ),
+    "whisper": (
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+        + ["tokenizer_config.json", "vocab.json", "merges.txt", "normalizer.json"]
+        + ["added_tokens.json", "special_tokens_map.json", "preprocessor_config.json"],
+        ["pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", ".gitattributes"],
+    ),
+    "ct2-whisper": (
+        ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"],
+        ["README.md", ".gitattributes"],
+    ),
+}
 
 
 @pytest.fixture
@@ -149,10 +188,21 @@ def test_offline_hub_id_says_how_to_get_the_model(
     assert "--model ./models/no-such-model" in text
 
 
+@pytest.mark.parametrize("layout", sorted(HUB_LAYOUTS))
+def test_hub_download_fetches_what_loading_needs_and_no_code(layout: str) -> None:
+    needed, unwanted = HUB_LAYOUTS[layout]
+    assert sorted(hub_files(unwanted + needed)) == sorted(needed)
+
+
+def test_no_python_is_fetched_whatever_the_allow_patterns_say() -> None:
+    code = ["modeling.py", "sub/tokenization_x.py", "stubs/x.pyi", "__pycache__/a.cpython-311.pyc"]
+    assert hub_files(code + [f"{p}.json" for p in code]) == [f"{p}.json" for p in code]
+    assert not any(p.endswith((".py", ".pyc", ".pyi")) for p in HUB_ALLOW_PATTERNS)
+
+
 def test_hub_download_is_offline_aware_and_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    huggingface_hub = pytest.importorskip("huggingface_hub")
     seen: list[dict[str, Any]] = []
     local = tmp_path / "snapshot"
     local.mkdir()
@@ -170,11 +220,11 @@ def test_hub_download_is_offline_aware_and_bounded(
     assert resolve_model_dir("owner/name") == local
     assert [s["local_files_only"] for s in seen] == [False, True]
     assert all(s["repo_id"] == "owner/name" and 0 < s["etag_timeout"] <= 10 for s in seen)
+    assert all(s["allow_patterns"] == list(HUB_ALLOW_PATTERNS) for s in seen)
+    assert all(s["ignore_patterns"] == list(HUB_IGNORE_PATTERNS) for s in seen)
 
 
 def test_hub_failure_is_model_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    huggingface_hub = pytest.importorskip("huggingface_hub")
-
     def unreachable(repo_id: str, **kwargs: Any) -> str:
         raise ConnectionError("network is unreachable")
 

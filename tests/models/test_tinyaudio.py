@@ -15,9 +15,12 @@ import builders
 import numpy as np
 import pytest
 import torch
+from streamasr.kernels import use_backend
 
 from streamasr.config import DecodeConfig
 from streamasr.errors import ModelFormatError, ModelNotFoundError
+from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.glm_encoder import audio_token_count
 from streamasr.models.loader import load_model, model_family
 from streamasr.models.tinyaudio import (
     ENV_DECODER,
@@ -99,8 +102,15 @@ def reference(
 ) -> list[int]:
     feats = ref["fe"](audio, sampling_rate=16000, return_attention_mask=True, return_tensors="pt")
     n = upstream_tokens(int(feats["attention_mask"].sum()))
+    return reference_from_features(ref, feats["input_features"], n, budget)
+
+
+def reference_from_features(
+    ref: dict[str, Any], features: torch.Tensor, n: int, budget: int
+) -> list[int]:
+    """The reference decode of log-mel `features` (1, 128, T) with `n` audio tokens."""
     with torch.no_grad():
-        states = ref["tower"](feats["input_features"]).last_hidden_state  # (1, 1500, d)
+        states = ref["tower"](features).last_hidden_state  # (1, T / 2, d)
         b, s, d = states.shape
         audio_embeds = ref["proj"](states.reshape(b, s // 4, 4 * d))[0, :n]
         ids = torch.tensor([upstream_prompt(ref["tok"], n)])
@@ -151,11 +161,11 @@ def test_projector_is_upstreams_mlp() -> None:
         )
 
 
-@pytest.mark.parametrize("samples", [16000, 16037, 160000, 160900, 480000])
+@pytest.mark.parametrize("samples", [16000, 16037, 16321, 160000, 160159, 160900, 160961, 480000])
 def test_prompt_and_token_count_equal_upstreams(
     tiny: TinyAudioAdapter, ref: dict[str, Any], samples: int
 ) -> None:
-    from streamasr.models.glm_encoder import audio_token_count, mel_frames_for
+    from streamasr.models.glm_encoder import mel_frames_for
 
     audio = np.zeros(samples, dtype=np.float32)
     mask = ref["fe"](audio, sampling_rate=16000, return_attention_mask=True)["attention_mask"]
@@ -171,6 +181,30 @@ def test_offline_decode_equals_the_reference(
     audio = sentences[which][: len(sentences[which]) // 160 * 160]
     result = builders.offline_window(tiny, audio, EXACT)
     assert list(result.tokens) == reference(ref, tiny, audio, builders.default_budget(len(audio)))
+
+
+def test_both_kernel_backends_decode_like_the_reference(
+    tiny: TinyAudioAdapter, ref: dict[str, Any], sentences: list[np.ndarray]
+) -> None:
+    """Triton (interpreted on a CPU) and the torch reference pick the reference's greedy tokens
+    on a 2 s window (short, so the interpreted encoder is), 1.5 s of it real audio."""
+    mel = LogMelBuffer(n_mels=128)
+    mel.append(sentences[0][:24000])
+    features = mel.features(pad_to_frames=200)  # (128, 200)
+    n = audio_token_count(mel.num_frames)
+    expected = reference_from_features(ref, torch.from_numpy(features)[None], n, 6)
+    assert len(expected) >= 3  # several one-token decode steps, not just the prefill
+    options = DecodeConfig(max_repeat_ngram=0, max_new_tokens=6)
+    for backend in ("reference", "triton"):
+        with use_backend(backend):
+            result = tiny.transcribe(
+                features,
+                num_frames=mel.num_frames,
+                prompt=[],
+                options=options,
+                word_timestamps=False,
+            )
+        assert list(result.tokens) == expected, backend
 
 
 def test_cli_offline_prints_the_reference_text(
@@ -244,6 +278,59 @@ def test_config_may_name_local_component_dirs(dirs: dict[str, Path], tmp_path: P
     )
     assert not (d / "streamasr.json").exists()
     assert isinstance(load_model(str(d)), TinyAudioAdapter)
+
+
+def test_hub_ids_fetch_what_loading_needs_and_no_repo_code(
+    tiny: TinyAudioAdapter,
+    dirs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--model mazesmazes/tiny-audio` and its component hub ids through a stand-in hub that
+    selects files as huggingface_hub does. Every tokenizer here keeps its chat template in
+    chat_template.jinja; each repo also holds Python that would leave a mark if it ran and
+    would change the instruction if its text were read."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    marker = tmp_path / "repo-code-ran"
+    code = f"open({str(marker)!r}, 'w').close()\nTRANSCRIBE_PROMPT = 'Say it'\n".encode()
+    repos = {
+        "mazesmazes/tiny-audio": dirs["tiny"],
+        "zai-org/GLM-ASR-Nano-2512": dirs["glm"],
+        "Qwen/Qwen3-0.6B": dirs["qwen"],
+    }
+    fetched: dict[str, list[str]] = {}
+
+    def snapshot_download(
+        repo_id: str, *, allow_patterns: Any, ignore_patterns: Any, **kwargs: Any
+    ) -> str:
+        repo = {f.name: f.read_bytes() for f in repos[repo_id].iterdir()}
+        repo.pop("streamasr.json", None)  # ours, not the hub's: components come from config.json
+        repo.update({"asr_modeling.py": code, "README.md": b"model card"})
+        names = filter_repo_objects(
+            repo, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns
+        )
+        local = tmp_path / "hub" / repo_id.replace("/", "--")
+        local.mkdir(parents=True, exist_ok=True)
+        fetched[repo_id] = sorted(names)
+        for name in fetched[repo_id]:
+            (local / name).write_bytes(repo[name])
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    for variable in (ENV_ENCODER, ENV_DECODER, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    model = load_model("mazesmazes/tiny-audio")
+    assert isinstance(model, TinyAudioAdapter)
+    assert model.template == tiny.template  # the default instruction: asr_modeling.py unread
+    glm = load_model("zai-org/GLM-ASR-Nano-2512")
+    assert glm.processor.chat_template == (dirs["glm"] / "chat_template.jinja").read_text()
+    assert set(fetched) == set(repos)
+    for names in fetched.values():
+        assert "chat_template.jinja" in names and "model.safetensors" in names
+        assert not [n for n in names if n.endswith(".py")] and "README.md" not in names
+    assert not marker.exists()
 
 
 def test_instruction_from_streamasr_json_or_upstream_code(tmp_path: Path) -> None:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import speech
 import torch
+from streamasr.kernels import chunk_attention
 
 from streamasr import SAMPLE_RATE
 from streamasr.config import SessionConfig
 from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.features.logmel import LogMelBuffer
-from streamasr.kernels import chunk_attention
 from streamasr.models.whisper import WhisperModel
 from streamasr.textnorm import wer
 

@@ -1,0 +1,236 @@
+"""N simulated real-time streams through the scheduler: latency, compute, the largest N held.
+
+    python bench/streams.py [--model tiny.en] [--encoder window|chunked] [--streams 1,2,4,6,8]
+                            [--seconds 30] [--threads 1] [--max-batch 8] [--no-polish]
+                            [--single] [--corpus DIR]
+
+In-process, without sockets: one `Scheduler` (one inference thread, batching) serves N
+`Session`s, each on its own thread, fed 50 ms chunks of the held-out corpus's single
+utterances (bench/corpus.py; stream i starts at the i-th, 0.8 s of silence after each) on an
+absolute real-time schedule for `--seconds`. Per N the table gives:
+
+- partial and final latency p50/p95: when `feed`/`close` returned the event minus the instant
+  the event's `end` sample was due; the final's includes the endpointer's 450 ms silence wait;
+- compute per audio second: the inference thread's busy time, and the whole process's CPU
+  time (VAD, features and the idle threads included), over the audio seconds of all streams;
+- the mean batch size and the worst lateness of a chunk against its schedule;
+- the WER of the finals.
+
+A round is *held* when p95 final latency <= `--max-latency` (1.5 s) and no chunk was fed more
+than 1 s late; the ramp stops after the first round not held.
+
+`--single` instead streams one file as fast as possible in each encoder mode, to compare the
+compute per audio second of re-encoding a 30 s window every step (what Whisper streaming
+servers commonly do), re-encoding the utterance window, and the chunked encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from corpus import DEFAULT_OUT
+from serve import load_clips, program
+
+from streamasr import SAMPLE_RATE
+from streamasr.config import SessionConfig
+from streamasr.engine.scheduler import Scheduler, SchedulerConfig
+from streamasr.engine.session import Session
+from streamasr.events import Event, TranscriptFinal, TranscriptPartial
+from streamasr.models.base import AsrModel
+from streamasr.models.loader import load_model
+from streamasr.textnorm import wer
+
+CHUNK = SAMPLE_RATE // 20  # 50 ms
+
+
+@dataclass
+class StreamRun:
+    partial_latency: list[float] = field(default_factory=list)
+    final_latency: list[float] = field(default_factory=list)
+    lateness_s: float = 0.0
+    finals: list[str] = field(default_factory=list)
+    refs: list[str] = field(default_factory=list)
+    audio_s: float = 0.0
+
+
+def run_stream(
+    model: AsrModel, config: SessionConfig, audio: np.ndarray, t0: float, run: StreamRun
+) -> None:
+    session = Session(model, config)
+    run.audio_s = audio.size / SAMPLE_RATE
+
+    def handle(events: list[Event]) -> None:
+        now = time.perf_counter()
+        for ev in events:
+            if isinstance(ev, TranscriptFinal | TranscriptPartial):
+                lat = now - (t0 + ev.end_sample / SAMPLE_RATE)
+                if isinstance(ev, TranscriptFinal):
+                    run.final_latency.append(lat)
+                    run.finals.append(ev.text)
+                else:
+                    run.partial_latency.append(lat)
+
+    for start in range(0, audio.size, CHUNK):
+        end = min(start + CHUNK, audio.size)
+        due = t0 + end / SAMPLE_RATE
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        run.lateness_s = max(run.lateness_s, -delay)
+        handle(session.feed(audio[start:end]))
+    handle(session.close())
+
+
+@dataclass
+class Round:
+    streams: int
+    runs: list[StreamRun]
+    wall_s: float
+    busy_s: float
+    cpu_s: float
+    batches: int
+    calls: int
+
+    def held(self, max_latency: float) -> bool:
+        finals = [x for r in self.runs for x in r.final_latency]
+        late = max(r.lateness_s for r in self.runs)
+        return bool(finals) and float(np.percentile(finals, 95)) <= max_latency and late <= 1.0
+
+    def row(self, max_latency: float) -> str:
+        audio = sum(r.audio_s for r in self.runs)
+        partial = [x for r in self.runs for x in r.partial_latency]
+        final = [x for r in self.runs for x in r.final_latency]
+        refs = [t for r in self.runs for t in r.refs]
+        hyps = [" ".join(r.finals) for r in self.runs]
+
+        def pct(xs: list[float], q: float) -> str:
+            return f"{np.percentile(xs, q):.2f}" if xs else "n/a"
+
+        cells = [
+            str(self.streams),
+            f"{audio:.0f}",
+            pct(partial, 50),
+            pct(partial, 95),
+            pct(final, 50),
+            pct(final, 95),
+            f"{self.busy_s / audio:.3f}",
+            f"{self.cpu_s / audio:.3f}",
+            f"{self.calls / max(self.batches, 1):.2f}",
+            f"{max(r.lateness_s for r in self.runs):.2f}",
+            f"{wer([' '.join(refs)], [' '.join(hyps)]):.1%}",
+            "yes" if self.held(max_latency) else "no",
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| streams | audio s | partial lat p50 s | partial lat p95 s | final lat p50 s "
+    "| final lat p95 s | inference s per audio s | process CPU s per audio s | mean batch "
+    "| worst lateness s | WER | held |\n"
+    "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|"
+)
+
+
+def run_round(
+    model: AsrModel, config: SessionConfig, clips: list, n: int, seconds: float, max_batch: int
+) -> Round:
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=max_batch))
+    proxy = scheduler.model_proxy()
+    runs = [StreamRun() for _ in range(n)]
+    audios = []
+    for i, run in enumerate(runs):
+        audio, run.refs = program(clips, i * 3, seconds)
+        audios.append(audio)
+    cpu0, t0 = time.process_time(), time.perf_counter() + 0.2
+    threads = [
+        threading.Thread(target=run_stream, args=(proxy, config, a, t0, r))
+        for a, r in zip(audios, runs, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    scheduler.close()
+    st = scheduler.stats
+    return Round(n, runs, wall, st.busy_s, time.process_time() - cpu0, st.batches, st.calls)
+
+
+def single(model: AsrModel, clips: list, seconds: float, polish: bool) -> None:
+    """One stream, unpaced, per encoder mode: compute per audio second."""
+    audio, refs = program(clips, 0, seconds)
+    modes = {
+        "window, 30 s window every step": SessionConfig(encode_window="full"),
+        "window, utterance + 1 s": SessionConfig(),
+        "chunked": SessionConfig(encoder="chunked", polish_final=polish),
+    }
+    print("| mode | audio s | compute s per audio s | vs 30 s window | WER |")
+    print("|---|--:|--:|--:|--:|")
+    base = None
+    for name, config in modes.items():
+        session = Session(model, config)
+        finals: list[str] = []
+        t = time.process_time()
+        for start in range(0, audio.size, CHUNK):
+            evs = session.feed(audio[start : start + CHUNK])
+            finals += [e.text for e in evs if isinstance(e, TranscriptFinal)]
+        finals += [e.text for e in session.close() if isinstance(e, TranscriptFinal)]
+        per_s = (time.process_time() - t) / (audio.size / SAMPLE_RATE)
+        base = base or per_s
+        w = wer([" ".join(refs)], [" ".join(finals)])
+        print(f"| {name} | {audio.size / SAMPLE_RATE:.0f} | {per_s:.3f} | {base / per_s:.1f}x "
+              f"| {w:.1%} |")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--encoder", choices=["window", "chunked"], default=SessionConfig.encoder)
+    p.add_argument("--no-polish", action="store_true", help="chunked finals without re-encode")
+    p.add_argument("--streams", default="1,2,4,6,8", help="N of each round, ascending")
+    p.add_argument("--seconds", type=float, default=30.0, help="audio per stream per round")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-latency", type=float, default=1.5, help="p95 final latency to hold")
+    p.add_argument("--single", action="store_true", help="single-stream compute per mode")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    clips = load_clips(args.corpus)
+    print(f"command: {shlex.join(['python', *sys.argv])}")
+    print(
+        f"machine: nproc {os.cpu_count()}, torch threads {torch.get_num_threads()}, "
+        f"device cpu; model {args.model}\n"
+    )
+    warm = Session(model, SessionConfig(encoder=args.encoder))
+    warm.feed(clips[0].audio)
+    warm.close()
+    if args.single:
+        single(model, clips, args.seconds, not args.no_polish)
+        return 0
+    config = SessionConfig(encoder=args.encoder, polish_final=not args.no_polish)
+    print(f"encoder {args.encoder}, polish {not args.no_polish}, max batch {args.max_batch}\n")
+    print(HEADER)
+    largest = 0
+    for n in (int(x) for x in args.streams.split(",")):
+        rnd = run_round(model, config, clips, n, args.seconds, args.max_batch)
+        print(rnd.row(args.max_latency), flush=True)
+        if not rnd.held(args.max_latency):
+            break
+        largest = n
+    print(f"\nlargest N held at real time (p95 final <= {args.max_latency} s): {largest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
