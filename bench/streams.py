@@ -165,13 +165,17 @@ def run_round(
     return Round(n, runs, wall, st.busy_s, time.process_time() - cpu0, st.batches, st.calls)
 
 
-def single(model: AsrModel, clips: list, seconds: float, polish: bool) -> None:
+def single(model: AsrModel, clips: list, seconds: float) -> None:
     """One stream, unpaced, per encoder mode: compute per audio second."""
     audio, refs = program(clips, 0, seconds)
     modes = {
         "window, 30 s window every step": SessionConfig(encode_window="full"),
         "window, utterance + 1 s": SessionConfig(),
-        "chunked": SessionConfig(encoder="chunked", polish_final=polish),
+        "chunked, final re-encoded (30 s)": SessionConfig(encoder="chunked"),
+        "chunked, final re-encoded (utterance + 1 s)": SessionConfig(
+            encoder="chunked", final_window="utterance"
+        ),
+        "chunked, final from the cache": SessionConfig(encoder="chunked", polish_final=False),
     }
     print("| mode | audio s | compute s per audio s | vs 30 s window | WER |")
     print("|---|--:|--:|--:|--:|")
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     warm.feed(clips[0].audio)
     warm.close()
     if args.single:
-        single(model, clips, args.seconds, not args.no_polish)
+        single(model, clips, args.seconds)
         return 0
     config = SessionConfig(encoder=args.encoder, polish_final=not args.no_polish)
     print(f"encoder {args.encoder}, polish {not args.no_polish}, max batch {args.max_batch}\n")

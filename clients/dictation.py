@@ -125,39 +125,61 @@ class Committer:
 
 
 # ------------------------------------------------------------------ audio
-async def file_audio(path: str, realtime: bool) -> AsyncIterator[np.ndarray]:
+def file_format(path: str) -> AudioFormat:
+    """What `file_audio` sends: the file's own rate (the daemon resamples), mono s16le."""
     import soundfile as sf
 
-    data, rate = sf.read(path, dtype="float32", always_2d=True)
-    if rate != RATE:
-        raise SystemExit(f"dictation: {path} must be 16 kHz mono (got {rate} Hz)")
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise SystemExit(f"dictation: cannot read {path}: {exc}") from None
+    return AudioFormat("pcm_s16le", int(info.samplerate), 1)
+
+
+async def file_audio(path: str, realtime: bool) -> AsyncIterator[np.ndarray]:
+    """50 ms chunks of `path`, (n,) float32 mono at the file's own rate."""
+    import soundfile as sf
+
+    data, rate = sf.read(path, dtype="float32", always_2d=True)  # (n, channels)
     mono = data.mean(axis=1)
-    for i in range(0, len(mono), CHUNK):
-        yield mono[i : i + CHUNK]
-        await asyncio.sleep(CHUNK / RATE if realtime else 0)
+    chunk = rate // 20
+    for i in range(0, len(mono), chunk):
+        yield mono[i : i + chunk]
+        await asyncio.sleep(chunk / rate if realtime else 0)
 
 
 async def mic_audio(device: str | None) -> AsyncIterator[np.ndarray]:
-    import sounddevice as sd  # optional: only the microphone needs PortAudio
+    try:
+        import sounddevice as sd  # optional: only the microphone needs PortAudio
+    except (ImportError, OSError) as exc:
+        raise SystemExit(
+            f"dictation: the microphone needs sounddevice and PortAudio ({exc}); "
+            "pip install sounddevice, apt-get install libportaudio2"
+        ) from None
 
     loop = asyncio.get_running_loop()
     q: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=200)  # 10 s; drop-newest when full
 
+    def put(block: np.ndarray) -> None:
+        if not q.full():
+            q.put_nowait(block)
+
     def callback(indata: np.ndarray, frames: int, t: object, status: object) -> None:
-        def put() -> None:
-            if not q.full():
-                q.put_nowait(indata[:, 0].copy())
+        # copied here: PortAudio reuses `indata` for the next block once the callback returns
+        loop.call_soon_threadsafe(put, indata[:, 0].copy())
 
-        loop.call_soon_threadsafe(put)
-
-    with sd.InputStream(
-        samplerate=RATE,
-        channels=1,
-        dtype="float32",
-        blocksize=CHUNK,
-        device=device,
-        callback=callback,
-    ):
+    try:
+        stream = sd.InputStream(
+            samplerate=RATE,
+            channels=1,
+            dtype="float32",
+            blocksize=CHUNK,
+            device=int(device) if device and device.isdigit() else device,
+            callback=callback,
+        )
+    except (ValueError, sd.PortAudioError) as exc:  # no such device, or it is busy
+        raise SystemExit(f"dictation: cannot open the microphone: {exc}") from None
+    with stream:
         while True:
             yield await q.get()
 
@@ -177,8 +199,9 @@ async def dictate(args: argparse.Namespace) -> int:
         listening.set()
     loop = asyncio.get_running_loop()
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+    fmt = file_format(args.input) if args.input else AudioFormat()  # the microphone: 16 kHz
     async with connect(args.url, additional_headers=headers) as ws:
-        await ws.send(SessionStart(AudioFormat(), partials=False).to_json())
+        await ws.send(SessionStart(fmt, partials=False).to_json())
 
         def toggle() -> None:
             if listening.is_set():
@@ -218,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--url", default=f"ws://127.0.0.1:8765{STREAM_PATH}")
     p.add_argument("--token", default=os.environ.get("STREAMASR_TOKEN"))
     p.add_argument("--device", help="sound input (sounddevice name or index)")
-    p.add_argument("--input", help="a 16 kHz wav file instead of the microphone (testing)")
+    p.add_argument(
+        "--input",
+        metavar="FILE",
+        help="an audio file (wav, flac, ogg; 8-48 kHz) instead of the microphone",
+    )
     p.add_argument("--realtime", action="store_true", help="pace --input in real time")
     p.add_argument("--backend", choices=sorted(BACKENDS), help="typing tool (auto)")
     p.add_argument("--punctuation", action="store_true", help="spoken punctuation ('comma')")

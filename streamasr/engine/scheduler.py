@@ -4,7 +4,7 @@ Sessions stay synchronous and sans-I/O. Each runs on its own caller thread and c
 through `ScheduledModel`, which queues the call and blocks until the inference thread has run
 it. The inference thread takes the queued calls in arrival order, up to `max_batch` at a time,
 waiting at most `budget_ms` after the first for others to join, and runs them as one
-`transcribe_batch`. A session has at most one call in flight, so FIFO order is round-robin
+`transcribe_many`. A session has at most one call in flight, so FIFO order is round-robin
 between sessions: no session waits more than one batch behind another.
 """
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class BatchModel(AsrModel, Protocol):
-    def transcribe_batch(self, requests: list[TranscribeRequest]) -> list[DecodeResult]: ...
+    def transcribe_many(self, requests: list[TranscribeRequest]) -> list[DecodeResult]: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class SchedulerStats:
 
 
 class Scheduler:
-    """Owns the inference thread. `model` must implement `transcribe_batch`, or calls run singly."""
+    """Owns the inference thread. `model` must implement `transcribe_many`, or calls run singly."""
 
     def __init__(self, model: AsrModel, config: SchedulerConfig | None = None) -> None:
         self.model = model
@@ -121,7 +121,7 @@ class Scheduler:
 
     def _execute(self, batch: list[tuple[TranscribeRequest, Future[DecodeResult]]]) -> None:
         requests = [r for r, _ in batch]
-        batched = getattr(self.model, "transcribe_batch", None)
+        batched = getattr(self.model, "transcribe_many", None)
         if batched is not None and len(batch) > 1:
             try:
                 for (_, future), result in zip(batch, batched(requests), strict=True):
@@ -145,6 +145,7 @@ def _call_one(model: Any, r: TranscribeRequest) -> DecodeResult:
         options=r.options,
         word_timestamps=r.word_timestamps,
         prefix=r.prefix,
+        draft=r.draft,
     )
     if r.cache is None:
         return model.transcribe(r.features, **args)  # type: ignore[no-any-return]
@@ -177,9 +178,16 @@ class ScheduledModel:
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int] | None = None,
+        draft: list[int] | None = None,
     ) -> DecodeResult:
         request = TranscribeRequest(
-            features, num_frames, list(prompt), options, word_timestamps, list(prefix or [])
+            features,
+            num_frames,
+            list(prompt),
+            options,
+            word_timestamps,
+            list(prefix or []),
+            draft=draft,
         )
         return self._scheduler.submit(request).result()
 
@@ -201,6 +209,7 @@ class ScheduledChunkedModel(ScheduledModel):
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int] | None = None,
+        draft: list[int] | None = None,
     ) -> DecodeResult:
         request = TranscribeRequest(
             features,
@@ -211,5 +220,6 @@ class ScheduledChunkedModel(ScheduledModel):
             list(prefix or []),
             cache,
             commit_frames,
+            draft,
         )
         return self._scheduler.submit(request).result()

@@ -41,6 +41,7 @@ class _Utterance:
     stabilizer: Stabilizer
     decoded_at: int = -1  # mel_end at the last partial decode
     partial_text: str = ""  # text of the last partial sent
+    hypothesis: tuple[int, ...] = ()  # tokens of the last partial decode: the next one's draft
     speculative: tuple[int, DecodeResult] | None = None  # (end_sample, final decoded early)
 
 
@@ -162,8 +163,10 @@ class Session:
             words=False,
             window=self.config.encode_window,
             chunked=self._encoder_cache is not None,
+            hypothesis=utt.hypothesis,
         )
         tokens = result.tokens if self._keep(result) else utt.stabilizer.committed
+        utt.hypothesis = tuple(tokens)
         committed = utt.stabilizer.update(tokens)
         text = self._text(tokens)
         if not self.config.partials or (not text and not utt.partial_text):
@@ -196,13 +199,18 @@ class Session:
                 words=True,
                 window=self.config.encode_window,
                 chunked=True,
+                hypothesis=utt.hypothesis,
             )
             return result if self._keep(result) else DecodeResult((), "", 0.0, 1.0, 0.0)
         mel = LogMelBuffer(n_mels=self.model.features.n_mels)
         mel.append(final_audio(self._ring.slice(utt.start_sample, end), self.config.decode))
         committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
         result = self._decode(
-            mel, prefix=list(committed), words=True, window=self.config.final_window
+            mel,
+            prefix=list(committed),
+            words=True,
+            window=self.config.final_window,
+            hypothesis=utt.hypothesis,
         )
         return result if self._keep(result) else DecodeResult((), "", 0.0, 1.0, 0.0)
 
@@ -242,7 +250,9 @@ class Session:
         words: bool,
         window: str,
         chunked: bool = False,
+        hypothesis: tuple[int, ...] = (),
     ) -> DecodeResult:
+        """Decode `mel`, continuing `prefix`; the latest `hypothesis` is offered as a draft."""
         spec = self.model.features
         if window == "full":
             pad_to = spec.window_frames
@@ -251,6 +261,8 @@ class Session:
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
         features = mel.features(pad_to_frames=pad_to)
         words = words and self.config.decode.word_timestamps
+        agrees = hypothesis[: len(prefix)] == tuple(prefix)
+        draft = list(hypothesis[len(prefix) :]) if agrees else []
         if not chunked:
             return self.model.transcribe(
                 features,
@@ -259,6 +271,7 @@ class Session:
                 options=self.config.decode,
                 word_timestamps=words,
                 prefix=prefix,
+                draft=draft,
             )
         # Commit whole chunks of encoder frames (20 ms each) that have `lookahead_ms` of real
         # audio after them; the rest of the window is recomputed on the next update.
@@ -273,6 +286,7 @@ class Session:
             options=self.config.decode,
             word_timestamps=words,
             prefix=prefix,
+            draft=draft,
         )
 
     def _keep(self, r: DecodeResult) -> bool:

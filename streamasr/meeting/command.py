@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,8 +18,10 @@ def add_meeting_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "meeting",
         help="transcribe meetings into one directory each (see docs/meeting.md)",
         description="Record until the input ends or SIGTERM/SIGINT (which finalise and render); "
-        "SIGUSR1 ends the current meeting. `streamasr meeting render DIR` rewrites a meeting's "
-        "srt/vtt/md from its transcript.jsonl.",
+        "SIGUSR1 ends the current meeting. With --listen, each WebSocket producer (protocol v1, "
+        "one at a time) records one meeting, from its connection to session.end or its "
+        "disconnect. `streamasr meeting render DIR` rewrites a meeting's srt/vtt/md from its "
+        "transcript.jsonl.",
     )
     m.add_argument("action", nargs="?", choices=["record", "render"], default="record")
     m.add_argument("dirs", nargs="*", type=Path, help="meeting directories (render)")
@@ -31,6 +34,18 @@ def add_meeting_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     src = m.add_mutually_exclusive_group()
     src.add_argument("--device", help="sound input (name or index; needs sounddevice)")
     src.add_argument("--input", help="audio file (wav/flac/ogg), or - for 16 kHz s16le on stdin")
+    src.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="take audio from one WebSocket producer at a time at ws://HOST:PORT/v1/stream "
+        "(protocol v1, as `streamasr serve`; port 0 picks a free one)",
+    )
+    m.add_argument(
+        "--token",
+        default=os.environ.get("STREAMASR_TOKEN"),
+        help="--listen: bearer token producers must send (default $STREAMASR_TOKEN); "
+        "required on an address other than loopback",
+    )
     m.add_argument(
         "--speed",
         default="max",
@@ -85,6 +100,9 @@ def _record(args: argparse.Namespace, out: TextIO) -> int:
         speed = float("inf") if args.speed == "max" else float(args.speed)
     except ValueError:
         raise InputError(f"--speed must be a number or max, got {args.speed!r}") from None
+    outdir = args.out if args.out is not None else default_out_dir()
+    if args.listen is not None:
+        return _listen(args, outdir, out)
     source: AudioSource
     if args.input == "-":
         source = StdinSource()
@@ -94,7 +112,35 @@ def _record(args: argparse.Namespace, out: TextIO) -> int:
         source = DeviceSource(args.device)
     model = load_model(args.model)
     session = Session(model, SessionConfig(partials=False))
-    outdir = args.out if args.out is not None else default_out_dir()
     recorder = MeetingRecorder(session, outdir, _emitter(out), args.silence_timeout)
     run_meeting(source, recorder)
+    return EXIT_OK
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:PORT` for IPv6) to (host, port); a bare PORT listens on 127.0.0.1."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65_535:
+        raise InputError(f"--listen takes HOST:PORT with a port 0..65535, got {text!r}")
+    return host, int(port)
+
+
+def _listen(args: argparse.Namespace, outdir: Path, out: TextIO) -> int:
+    import asyncio
+
+    from streamasr.meeting.listen import ListenConfig, listen
+    from streamasr.models.loader import load_model
+
+    host, port = parse_listen(args.listen)
+    try:
+        config = ListenConfig(
+            outdir, host, port, args.token or None, silence_timeout_s=args.silence_timeout
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    model = load_model(args.model)
+    asyncio.run(listen(config, model, _emitter(out)))
     return EXIT_OK

@@ -6,12 +6,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from streamasr import SAMPLE_RATE
-from streamasr.engine.session import Session
 from streamasr.events import Event, SpeechStarted, SpeechStopped, TranscriptFinal
 from streamasr.meeting.sources import AudioSource
 from streamasr.meeting.store import MeetingWriter
@@ -19,18 +18,34 @@ from streamasr.meeting.store import MeetingWriter
 Emit = Callable[[dict[str, Any]], None]
 
 
+class Transcriber(Protocol):
+    """Samples in, events out: an engine `Session`, or the daemon's `AudioStream` (resampling)."""
+
+    @property
+    def position(self) -> int:
+        """Samples on the 16 kHz stream clock received so far."""
+        ...
+
+    def feed(self, samples: np.ndarray) -> list[Event]: ...
+
+    def flush(self) -> list[Event]: ...
+
+    def close(self) -> list[Event]: ...
+
+
 class MeetingRecorder:
     """Feeds a Session and files its finals into meeting directories under `out`.
 
     A meeting opens at the first final with text (so noise blips make no empty directories)
-    and its clock starts at that utterance's first sample. It ends on `split()`, `close()`, or
+    and its clock starts at that utterance's first sample; or at `open_meeting()`, when a
+    producer connecting is what starts it. It ends on `split()`, `close()`, or
     once no speech has been heard for `silence_timeout_s` of audio (sample clock, not wall
     clock); the next final then opens a new meeting. `emit` gets each final after its fsync.
     """
 
     def __init__(
         self,
-        session: Session,
+        session: Transcriber,
         out: Path,
         emit: Emit,
         silence_timeout_s: float | None = None,
@@ -48,26 +63,40 @@ class MeetingRecorder:
         self._speaking = False
         self._last_voice_end = 0
 
-    def feed(self, samples: np.ndarray) -> None:
-        self._handle(self.session.feed(samples))
+    def feed(self, samples: np.ndarray) -> list[Event]:
+        """Feed audio; returns the session's events, each final already on disk."""
+        events = self._handle(self.session.feed(samples))
         if (
             self.writer is not None
             and self.timeout_samples is not None
             and not self._speaking
             and self.session.position - self._last_voice_end >= self.timeout_samples
         ):
-            self._end_meeting("silence")
+            self.end_meeting("silence")
+        return events
 
-    def split(self) -> None:
+    def open_meeting(self) -> None:
+        """Open a meeting now, its clock at the current stream position, speech or not."""
+        if self.writer is None:
+            self._open(self.session.position)
+
+    def flush(self) -> list[Event]:
+        """Finalise pending speech; the meeting goes on."""
+        return self._handle(self.session.flush())
+
+    def split(self) -> list[Event]:
         """Finalise pending speech and end the current meeting; the next speech starts one."""
-        self._handle(self.session.flush())
-        self._end_meeting("split")
+        events = self._handle(self.session.flush())
+        self.end_meeting("split")
+        return events
 
-    def close(self) -> None:
-        self._handle(self.session.close())
-        self._end_meeting("end")
+    def close(self, reason: str = "end") -> list[Event]:
+        """Finalise pending speech for good and end the meeting (render its files)."""
+        events = self._handle(self.session.close())
+        self.end_meeting(reason)
+        return events
 
-    def _handle(self, events: list[Event]) -> None:
+    def _handle(self, events: list[Event]) -> list[Event]:
         for ev in events:
             if isinstance(ev, SpeechStarted):
                 self._speaking = True
@@ -76,18 +105,25 @@ class MeetingRecorder:
                 self._last_voice_end = ev.sample
             elif isinstance(ev, TranscriptFinal):
                 self._record(ev)
+        return events
 
     def _record(self, final: TranscriptFinal) -> None:
-        if self.writer is None:
+        writer = self.writer
+        if writer is None:
             if not final.text.strip():
                 return
-            self.writer = MeetingWriter(self.out, origin_sample=final.start_sample)
-            self.meetings.append(self.writer.path)
-            self.emit({"type": "meeting.started", "dir": str(self.writer.path)})
-        record = self.writer.append(final)  # on disk before anyone is told
-        self.emit({**record, "meeting": self.writer.path.name})
+            writer = self._open(final.start_sample)
+        record = writer.append(final)  # on disk before anyone is told
+        self.emit({**record, "meeting": writer.path.name})
 
-    def _end_meeting(self, reason: str) -> None:
+    def _open(self, origin_sample: int) -> MeetingWriter:
+        writer = self.writer = MeetingWriter(self.out, origin_sample=origin_sample)
+        self.meetings.append(writer.path)
+        self.emit({"type": "meeting.started", "dir": str(writer.path)})
+        return writer
+
+    def end_meeting(self, reason: str) -> None:
+        """Close the open meeting's transcript and render it; the session is not touched."""
         writer, self.writer = self.writer, None
         if writer is None:
             return

@@ -90,6 +90,12 @@ class DeviceSource:
         self._sd = sounddevice
         self.device: int | str | None = int(device) if device and device.isdigit() else device
         self.blocksize = chunk_ms * SAMPLE_RATE // 1000
+        try:  # now, so a wrong --device fails before the model loads
+            sounddevice.check_input_settings(
+                device=self.device, channels=1, dtype="float32", samplerate=SAMPLE_RATE
+            )
+        except (ValueError, sounddevice.PortAudioError) as exc:
+            raise InputError(f"cannot record from {self._label}: {exc}") from exc
         # bounded: about 50 s of audio; if the model falls that far behind, new blocks are dropped
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=1000)
         self._stopped = False
@@ -101,15 +107,23 @@ class DeviceSource:
         except queue.Full:
             self.dropped += 1
 
+    @property
+    def _label(self) -> str:
+        return "the default sound input" if self.device is None else f"sound input {self.device!r}"
+
     def chunks(self) -> Iterator[np.ndarray]:
-        with self._sd.InputStream(
-            samplerate=SAMPLE_RATE,
-            channels=1,
-            dtype="float32",
-            device=self.device,
-            blocksize=self.blocksize,
-            callback=self._callback,
-        ):
+        try:
+            stream = self._sd.InputStream(
+                samplerate=SAMPLE_RATE,
+                channels=1,
+                dtype="float32",
+                device=self.device,
+                blocksize=self.blocksize,
+                callback=self._callback,
+            )
+        except (ValueError, self._sd.PortAudioError) as exc:  # unplugged since the check
+            raise InputError(f"cannot record from {self._label}: {exc}") from exc
+        with stream:
             while not self._stopped:
                 try:  # a timeout, so a stop request is seen within a fraction of a second
                     yield self._queue.get(timeout=0.2)

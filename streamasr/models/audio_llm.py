@@ -123,6 +123,7 @@ class AudioLlmAdapter:
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int] | None = None,
+        draft: list[int] | None = None,  # not used: decoding without it gives the same result
     ) -> DecodeResult:
         """Greedy transcript of one window. `prompt` (previous text) is not used: the chat
         prompt these models were trained on has no slot for it. No word timings."""

@@ -51,6 +51,7 @@ class TranscribeRequest:
     prefix: list[int]
     cache: Any = None  # the stream's encoder cache: a `transcribe_chunked` call
     commit_frames: int = 0
+    draft: list[int] | None = None
 
 
 class AsrModel(Protocol):
@@ -68,12 +69,15 @@ class AsrModel(Protocol):
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int] | None = None,
+        draft: list[int] | None = None,
     ) -> DecodeResult:
         """Decode one window of normalised log-mel `features` (n_mels, T).
 
         `num_frames` counts the frames that hold real audio (the rest is padding); `prompt` is
         previous text as tokens, used as context only; `prefix` is forced as the first tokens
-        of the transcript (and is part of the result).
+        of the transcript (and is part of the result). `draft` is a guess of the tokens after
+        the prefix (e.g. the previous hypothesis): a model may verify it in one pass to save
+        decoding steps, but the result must be what decoding without it gives.
         """
         ...
 
@@ -104,6 +108,7 @@ class ChunkedAsrModel(AsrModel, Protocol):
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int] | None = None,
+        draft: list[int] | None = None,
     ) -> DecodeResult:
         """`transcribe` for a stream whose earlier encoder states are in `cache`.
 

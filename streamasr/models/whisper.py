@@ -251,6 +251,7 @@ class WhisperModel:
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int] | None = None,
+        draft: list[int] | None = None,
     ) -> DecodeResult:
         """`transcribe` over a stream's cached encoder prefix; see `encode_tail`."""
         mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(0)
@@ -265,6 +266,7 @@ class WhisperModel:
             word_timestamps=word_timestamps,
             prefix=prefix or [],
             cross=cross,
+            draft=draft,
         )
 
     @torch.inference_mode()
@@ -342,6 +344,7 @@ class WhisperModel:
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int] | None = None,
+        draft: list[int] | None = None,
     ) -> DecodeResult:
         mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(0)
         if mel.shape[-1] % 2:
@@ -354,6 +357,7 @@ class WhisperModel:
             options=options,
             word_timestamps=word_timestamps,
             prefix=prefix or [],
+            draft=draft,
         )
 
     @torch.inference_mode()
@@ -367,10 +371,12 @@ class WhisperModel:
         word_timestamps: bool,
         prefix: list[int],
         cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        draft: list[int] | None = None,
     ) -> DecodeResult:
         """Greedy decoding of one window's encoder states (1, S, d), continuing `prefix`.
 
-        `cross`: the decoder's cross-attention keys and values of `enc`, when already known.
+        `cross`: the decoder's cross-attention keys and values of `enc`, when already known;
+        `draft`: guessed tokens after the prefix, verified in the prefill (`whisper_decode`).
         """
         row = DecodeRow(
             cross if cross is not None else self.cross_kv(enc),
@@ -379,11 +385,12 @@ class WhisperModel:
             options,
             word_timestamps,
             list(prefix),
+            list(draft or []),
         )
         return greedy_batch(self, [row])[0]
 
     @torch.inference_mode()
-    def transcribe_batch(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
+    def transcribe_many(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
         """Many `transcribe`/`transcribe_chunked` calls (of different streams) at once.
 
         Each window is encoded on its own (a chunk is already a matrix product); the decoding
@@ -401,7 +408,13 @@ class WhisperModel:
                 _, cross = self.encode_tail(r.cache, mel, commit_frames=r.commit_frames)
             rows.append(
                 DecodeRow(
-                    cross, r.num_frames, r.prompt, r.options, r.word_timestamps, list(r.prefix)
+                    cross,
+                    r.num_frames,
+                    r.prompt,
+                    r.options,
+                    r.word_timestamps,
+                    list(r.prefix),
+                    list(r.draft or []),
                 )
             )
         return greedy_batch(self, rows)

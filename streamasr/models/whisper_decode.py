@@ -40,6 +40,7 @@ class DecodeRow:
     options: DecodeConfig
     word_timestamps: bool
     prefix: list[int]
+    draft: list[int] = field(default_factory=list)  # guessed tokens after the prefix
 
 
 @dataclass
@@ -54,6 +55,7 @@ class _State:
     no_speech_prob: float
     qk: list[torch.Tensor] | None  # alignment-head cross-attention logits, (heads, T, S) each
     step: int  # index in `out` of the token being predicted
+    fed: int = 0  # positions in the self-attention cache that hold valid keys and values
     done: bool = False
     next_token: int = 0
     logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
@@ -62,7 +64,7 @@ class _State:
 def greedy_batch(model: WhisperModel, rows: list[DecodeRow]) -> list[DecodeResult]:
     """Greedy decoding of every row; row i's result equals decoding it alone."""
     states = [_prefill_state(model, r) for r in rows]
-    starts = [len(s.head) + len(r.prefix) for s, r in zip(states, rows, strict=True)]
+    starts = [len(s.head) + len(r.prefix) + len(r.draft) for s, r in zip(states, rows, strict=True)]
     cache = KVCache(
         layers=len(model.decoder.layers),
         batch=len(rows),
@@ -70,14 +72,12 @@ def greedy_batch(model: WhisperModel, rows: list[DecodeRow]) -> list[DecodeResul
         head_dim=model.config.d_model // model.n_heads_dec,
         max_len=max(n + s.budget + 2 for n, s in zip(starts, states, strict=True)),
     )
-    for b, (row, st) in enumerate(zip(rows, states, strict=True)):
-        _prefill(model, row, st, cache.row(b))
-    lengths = torch.tensor(starts)
-    cross_k, cross_v, enc_lens = _pad_cross(rows)
     suppress = torch.tensor(model.tokens.suppress, dtype=torch.long)
     begin = torch.tensor(model.tokens.begin_suppress, dtype=torch.long)
-    for row, st in zip(rows, states, strict=True):
-        _choose(model, row, st, suppress, begin)
+    for b, (row, st) in enumerate(zip(rows, states, strict=True)):
+        _prefill(model, row, st, cache.row(b), suppress, begin)
+    lengths = torch.tensor([s.fed for s in states])
+    cross_k, cross_v, enc_lens = _pad_cross(rows)
     while not all(s.done for s in states):
         tokens = torch.tensor([[s.next_token] for s in states])  # (B, 1)
         logits = _step(model, tokens, cache, lengths, cross_k, cross_v, enc_lens, states)
@@ -106,18 +106,41 @@ def _prefill_state(model: WhisperModel, row: DecodeRow) -> _State:
     )
 
 
-def _prefill(model: WhisperModel, row: DecodeRow, st: _State, cache: KVCache) -> None:
-    """Run the prompt and prefix through the decoder; read the no-speech and prefix scores."""
-    seq = st.head + row.prefix
+def _prefill(
+    model: WhisperModel,
+    row: DecodeRow,
+    st: _State,
+    cache: KVCache,
+    suppress: torch.Tensor,
+    begin: torch.Tensor,
+) -> None:
+    """Run prompt, prefix and draft through the decoder in one pass; choose the first token.
+
+    The draft is verified the way speculative decoding does it: each draft token is kept while
+    it is the token greedy decoding picks at its position, read off this one pass, so the
+    result is what step-by-step decoding gives, in fewer sequential steps. The cache is cut
+    back to the kept tokens.
+    """
+    seq = st.head + row.prefix + row.draft
     sot_index = seq.index(model.tokens.sot)
     # (T - sot_index, V): predictions from the start-of-transcript token on
     logits = model.decode_step(torch.tensor([seq]), cache, row.cross, st.qk, sot_index)[0]
     st.no_speech_prob = float(logits[0].float().softmax(-1)[model.tokens.no_speech])
     first = len(st.head) - 1 - sot_index
-    prefill_lp = logits[first : len(seq) - 1 - sot_index].log_softmax(-1)
+    n_known = len(st.head) + len(row.prefix)
+    prefill_lp = logits[first : n_known - 1 - sot_index].log_softmax(-1)
     st.logprobs = [float(prefill_lp[i, t]) for i, t in enumerate(row.prefix)]
     st.sum_logprob = sum(st.logprobs)
-    st.logits = logits[-1]
+    kept = 0
+    while True:
+        st.logits = logits[n_known - 1 - sot_index + kept]
+        _choose(model, row, st, suppress, begin)
+        if st.done or kept == len(row.draft) or st.next_token != row.draft[kept]:
+            break
+        kept += 1  # the draft token was right, and it has been fed already
+    st.fed = n_known + kept
+    if st.qk is not None:
+        st.qk[0] = st.qk[0][:, : st.fed]  # the rejected draft positions are not inputs
 
 
 def _choose(

@@ -1,19 +1,32 @@
-"""Dictation client: spoken punctuation, and xdotool typing into a Tk window under Xvfb."""
+"""Dictation client: spoken punctuation, xdotool typing into a Tk window under Xvfb, and the
+whole audio path: a speech file or a (virtual) microphone -> a real daemon on tiny.en -> typed."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
+import soxr
+import speech
+from virtual_mic import VirtualMic
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients"))
+CLIENT = Path(__file__).resolve().parents[2] / "clients" / "dictation.py"
+sys.path.insert(0, str(CLIENT.parent))
 
-from dictation import Committer, choose_backend, spoken_punctuation, type_text  # noqa: E402
+from dictation import CHUNK, Committer, choose_backend, spoken_punctuation, type_text  # noqa: E402
+
+FIRST = "Please call me tomorrow after the meeting period"  # said as a word: "period"
+SECOND = "The report is ready question mark"
+TIMEOUT_S = 240  # model load and decode on a slow, shared CPU; a hang fails, never blocks CI
 
 TK_APP = r"""
 import sys, tkinter as tk
@@ -77,13 +90,12 @@ def test_backend_choice_follows_the_session() -> None:
         choose_backend({})
 
 
-def test_xdotool_types_into_the_focused_window(
-    display: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def typed_in_window(display: str, tmp_path: Path, typist: Callable[[], None]) -> str:
+    """Open a Tk text window on `display`, focus it, run `typist`, return what it typed."""
     xdotool = need("xdotool")
-    monkeypatch.setenv("DISPLAY", display)
     out = tmp_path / "typed.txt"
-    app = subprocess.Popen([sys.executable, "-c", TK_APP, str(out)])
+    env = {**os.environ, "DISPLAY": display}
+    app = subprocess.Popen([sys.executable, "-c", TK_APP, str(out)], env=env)
     try:
         wid = subprocess.run(
             [xdotool, "search", "--sync", "--name", "dictation-test"],
@@ -91,13 +103,118 @@ def test_xdotool_types_into_the_focused_window(
             text=True,
             check=True,
             timeout=30,
+            env=env,
         ).stdout.split()[0]
-        subprocess.run([xdotool, "windowfocus", "--sync", wid], check=True, timeout=10)
-        c = Committer(punctuation=True)
-        for final in (" Hello comma world period", " New line second line question mark"):
-            type_text(c.text(final), choose_backend(os.environ))
-        subprocess.run([xdotool, "key", "Escape"], check=True, timeout=10)
+        subprocess.run([xdotool, "windowfocus", "--sync", wid], check=True, timeout=10, env=env)
+        typist()
+        subprocess.run([xdotool, "key", "Escape"], check=True, timeout=10, env=env)
         app.wait(30)
     finally:
         app.kill()
-    assert out.read_text() == "Hello, world.\nsecond line?"
+    return out.read_text()
+
+
+def test_xdotool_types_into_the_focused_window(
+    display: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need("xdotool")
+    monkeypatch.setenv("DISPLAY", display)
+
+    def typist() -> None:
+        c = Committer(punctuation=True)
+        for final in (" Hello comma world period", " New line second line question mark"):
+            type_text(c.text(final), choose_backend(os.environ))
+
+    assert typed_in_window(display, tmp_path, typist) == "Hello, world.\nsecond line?"
+
+
+# ------------------------------------------------------------------ the audio path, end to end
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_en_dir: Path) -> Iterator[str]:
+    """`streamasr serve` on tiny.en and a free port, as a subprocess; its WebSocket URL."""
+    directory = tmp_path_factory.mktemp("daemon")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMASR_")}
+    log = (directory / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamasr.cli", "serve", "--port", "0"]
+        + ["--model", str(tiny_en_dir)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env=env,
+        cwd=directory,  # not the checkout: its kernels/ folder must not be importable
+    )
+    watchdog = threading.Timer(TIMEOUT_S, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().decode()  # "streamasr: serving captions at http://H:P/"
+        found = re.search(r"http://([^/]+)/", ready)
+        assert found, f"daemon did not start: {(directory / 'serve.log').read_text()[-2000:]}"
+        watchdog.cancel()
+        yield f"ws://{found.group(1)}/v1/stream"
+    finally:
+        watchdog.cancel()
+        proc.terminate()
+        proc.wait(60)
+        log.close()
+
+
+def run_client(*args: str, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> None:
+    done = subprocess.run(
+        [sys.executable, str(CLIENT), "--backend", "xdotool", *args],
+        env=env,
+        pass_fds=pass_fds,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def two_sentences(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    return speech.espeak(FIRST, directory, wpm=150), speech.espeak(SECOND, directory, wpm=150)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+@pytest.mark.slow
+def test_speech_file_is_typed_into_the_window(display: str, daemon: str, tmp_path: Path) -> None:
+    first, second = two_sentences(tmp_path)
+    pause = speech.silence(1.5)
+    audio = np.concatenate([speech.silence(0.5), first, pause, second, pause])
+    wav = tmp_path / "dictation.wav"  # 22.05 kHz stereo: the daemon resamples, the client mixes
+    stereo = np.stack([audio, audio], axis=1)
+    sf.write(wav, soxr.resample(stereo, 16_000, 22_050), 22_050, subtype="PCM_16")
+    env = {**os.environ, "DISPLAY": display}
+
+    def typist() -> None:
+        run_client("--url", daemon, "--input", str(wav), "--punctuation", env=env)
+
+    typed = typed_in_window(display, tmp_path, typist)
+    # both utterances, in order, one space apart, the spoken marks turned into punctuation
+    expected = "please call me tomorrow after the meeting the report is ready"
+    assert words(typed) == words(expected), typed
+    assert re.fullmatch(r"\S[^\n]*\. \S[^\n]*\?", typed), typed
+
+
+@pytest.mark.slow
+def test_microphone_speech_is_typed_once(display: str, daemon: str, tmp_path: Path) -> None:
+    first, second = two_sentences(tmp_path)
+    pause = speech.silence(1.5)
+    audio = np.concatenate([speech.silence(0.5), first, pause, second, pause])
+    mic = VirtualMic(tmp_path, audio, block_frames=CHUNK, speed=2.0)  # the client's 50 ms blocks
+    env = mic.env({**os.environ, "DISPLAY": display})
+    try:
+
+        def typist() -> None:
+            run_client(
+                "--url", daemon, "--device", mic.name, "--once", env=env, pass_fds=mic.pass_fds
+            )
+
+        typed = typed_in_window(display, tmp_path, typist)
+    finally:
+        mic.close()
+    # --once: the first utterance only, then the client exits (the microphone plays on)
+    assert words(typed) == words("please call me tomorrow after the meeting period"), typed

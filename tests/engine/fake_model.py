@@ -28,6 +28,7 @@ class FakeModel:
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int] | None = None,
+        draft: list[int] | None = None,  # not used: decoding without it gives the same result
     ) -> DecodeResult:
         if features.shape[0] != 80 or features.shape[1] < num_frames:
             raise ValueError(f"bad features {features.shape} for {num_frames} frames")

@@ -87,12 +87,10 @@ def single(model: WhisperModel, r: TranscribeRequest) -> object:
     return model.transcribe_chunked(cache, r.features, commit_frames=r.commit_frames, **args)  # type: ignore[arg-type]
 
 
-def test_a_batch_decodes_each_row_as_if_alone(
-    model: WhisperModel, clips: list[np.ndarray]
-) -> None:
+def test_a_batch_decodes_each_row_as_if_alone(model: WhisperModel, clips: list[np.ndarray]) -> None:
     reqs = requests(model, clips)
     alone = [single(model, r) for r in reqs]
-    together = model.transcribe_batch(reqs)
+    together = model.transcribe_many(reqs)
     for a, b in zip(alone, together, strict=True):
         assert b.tokens == a.tokens  # type: ignore[attr-defined]
         assert b.text.strip()

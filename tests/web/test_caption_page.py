@@ -1,5 +1,6 @@
 """The caption page end to end: headless chromium, a fake microphone playing espeak-ng speech,
-a real daemon on tiny.en; the spoken words must appear on the page and in the download."""
+a real daemon on tiny.en; the spoken words must appear on the page and in the download, and
+keep appearing after the daemon restarts under a live page."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import soundfile as sf
 import soxr
 from websockets.asyncio.client import ClientConnection, connect
 
+from streamasr.models.base import AsrModel
 from streamasr.server.app import Server
 from streamasr.server.config import ServerConfig
 
@@ -62,6 +64,19 @@ def speech_wav(directory: Path) -> Path:
     audio = np.concatenate([pad[: CAPTURE_RATE // 2], x, pad])
     sf.write(out, audio, CAPTURE_RATE, subtype="PCM_16")
     return out
+
+
+@pytest.fixture(scope="module")
+def model(tiny_en_dir: Path) -> AsrModel:
+    """tiny.en loaded once for the module; each daemon of a test gets it from its factory."""
+    from streamasr.models.loader import load_model
+
+    return load_model(str(tiny_en_dir))
+
+
+def daemon(model: AsrModel, port: int = 0) -> Server:
+    config = ServerConfig(port=port, model="tiny.en", threads=1, token=TOKEN)
+    return Server(config, model_factory=lambda _spec: model)
 
 
 def words(text: str) -> set[str]:
@@ -185,8 +200,8 @@ async def browser(tmp_path: Path) -> AsyncIterator[Cdp]:
             await proc.wait()
 
 
-async def test_spoken_words_appear_on_the_caption_page(tiny_en_dir: Path, browser: Cdp) -> None:
-    server = Server(ServerConfig(port=0, model=str(tiny_en_dir), threads=1, token=TOKEN))
+async def test_spoken_words_appear_on_the_caption_page(model: AsrModel, browser: Cdp) -> None:
+    server = daemon(model)
     await server.startup()
     cdp = browser
     try:
@@ -238,3 +253,54 @@ async def test_spoken_words_appear_on_the_caption_page(tiny_en_dir: Path, browse
         await screenshot(cdp, SCREENSHOT)
     finally:
         await server.shutdown()
+
+
+STATE = "document.getElementById('status').dataset.state"
+STATUS = "document.getElementById('status').textContent"
+# finals on the page that hold every expected word
+HEARD = (
+    "[...document.querySelectorAll('#finals p')]"
+    f".filter(p => {' && '.join(f'/{w}/i.test(p.textContent)' for w in EXPECTED)}).length"
+)
+
+
+async def test_the_page_reconnects_when_the_daemon_restarts(model: AsrModel, browser: Cdp) -> None:
+    cdp = browser
+    first = daemon(model)
+    await first.startup()
+    second: Server | None = None
+    try:
+        await cdp.call("Page.navigate", url=f"http://127.0.0.1:{first.port}/?token={TOKEN}")
+        await cdp.wait_for("!!document.getElementById('toggle')", 15)
+        await cdp.eval("document.getElementById('toggle').click()")
+        await cdp.wait_for(f"{STATE} === 'live'", 20)
+        await cdp.wait_for(f"{HEARD} >= 1", WAIT_WORDS_S)
+
+        port = first.port
+        await first.shutdown()  # finals, session.ended "shutdown", close 1001: a restart begins
+        await cdp.wait_for(f"{STATE} === 'reconnecting'", 10)
+        assert "server shutting down (1001); attempt 1 in" in await cdp.eval(STATUS)
+        assert await cdp.eval("document.getElementById('toggle').textContent") == "Stop"
+        before = await cdp.eval(HEARD)
+        await asyncio.sleep(1.5)  # a retry or two finds the port closed: the backoff goes on
+        assert await cdp.eval(STATE) == "reconnecting", await cdp.eval(STATUS)
+
+        second = daemon(model, port=port)
+        await second.startup()
+        await cdp.wait_for(f"{STATE} === 'live'", 20)
+        try:
+            await cdp.wait_for(f"{HEARD} > {before}", WAIT_WORDS_S)
+        except TimeoutError:
+            captions = await cdp.eval("document.getElementById('finals').innerText")
+            pytest.fail(f"no new words after the reconnect: {captions!r}; {cdp.console}")
+        assert second.metrics.sessions._value.get() == 1  # the page opened a new session
+
+        link = "document.getElementById('download-txt')"
+        txt = await cdp.eval(f"fetch({link}.href).then(r => r.text())")
+        starts = re.findall(r"^\[(\d\d):(\d\d):(\d\d\.\d{3}) -->", txt, re.MULTILINE)
+        seconds = [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s in starts]
+        assert len(seconds) > before and seconds == sorted(seconds), txt  # one clock across both
+    finally:
+        await first.shutdown()
+        if second is not None:
+            await second.shutdown()

@@ -1,11 +1,21 @@
 // Live captions: microphone -> AudioWorklet (16-bit PCM at the context's rate) -> WebSocket
 // /v1/stream (protocol v1, docs/protocol.md) -> rolling captions, a state line and downloads.
+// A connection lost while live (a daemon restart, a network drop) is retried with backoff; the
+// microphone stays open meanwhile, and the transcript goes on where it was.
 "use strict";
 
 const STREAM_PATH = "/v1/stream";
 const END_TIMEOUT_MS = 15000; // after session.end, wait this long for session.ended
 const MIN_RATE = 8000;
 const MAX_RATE = 48000;
+const RETRY_FIRST_MS = 500; // the first reconnect comes this soon; each next one waits twice as
+const RETRY_MAX_MS = 8000; // long, up to this (plus up to 20% at random, so that many pages do
+// not all knock at once on a restarted daemon)
+// close codes after which the same session.start could succeed later: going away, abnormal
+// closure (no close frame: the daemon died, or never answered), internal error, service
+// restart, try again later (busy, or still warming up), bad gateway. Protocol errors
+// (1007, 1008, 1009) would only fail again.
+const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
 
 const el = (id) => document.getElementById(id);
 const ui = {
@@ -20,14 +30,14 @@ const ui = {
   srt: el("download-srt"),
 };
 
-let run = null; // the current session: {ws, ctx, stream, node, ended, endTimer}
+let run = null; // the running captions: {conn, ctx, stream, node, attempt, ending, ...}
 const finals = []; // {start, end, text} of every transcript.final, in order
 const downloadUrls = {};
 
 function setState(state, detail) {
   ui.status.dataset.state = state;
   ui.statusText.textContent = detail ? `${state}: ${detail}` : state;
-  const active = state === "connecting" || state === "live" || state === "stopping";
+  const active = ["connecting", "live", "reconnecting", "stopping"].includes(state);
   ui.toggle.textContent = active ? "Stop" : "Start";
   ui.toggle.setAttribute("aria-pressed", String(active));
   ui.toggle.disabled = state === "stopping";
@@ -59,16 +69,17 @@ function showPartial(text, stableText) {
   scrollDown();
 }
 
-function addFinal(msg) {
+function addFinal(msg, offset) {
   showPartial("", "");
   const text = msg.text.trim();
   if (!text) return;
-  finals.push({ start: msg.start, end: msg.end, text });
+  const start = msg.start + offset; // on the clock of the whole run, across reconnects
+  finals.push({ start, end: msg.end + offset, text });
   const p = document.createElement("p");
   p.className = "final";
   const time = document.createElement("time");
-  time.textContent = clock(msg.start).slice(3, 8); // mm:ss
-  time.dateTime = `PT${msg.start.toFixed(2)}S`;
+  time.textContent = clock(start).slice(3, 8); // mm:ss
+  time.dateTime = `PT${start.toFixed(2)}S`;
   p.append(time, document.createTextNode(text));
   ui.finals.append(p);
   updateDownloads();
@@ -127,7 +138,7 @@ function closeAudio(r) {
 
 async function start() {
   setState("connecting");
-  const r = { ended: false };
+  const r = { attempt: 0 };
   run = r;
   try {
     Object.assign(r, await openAudio());
@@ -137,10 +148,24 @@ async function start() {
     setState("error", `microphone: ${err.message || err.name}`);
     return;
   }
+  if (run !== r) { // stopped while the microphone was being opened
+    closeAudio(r);
+    return;
+  }
+  r.t0 = r.ctx.currentTime;
+  connect(r);
+}
+
+// One WebSocket session of the run; `conn` holds what belongs to this connection only.
+function connect(r) {
   const ws = new WebSocket(streamUrl());
-  r.ws = ws;
+  const conn = { ws, ended: false, error: null, offset: 0 };
+  r.conn = conn;
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
+    // the session's clock starts at 0: place it on the run's clock (audio sent while no
+    // connection was open is lost, so this is the time the new stream starts)
+    conn.offset = r.ctx.currentTime - r.t0;
     ws.send(JSON.stringify({
       type: "session.start",
       version: 1,
@@ -153,12 +178,12 @@ async function start() {
       if (ws.readyState === WebSocket.OPEN && !r.endSent) ws.send(event.data);
     };
   };
-  ws.onmessage = (event) => onMessage(r, event.data);
+  ws.onmessage = (event) => onMessage(r, conn, event.data);
   ws.onerror = () => {}; // the close event that follows carries what there is to say
-  ws.onclose = (event) => onClose(r, event);
+  ws.onclose = (event) => onClose(r, conn, event);
 }
 
-function onMessage(r, data) {
+function onMessage(r, conn, data) {
   let msg;
   try {
     msg = JSON.parse(data);
@@ -167,6 +192,7 @@ function onMessage(r, data) {
   }
   switch (msg.type) {
     case "session.started":
+      r.attempt = 0; // a working connection: the next loss starts the backoff afresh
       if (!r.ending) setState("live", `${msg.audio.sample_rate} Hz`);
       ui.status.title = `model: ${msg.model}`; // a long path at times: kept off the line
       break;
@@ -174,35 +200,57 @@ function onMessage(r, data) {
       showPartial(msg.text, msg.stable_text);
       break;
     case "transcript.final":
-      addFinal(msg);
+      addFinal(msg, conn.offset);
       break;
     case "error":
-      r.error = `${msg.message} (${msg.code})`;
-      if (msg.fatal) setState("error", r.error);
+      // a fatal error is followed by the close, which decides whether to retry; the others
+      // rejected one frame and the session goes on
+      if (msg.fatal) conn.error = `${msg.message} (${msg.code})`;
       break;
     case "session.ended":
-      r.ended = true;
-      finish(r, "stopped", `session ended (${msg.reason})`);
+      conn.ended = true;
+      if (r.ending) finish(r, "stopped", `session ended (${msg.reason})`);
+      // else the server ended it (a restart: "shutdown"; "idle"; "max_length"): its close
+      // follows, and the captions go on with a new session
       break;
     default:
       break; // speech.started / speech.stopped, and message types of later versions
   }
 }
 
-function onClose(r, event) {
-  if (r.ended) return;
-  const why = r.error || (event.reason ? `${event.reason} (${event.code})` : `connection closed (${event.code})`);
-  finish(r, r.ending && event.code === 1000 ? "stopped" : "error", why);
+function onClose(r, conn, event) {
+  if (run !== r || r.conn !== conn || r.finished) return;
+  const why = conn.error || (event.reason ? `${event.reason} (${event.code})` : `connection closed (${event.code})`);
+  if (r.ending) {
+    finish(r, conn.ended || event.code === 1000 ? "stopped" : "error", why);
+  } else if (conn.ended || RETRY_CODES.has(event.code)) {
+    retry(r, why);
+  } else {
+    finish(r, "error", why);
+  }
+}
+
+function retry(r, why) {
+  const delay = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** r.attempt) * (1 + 0.2 * Math.random());
+  r.attempt += 1;
+  showPartial("", "");
+  setState("reconnecting", `${why}; attempt ${r.attempt} in ${(delay / 1000).toFixed(1)} s`);
+  r.retryTimer = setTimeout(() => {
+    if (run === r && !r.ending) connect(r);
+  }, delay);
 }
 
 function finish(r, state, detail) {
-  r.ended = true;
+  r.finished = true;
   clearTimeout(r.endTimer);
+  clearTimeout(r.retryTimer);
   closeAudio(r);
-  if (r.ws && r.ws.readyState <= WebSocket.OPEN) r.ws.close(1000);
+  const ws = r.conn && r.conn.ws;
+  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
   showPartial("", "");
   if (run === r) run = null;
-  setState(state, state === "stopped" && !r.error && r.ending ? "" : detail);
+  const error = r.conn && r.conn.error;
+  setState(state, state === "stopped" && !error && r.ending ? "" : detail);
 }
 
 function stop() {
@@ -210,13 +258,14 @@ function stop() {
   if (!r || r.ending) return;
   r.ending = true;
   setState("stopping", "waiting for the last words");
-  if (!r.ws || r.ws.readyState !== WebSocket.OPEN) {
-    finish(r, "stopped", "");
+  const ws = r.conn && r.conn.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN) {
+    finish(r, "stopped", ""); // also ends a pending reconnect
     return;
   }
   if (r.node) r.node.port.postMessage("flush"); // posts the last partial frame, then we end
   setTimeout(() => {
-    if (r.ws.readyState === WebSocket.OPEN) r.ws.send(JSON.stringify({ type: "session.end" }));
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "session.end" }));
     r.endSent = true;
     closeAudio(r);
   }, 100);

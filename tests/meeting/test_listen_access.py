@@ -1,0 +1,83 @@
+"""`meeting --listen` without a real model: its address parsing, config rules and access checks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_model import FakeModel
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from streamasr.errors import InputError
+from streamasr.meeting.command import parse_listen
+from streamasr.meeting.listen import ListenConfig, MeetingListener
+from streamasr.server.worker import DecodePool
+
+TOKEN = "listen-test-token"
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:8766") == ("127.0.0.1", 8766)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    assert parse_listen("8766") == ("127.0.0.1", 8766)
+    assert parse_listen(":8766") == ("127.0.0.1", 8766)
+    for bad in ("127.0.0.1:", "host:http", "127.0.0.1:70000"):
+        with pytest.raises(InputError, match="HOST:PORT"):
+            parse_listen(bad)
+
+
+def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="without a token"):
+        ListenConfig(tmp_path, host="0.0.0.0")
+    assert ListenConfig(tmp_path, host="0.0.0.0", token=TOKEN).token == TOKEN
+    with pytest.raises(ValueError, match="empty"):
+        ListenConfig(tmp_path, token="")
+
+
+@pytest.fixture
+async def listener(tmp_path: Path) -> AsyncIterator[tuple[MeetingListener, list[dict[str, Any]]]]:
+    records: list[dict[str, Any]] = []
+    pool = DecodePool(1)
+    config = ListenConfig(tmp_path / "meetings", token=TOKEN)
+    listener = MeetingListener(config, FakeModel(), records.append, pool)  # type: ignore[arg-type]
+    await listener.start()
+    yield listener, records
+    await listener.stop()
+    pool.shutdown()
+
+
+async def refused_status(url: str, **kwargs: Any) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, **kwargs)
+    return refused.value.response.status_code
+
+
+async def test_access_checks(listener: tuple[MeetingListener, list[dict[str, Any]]]) -> None:
+    server, records = listener
+    url = server.url
+    assert url == f"ws://127.0.0.1:{server.port}/v1/stream"
+    assert await refused_status(url) == 401
+    assert await refused_status(url + "?token=wrong") == 401
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    other = url.replace("/v1/stream", "/other")
+    assert await refused_status(other, additional_headers=bearer) == 404
+    assert await refused_status(url, additional_headers=bearer, origin="http://127.0.0.1") == 403
+    assert records == [], "a refused request must not open a meeting"
+
+    async with connect(url + f"?token={TOKEN}") as ws:  # the token in the query also works
+        await ws.send(json.dumps({"type": "session.end"}))
+        replies = [json.loads(m) async for m in ws]
+    assert [m["type"] for m in replies] == ["session.started", "session.ended"]
+    assert replies[0]["limits"] == {
+        "max_frame_bytes": 1_048_576,
+        "idle_timeout_s": None,
+        "max_session_s": None,
+    }
+    assert ws.close_code == 1000
+    assert [r["type"] for r in records] == ["meeting.started", "meeting.ended"]
+    assert records[1]["finals"] == 0 and records[1]["reason"] == "end"
+    assert (Path(records[1]["dir"]) / "transcript.md").is_file()
