@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,7 @@ from streamasr.kernels import chunk_attention, cross_attention
 from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
 from streamasr.models.encoder_cache import EncoderCache
 from streamasr.models.whisper_decode import DecodeRow, greedy_batch
-
-
-@dataclass(frozen=True)
-class WhisperTokens:
-    eot: int
-    sot: int
-    sot_prev: int
-    no_speech: int
-    no_timestamps: int
-    timestamp_begin: int
-    sot_sequence: tuple[int, ...]  # sot [, language, task], no-timestamps
-    suppress: tuple[int, ...]  # never generated
-    begin_suppress: tuple[int, ...]  # not generated as the first token
+from streamasr.models.whisper_tokens import alignment_heads, special_tokens
 
 
 class WhisperModel:
@@ -50,8 +37,8 @@ class WhisperModel:
             n_mels=cfg.num_mel_bins, window_frames=2 * cfg.max_source_positions
         )
         self.max_target_positions = cfg.max_target_positions
-        self.tokens = self._special_tokens(gen_config)
-        self.alignment_heads = self._alignment_heads(gen_config)
+        self.tokens = special_tokens(tokenizer, gen_config, cfg.vocab_size)
+        self.alignment_heads = alignment_heads(gen_config, cfg.decoder_layers, self.n_heads_dec)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -72,63 +59,6 @@ class WhisperModel:
         except OSError:
             gen = hf.generation_config
         return cls(hf, tok, gen, name or model_dir.name)
-
-    def _special_tokens(self, gen: Any) -> WhisperTokens:
-        tok = self.tokenizer
-
-        vocab = tok.get_vocab()
-
-        def tid(s: str) -> int:
-            if s not in vocab:
-                raise ModelFormatError(f"tokenizer lacks the special token {s}")
-            return int(vocab[s])
-
-        eot = tid("<|endoftext|>")
-        sot = tid("<|startoftranscript|>")
-        no_ts = tid("<|notimestamps|>")
-        try:
-            no_speech = tid("<|nospeech|>")
-        except ModelFormatError:
-            no_speech = tid("<|nocaptions|>")
-        multilingual = bool(getattr(gen, "is_multilingual", self.config.vocab_size >= 51865))
-        sot_seq = (
-            (sot, tid("<|en|>"), tid("<|transcribe|>"), no_ts) if multilingual else (sot, no_ts)
-        )
-        suppress = tuple(int(t) for t in (getattr(gen, "suppress_tokens", None) or []))
-        begin = getattr(gen, "begin_suppress_tokens", None) or [220, eot]  # 220 is " " in GPT-2 BPE
-        specials = [
-            tid(s)
-            for s in (
-                "<|startoftranscript|>",
-                "<|startofprev|>",
-                "<|startoflm|>",
-                "<|translate|>",
-                "<|transcribe|>",
-            )
-        ] + [no_speech, no_ts]
-        return WhisperTokens(
-            eot=eot,
-            sot=sot,
-            sot_prev=tid("<|startofprev|>"),
-            no_speech=no_speech,
-            no_timestamps=no_ts,
-            timestamp_begin=no_ts + 1,
-            sot_sequence=sot_seq,
-            suppress=tuple(sorted(set(suppress) | set(specials))),
-            begin_suppress=tuple(int(t) for t in begin),
-        )
-
-    def _alignment_heads(self, gen: Any) -> dict[int, list[int]]:
-        heads = getattr(gen, "alignment_heads", None)
-        layers = self.config.decoder_layers
-        if not heads:  # openai's default: every head of the second half of the layers
-            heads = [
-                [layer, h] for layer in range(layers // 2, layers) for h in range(self.n_heads_dec)
-            ]
-        out: dict[int, list[int]] = {}
-        for layer, head in heads:
-            out.setdefault(int(layer), []).append(int(head))
-        return out
 
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))

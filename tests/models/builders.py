@@ -113,6 +113,33 @@ def scale_weights(model: torch.nn.Module, std: float, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
+def tiny_random_whisper() -> Any:
+    """A random 2+2-layer, 64-wide Whisper with tiny.en's vocabulary, weights ~N(0, 0.25)."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    cfg = WhisperConfig(
+        vocab_size=51864,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+        decoder_start_token_id=50257,
+        eos_token_id=50256,
+        pad_token_id=50256,
+        bos_token_id=50256,
+    )
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(cfg).eval()
+    scale_weights(model, 0.25, seed=0)  # large enough that the output depends on the input
+    return model
+
+
 def build_glmasr(d: Path, *, seed: int = 0, std: float = 0.25) -> Path:
     """A 2+2-layer GLM-ASR (encoder width 32, Llama decoder width 64, GQA 4:2) with processor."""
     from transformers import (

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from builders import tiny_random_whisper
 from ct2_writer import (
     PROJECTION_ALIAS,
     bf16_bits,
@@ -225,34 +226,6 @@ def test_real_tiny_en_file(tiny_en_src: Path) -> None:
 
 
 # ------------------------------------------------------- conversion of a small synthetic Whisper
-
-
-def tiny_random_whisper() -> Any:
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    cfg = WhisperConfig(
-        vocab_size=51864,
-        num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=1500,
-        max_target_positions=448,
-        decoder_start_token_id=50257,
-        eos_token_id=50256,
-        pad_token_id=50256,
-        bos_token_id=50256,
-    )
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.25)
-    return model
 
 
 @pytest.fixture(scope="module")

