@@ -41,10 +41,17 @@ def masked_attention(
     limits = key_limits(lengths, q.shape[2], mask=mask, block_size=block_size)  # (B, Lq)
     keys = torch.arange(n, device=q.device)
     allowed = keys.view(1, 1, n) < limits.unsqueeze(-1)  # (B, Lq, N)
+    k, v = k[:, :, :n], v[:, :, :n]
+    if int(lengths.min()) < n:
+        # A shorter sequence's keys past its length were never written and may hold NaN, which
+        # a zero attention weight does not cancel (0 * NaN = NaN): never read them, as the
+        # kernels do not.
+        written = (keys.view(1, n) < lengths.view(-1, 1)).view(-1, 1, n, 1)  # (B, 1, N, 1)
+        k, v = k.masked_fill(~written, 0.0), v.masked_fill(~written, 0.0)
     return F.scaled_dot_product_attention(
         q,
-        k[:, :, :n],
-        v[:, :, :n],
+        k,
+        v,
         attn_mask=allowed.unsqueeze(1),  # (B, 1, Lq, N), shared by the heads
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],

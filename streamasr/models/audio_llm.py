@@ -3,6 +3,12 @@
 One window of normalised log-mel goes through the GLM-ASR encoder; the projector turns each 4
 encoder frames into one embedding; those replace the audio placeholder tokens of the model's
 chat prompt; then greedy decoding with an explicit KV cache runs until an end token.
+
+Streaming (`transcribe_chunked`): the encoder runs chunk by chunk over cached states and
+commits whole 4-frame groups, so committed audio tokens never change. They enter the decoder
+prompt as they are committed: a stream keeps the decoder's keys and values of the prompt up to
+its last committed audio token, which is exact to reuse because the decoder is causal, and
+each call feeds only the newly committed tokens into it, then the rest of the prompt.
 """
 
 from __future__ import annotations
@@ -16,11 +22,19 @@ import numpy as np
 import torch
 
 from streamasr.config import DecodeConfig
+from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError, ModelNotFoundError
-from streamasr.models.base import DecodeResult, FeatureSpec
+from streamasr.models.audio_llm_decode import LlmRow, greedy_rows
+from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
 from streamasr.models.causal_lm import CausalLm
-from streamasr.models.glm_encoder import GlmAudioEncoder, audio_token_count, stack_frames
-from streamasr.models.guards import compression_ratio, loop_excess
+from streamasr.models.encoder_cache import EncoderCache
+from streamasr.models.glm_encoder import (
+    MERGE,
+    GlmAudioEncoder,
+    audio_token_count,
+    encoder_frames,
+    stack_frames,
+)
 from streamasr.models.resolve import hub_instructions
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -58,6 +72,41 @@ def require_weights(model_dir: Path, repo_id: str, what: str) -> None:
         )
 
 
+class AudioLlmStream:
+    """Per-stream state of `transcribe_chunked`; the caller owns it and passes it back.
+
+    `encoder` holds the committed encoder frames; `audio` (max_tokens, d_lm) the audio tokens
+    projected from them (`n_audio` = encoder.length // 4); `lm` the decoder's keys and values
+    of the prompt up to and including audio token `lm_audio` - 1. Between calls `lm.length`
+    is len(template.before) + lm_audio, or 0 before the first call.
+    """
+
+    def __init__(
+        self, encoder: EncoderCache, *, max_tokens: int, width: int, dtype: torch.dtype
+    ) -> None:
+        self.encoder = encoder
+        self.audio = torch.empty((max_tokens, width), dtype=dtype, device=encoder.out.device)
+        self.n_audio = 0
+        self.lm: KVCache | None = None  # allocated on first use: it is the larger part
+        self.lm_audio = 0
+        self.prefix_fed = 0  # positions run into `lm` since the last reset (each one once)
+
+    @property
+    def length(self) -> int:
+        """Committed encoder frames."""
+        return self.encoder.length
+
+    @property
+    def frames_computed(self) -> int:
+        return self.encoder.frames_computed
+
+    def reset(self) -> None:
+        self.encoder.reset()
+        self.n_audio = self.lm_audio = self.prefix_fed = 0
+        if self.lm is not None:
+            self.lm.reset()
+
+
 class AudioLlmAdapter:
     """Encoder -> projector -> causal LM. Shared by all sessions; per-call state is local."""
 
@@ -90,6 +139,17 @@ class AudioLlmAdapter:
     def decode_tokens(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
+    def _mel(self, features: np.ndarray, num_frames: int) -> torch.Tensor:
+        """Checked log-mel (n_mels, T) as a (1, n_mels, T) tensor on the model's device."""
+        if features.ndim != 2 or features.shape[0] != self.features.n_mels:
+            raise ValueError(
+                f"expected log-mel ({self.features.n_mels}, T), got shape {features.shape}"
+            )
+        if not 0 <= num_frames <= features.shape[1]:
+            raise ValueError(f"num_frames {num_frames} outside 0..{features.shape[1]}")
+        mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None]
+        return mel.to(device=self.lm.device, dtype=self.lm.dtype)
+
     @torch.inference_mode()
     def audio_embeddings(self, features: np.ndarray, num_frames: int) -> torch.Tensor:
         """The projected audio tokens (n, d_lm) of one window for `num_frames` real frames.
@@ -100,18 +160,10 @@ class AudioLlmAdapter:
         count equals the processor's when `num_frames` is its mask count, ceil(samples / 160)
         (`glm_encoder.mel_frames_for`); samples // 160 is one token short for some lengths.
         """
-        if features.ndim != 2 or features.shape[0] != self.features.n_mels:
-            raise ValueError(
-                f"expected log-mel ({self.features.n_mels}, T), got shape {features.shape}"
-            )
-        if not 0 <= num_frames <= features.shape[1]:
-            raise ValueError(f"num_frames {num_frames} outside 0..{features.shape[1]}")
-        n = audio_token_count(num_frames)
-        mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None]
-        mel = mel.to(device=self.lm.device, dtype=self.lm.dtype)  # (1, n_mels, T)
+        mel = self._mel(features, num_frames)  # (1, n_mels, T)
         states = self.encoder.forward(mel)  # (1, ceil(T/2), d_enc)
         tokens = self.projector(stack_frames(states))  # (1, groups, d_lm)
-        return tokens[0, :n]
+        return tokens[0, : audio_token_count(num_frames)]
 
     @torch.inference_mode()
     def transcribe(
@@ -123,56 +175,148 @@ class AudioLlmAdapter:
         options: DecodeConfig,
         word_timestamps: bool,
         prefix: list[int] | None = None,
-        draft: list[int] | None = None,  # not used: decoding without it gives the same result
+        draft: list[int] | None = None,
     ) -> DecodeResult:
         """Greedy transcript of one window. `prompt` (previous text) is not used: the chat
-        prompt these models were trained on has no slot for it. No word timings."""
+        prompt these models were trained on has no slot for it. No word timings. `draft` is
+        verified in the prefill; the result is what decoding without it gives."""
         del prompt, word_timestamps
         audio = self.audio_embeddings(features, num_frames)
-        return self.decode(audio, num_frames=num_frames, options=options, prefix=prefix or [])
+        return self.decode(
+            audio, num_frames=num_frames, options=options, prefix=prefix or [], draft=draft
+        )
 
-    def prompt_embeddings(self, audio: torch.Tensor, extra: Sequence[int]) -> torch.Tensor:
+    def prompt_embeddings(self, audio: torch.Tensor, extra: Sequence[int] = ()) -> torch.Tensor:
         """Embeddings (T, d) of the chat prompt with `audio` (n, d) spliced in, then `extra`."""
-        ids = [*self.template.ids(audio.shape[0]), *extra]
-        is_audio = torch.tensor(ids, device=self.lm.device) == self.template.audio_token
-        # The placeholder's own row may not exist (Tiny Audio shrinks the vocab): look up 0.
-        x = self.lm.embed([0 if a else t for t, a in zip(ids, is_audio.tolist(), strict=True)])
-        x[is_audio] = audio.to(x.dtype)
-        return x
+        t = self.template
+        return self._embed([*t.before], audio, [*t.after, *extra])
+
+    def _embed(self, before: list[int], audio: torch.Tensor, after: list[int]) -> torch.Tensor:
+        # The placeholder's own row may not exist (Tiny Audio shrinks the vocab): it is never
+        # looked up, the audio embeddings stand in its place.
+        parts = [self.lm.embed(before), audio.to(self.lm.dtype), self.lm.embed(after)]
+        return torch.cat(parts)  # (T, d)
 
     @torch.inference_mode()
     def decode(
-        self, audio: torch.Tensor, *, num_frames: int, options: DecodeConfig, prefix: list[int]
+        self,
+        audio: torch.Tensor,
+        *,
+        num_frames: int,
+        options: DecodeConfig,
+        prefix: list[int],
+        draft: list[int] | None = None,
     ) -> DecodeResult:
-        """Greedy decoding after the prompt with `audio` (n, d) spliced in, continuing `prefix`."""
-        x = self.prompt_embeddings(audio, prefix)  # (T, d)
-        head = x.shape[0] - len(prefix)
-        by_length = 8 + int(options.max_tokens_per_second * num_frames / 100)
-        budget = max(0, min(options.max_new_tokens, by_length, self.lm.max_positions - x.shape[0]))
-        cache = self.lm.new_cache(x.shape[0] + budget)
-        logits = self.lm.forward(x[None], cache, logits_from=head - 1)[0]  # (len(prefix)+1, V)
-        lp = logits.float().log_softmax(-1)
-        sum_logprob = float(sum(lp[i, t] for i, t in enumerate(prefix)))
-        out = list(prefix)
-        step_lp = lp[-1]
-        for step in range(budget):
-            token = int(step_lp.argmax())
-            sum_logprob += float(step_lp[token])
-            if token in self.eos_ids:
-                break
-            out.append(token)
-            excess = loop_excess(out[len(prefix) :], options.max_repeat_ngram)
-            if excess:
-                del out[-excess:]  # keep one copy of the looping n-gram
-                break
-            if step + 1 < budget:
-                step_x = self.lm.embed([token])[None]  # (1, 1, d)
-                step_lp = self.lm.forward(step_x, cache)[0, -1].float().log_softmax(-1)
-        text = self.decode_tokens(out)
-        return DecodeResult(
-            tokens=tuple(out),
-            text=text,
-            avg_logprob=sum_logprob / (len(out) + 1),
-            no_speech_prob=0.0,  # these models have no no-speech token
-            compression_ratio=compression_ratio(text),
+        """Greedy decoding after the prompt with `audio` (n, d) spliced in, continuing `prefix`.
+
+        The whole prompt is prefilled from scratch: no state of any stream is used.
+        """
+        row = LlmRow(
+            self.prompt_embeddings(audio), num_frames, options, list(prefix), list(draft or [])
         )
+        return greedy_rows(self.lm, [row], self.eos_ids, self.decode_tokens)[0]
+
+    # ---------------------------------------------------------------- streaming
+    def new_encoder_cache(self) -> AudioLlmStream:
+        """Empty per-stream state for `transcribe_chunked`, room for one window."""
+        frames = encoder_frames(self.features.window_frames)
+        return AudioLlmStream(
+            self.encoder.new_cache(frames),
+            max_tokens=frames // MERGE,
+            width=self.lm.hidden_size,
+            dtype=self.lm.dtype,
+        )
+
+    @torch.inference_mode()
+    def stream_audio(
+        self, stream: AudioLlmStream, features: np.ndarray, *, num_frames: int, commit_frames: int
+    ) -> torch.Tensor:
+        """The audio tokens (n, d_lm) of a stream's window; commits whole groups of frames.
+
+        `features` hold the stream's log-mel from its first frame on. Committed tokens are
+        read from `stream`; the rest are projected from the encoder's tail (`encode_tail`).
+        """
+        mel = self._mel(features, num_frames)
+        g0 = stream.encoder.length // MERGE
+        states = self.encoder.encode_tail(stream.encoder, mel, commit_frames=commit_frames)
+        tail = self.projector(stack_frames(states[:, g0 * MERGE :]))[0]  # (groups - g0, d_lm)
+        g1 = stream.encoder.length // MERGE
+        stream.audio[g0:g1] = tail[: g1 - g0]
+        stream.n_audio = g1
+        return torch.cat([stream.audio[:g0], tail])[: audio_token_count(num_frames)]
+
+    def _stream_row(self, r: TranscribeRequest) -> LlmRow:
+        """Row of a `transcribe_chunked` call: its stream's cached prompt prefix, then the rest."""
+        stream: AudioLlmStream = r.cache
+        audio = self.stream_audio(
+            stream, r.features, num_frames=r.num_frames, commit_frames=r.commit_frames
+        )
+        draft = list(r.draft or [])
+        extra = len(r.prefix) + len(draft) + r.options.max_new_tokens + 2
+        lm = self._extend_prefix(stream, audio, extra)
+        head = self._embed([], audio[stream.lm_audio :], list(self.template.after))
+        return LlmRow(head, r.num_frames, r.options, list(r.prefix), draft, cache=lm)
+
+    def _extend_prefix(self, stream: AudioLlmStream, audio: torch.Tensor, extra: int) -> KVCache:
+        """Feed the decoder the prompt up to the last committed audio token of `audio` (n, d)
+        that it has not seen; return the stream's decoder cache, with room for the whole
+        prompt and `extra` positions more."""
+        n = audio.shape[0]
+        before, after = list(self.template.before), self.template.after
+        m = max(min(stream.n_audio, n if after else n - 1), 0)  # one position must follow
+        room = len(before) + len(stream.audio) + len(after) + extra
+        lm = stream.lm = self.lm.reserve(stream.lm, room)
+        if stream.lm_audio > m:  # this prompt holds fewer tokens than the prefix: forget those
+            lm.trim(len(before) + m)
+            stream.lm_audio = m
+        new = self._embed(before if lm.length == 0 else [], audio[stream.lm_audio : m], [])
+        if new.shape[0]:
+            self.lm.forward(new[None], lm, logits_from=new.shape[0])  # nobody reads its logits
+            stream.prefix_fed += new.shape[0]
+        stream.lm_audio = m
+        return lm
+
+    @torch.inference_mode()
+    def transcribe_chunked(
+        self,
+        cache: AudioLlmStream,
+        features: np.ndarray,
+        *,
+        num_frames: int,
+        commit_frames: int,
+        prompt: list[int],
+        options: DecodeConfig,
+        word_timestamps: bool,
+        prefix: list[int] | None = None,
+        draft: list[int] | None = None,
+    ) -> DecodeResult:
+        """`transcribe` over a stream's cached encoder and decoder prefix (`stream_audio`)."""
+        request = TranscribeRequest(
+            features, num_frames, prompt, options, word_timestamps, list(prefix or []),
+            cache, commit_frames, draft,
+        )  # fmt: skip
+        return self.transcribe_many([request])[0]
+
+    @torch.inference_mode()
+    def transcribe_many(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
+        """Many `transcribe`/`transcribe_chunked` calls (of different streams) at once.
+
+        Each window is encoded and its prompt prefilled on its own; the decoding steps of all
+        of them run batched. Result i equals calling the model with request i alone.
+        """
+        rows = []
+        for r in requests:
+            if r.cache is None:
+                audio = self.audio_embeddings(r.features, r.num_frames)
+                rows.append(
+                    LlmRow(
+                        self.prompt_embeddings(audio),
+                        r.num_frames,
+                        r.options,
+                        list(r.prefix),
+                        list(r.draft or []),
+                    )
+                )
+            else:
+                rows.append(self._stream_row(r))
+        return greedy_rows(self.lm, rows, self.eos_ids, self.decode_tokens)

@@ -6,6 +6,10 @@ RoPE to the first half of each head's dims; positions restart at 0 in every wind
 attention is `streamasr.kernels.chunk_attention` with no mask over the whole window (Triton on
 CUDA, a torch reference elsewhere). The projectors after it stack MERGE = 4 encoder frames into
 one audio token (80 ms).
+
+`encode_tail` is the chunked form for streaming: the frames after a stream's cached prefix
+attend its cached keys and values plus each other, and whole 4-frame groups are committed, so
+the audio tokens projected from committed frames never change.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from streamasr import SAMPLE_RATE
 from streamasr.errors import ModelFormatError
 from streamasr.kernels import chunk_attention
+from streamasr.models.encoder_cache import EncoderCache
 
 HOP_SAMPLES = 160  # one mel frame
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # the processor cuts a request into 30 s windows
@@ -138,10 +143,8 @@ class GlmAudioEncoder:
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """Normalised log-mel (B, n_mels, T) -> encoder states (B, ceil(T / 2), hidden)."""
         m = self.module
-        if mel.ndim != 3 or mel.shape[1] != self.n_mels:
-            raise ValueError(f"expected log-mel (B, {self.n_mels}, T), got {tuple(mel.shape)}")
-        x = F.gelu(m.conv1(mel))
-        x = F.gelu(m.conv2(x)).transpose(1, 2)  # (B, S, d)
+        self._check_mel(mel)
+        x = self._stem(mel)  # (B, S, d)
         positions = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, S)
         cos, sin = m.rotary_emb(x, position_ids=positions)  # (1, S, rotary dims)
         for layer in m.layers:
@@ -150,17 +153,108 @@ class GlmAudioEncoder:
         out: torch.Tensor = m.norm(x)
         return out
 
+    def _check_mel(self, mel: torch.Tensor) -> None:
+        if mel.ndim != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"expected log-mel (B, {self.n_mels}, T), got {tuple(mel.shape)}")
+
+    def _stem(self, mel: torch.Tensor) -> torch.Tensor:
+        """The two convolutions: log-mel (B, n_mels, T) -> (B, ceil(T / 2), d)."""
+        x = F.gelu(self.module.conv1(mel))
+        out: torch.Tensor = F.gelu(self.module.conv2(x)).transpose(1, 2)
+        return out
+
+    def new_cache(self, max_frames: int) -> EncoderCache:
+        """Empty per-stream state for `encode_tail`, room for `max_frames` encoder frames."""
+        param = next(self.module.parameters())
+        return EncoderCache(
+            layers=len(self.module.layers),
+            heads=self.kv_heads,
+            head_dim=self.head_dim,
+            width=self.hidden_size,
+            max_frames=max_frames,
+            dtype=param.dtype,
+            device=param.device,
+        )
+
+    @torch.inference_mode()
+    def encode_tail(
+        self, cache: EncoderCache, mel: torch.Tensor, *, commit_frames: int, group: int = MERGE
+    ) -> torch.Tensor:
+        """Encode mel (1, n_mels, T) of a stream whose first `cache.length` frames are cached.
+
+        The frames from `cache.length` on (the tail) attend the cached keys and values and each
+        other, at their absolute RoPE positions; cached frames are not recomputed, so they never
+        see the audio that came after they were committed (block-causal). Then the tail frames
+        before `commit_frames`, rounded down to whole `group`s from frame 0 (the projector's
+        stacking), are committed. Returns the states (1, ceil(T / 2), d) of all frames. With an
+        empty cache and no commit this is `forward` exactly.
+        """
+        self._check_mel(mel)
+        c, total = cache.length, encoder_frames(mel.shape[-1])
+        if mel.shape[0] != 1 or c > total or total > cache.max_frames:
+            raise ValueError(
+                f"expected one stream's mel of at most {2 * cache.max_frames} frames covering "
+                f"the {c} cached frames; got {tuple(mel.shape)}"
+            )
+        if c == total:  # nothing new since the last commit
+            return cache.out[:, :c]
+        # conv2's frame c reads conv1 outputs 2c-1..2c+1, which read mel frames 2c-2..2c+2;
+        # start two mel frames early and drop the first output, whose input is cut off.
+        x = self._stem(mel[..., max(0, 2 * c - 2) :])[:, 1 if c else 0 :]  # (1, total - c, d)
+        positions = torch.arange(c, total, device=x.device)[None, :]  # (1, total - c)
+        cos, sin = self.module.rotary_emb(x, position_ids=positions)
+        n_commit = max(min(commit_frames, total) // group * group - c, 0)
+        for i, layer in enumerate(self.module.layers):
+            h = layer.input_layernorm(x)
+            x = x + self._attend_tail(layer.self_attn, h, cos, sin, cache, i, n_commit)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        out: torch.Tensor = self.module.norm(x)  # (1, total - c, d)
+        cache.frames_computed += out.shape[1]
+        states = torch.cat([cache.out[:, :c], out], dim=1) if c else out
+        cache.commit_out(out, n_commit)
+        return states
+
+    def _project(
+        self, attn: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, S, D), k, v (B, Hkv, S, D) of h (B, S, d), RoPE applied to q and k."""
+        b, s, _ = h.shape
+        q = attn.q_proj(h).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
     def attend(
         self, attn: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> torch.Tensor:
         """One bidirectional self-attention block on h (B, S, d): every frame sees the window."""
-        b, s, _ = h.shape
-        q = attn.q_proj(h).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
-        k = attn.k_proj(h).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._project(attn, h, cos, sin)
         a = chunk_attention(q, k, v, mask="none", scale=float(attn.scaling))  # (B, H, S, D)
-        out: torch.Tensor = attn.o_proj(a.transpose(1, 2).reshape(b, s, -1))
+        out: torch.Tensor = attn.o_proj(a.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1))
+        return out
+
+    def _attend_tail(
+        self,
+        attn: Any,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: EncoderCache,
+        layer: int,
+        n_commit: int,
+    ) -> torch.Tensor:
+        """Self-attention of the tail h (1, S, d) over the cached frames and itself."""
+        q, k, v = self._project(attn, h, cos, sin)
+        c = cache.length
+        if c:  # with nothing cached the inputs are `attend`'s, so the result is too
+            k_all = torch.cat([cache.k[layer, :, :, :c], k], dim=2)  # (1, Hkv, c + S, D)
+            v_all = torch.cat([cache.v[layer, :, :, :c], v], dim=2)
+        else:
+            k_all, v_all = k, v
+        a = chunk_attention(q, k_all, v_all, mask="none", scale=float(attn.scaling))
+        if n_commit:
+            cache.commit_layer(layer, k, v, n_commit)
+        out: torch.Tensor = attn.o_proj(a.transpose(1, 2).reshape(1, h.shape[1], -1))
         return out
 
 

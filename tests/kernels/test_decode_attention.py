@@ -138,3 +138,17 @@ def test_reference_is_causal_within_the_new_tokens() -> None:
         keys, values = k[b, h // 2, :n], v[b, h // 2, :n]  # (n, D)
         weights = torch.softmax(q[b, h, i] @ keys.T / 4.0, dim=-1)  # scale 1/sqrt(16)
         torch.testing.assert_close(got[b, h, i], weights @ values)
+
+
+def test_reference_never_reads_past_a_sequence_length() -> None:
+    """The CPU path too: NaN in a shorter sequence's unwritten tail must not reach its output."""
+    q, k, v = kt.random_qkv(
+        batch=3, layout=kt.LAYOUTS[0], q_len=1, kv_len=20, dtype=torch.float32, seed=3
+    )
+    seq_lens = torch.tensor([1, 20, 9])
+    clean = decode_attention_ref(q, k, v, seq_lens)
+    got = decode_attention_ref(
+        q, kt.poison_tail(k, seq_lens), kt.poison_tail(v, seq_lens), seq_lens
+    )
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, clean)

@@ -1,0 +1,189 @@
+"""Greedy decoding of audio-LLM prompts from different streams, in shared decoder calls.
+
+Each row is a prompt in embeddings, optionally after a prefix whose keys and values a stream
+keeps in its own one-row cache (the chat prompt up to its last committed audio token), then a
+forced prefix and a draft. Rows are prefilled one at a time (each is a matrix product already);
+then every generation step feeds one token per row at its own position (`CausalLm.step`, whose
+attention is `decode_attention` over the grouped KV heads of a ragged batch). A finished row
+rides along until the last one ends: a step's cost is the weight reads, which the rows share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+import torch
+
+from streamasr.config import DecodeConfig
+from streamasr.engine.kv_cache import KVCache
+from streamasr.models.base import DecodeResult
+from streamasr.models.causal_lm import CausalLm
+from streamasr.models.guards import compression_ratio, loop_excess
+
+
+@dataclass
+class LlmRow:
+    """One prompt to decode greedily."""
+
+    head: torch.Tensor  # (T, d) prompt embeddings after the cached prefix, T >= 1
+    num_frames: int  # mel frames of real audio: they bound the token budget
+    options: DecodeConfig
+    prefix: list[int]  # forced first tokens of the transcript, part of the result
+    draft: list[int] = field(default_factory=list)  # guessed tokens after the prefix
+    cache: KVCache | None = None  # one-row cache holding the prompt before `head`, or None
+
+
+@dataclass
+class _State:
+    """The greedy loop's state of one row."""
+
+    budget: int  # tokens that may be chosen after the prefix
+    out: list[int]
+    sum_logprob: float = 0.0
+    chosen: int = 0
+    done: bool = False
+    next_token: int = 0
+    fed: int = 0  # cache positions holding valid keys and values
+
+
+def greedy_rows(
+    lm: CausalLm,
+    rows: list[LlmRow],
+    eos_ids: Collection[int],
+    detokenize: Callable[[list[int]], str],
+) -> list[DecodeResult]:
+    """Greedy decoding of every row; row i's result equals decoding it alone.
+
+    A row's own cache is only read: its length is the same afterwards. A single row whose
+    cache has room decodes inside it, past its length, and trims it back; other rows' cached
+    prefixes are copied into one batch cache.
+    """
+    drafts = [_usable_draft(lm, r, _budget(lm, r)) for r in rows]
+    sizes = [
+        _cached(r) + r.head.shape[0] + len(r.prefix) + len(d)
+        for r, d in zip(rows, drafts, strict=True)
+    ]
+    need = [n + _budget(lm, r) + 2 for n, r in zip(sizes, rows, strict=True)]
+    first = rows[0].cache
+    own = len(rows) == 1 and first is not None and first.max_len >= need[0]
+    cache = first if own and first is not None else lm.new_cache(max(need), len(rows))
+    keep = cache.length
+    try:
+        states = [
+            _prefill(lm, r, d, _row_cache(cache, b, r, own), eos_ids)
+            for b, (r, d) in enumerate(zip(rows, drafts, strict=True))
+        ]
+        _steps(lm, rows, states, cache, eos_ids)
+    finally:
+        cache.trim(keep)
+    return [_result(st, detokenize) for st in states]
+
+
+def _cached(row: LlmRow) -> int:
+    return row.cache.length if row.cache is not None else 0
+
+
+def _budget(lm: CausalLm, row: LlmRow) -> int:
+    by_length = 8 + int(row.options.max_tokens_per_second * row.num_frames / 100)
+    room = lm.max_positions - _cached(row) - row.head.shape[0] - len(row.prefix)
+    return max(0, min(row.options.max_new_tokens, by_length, room))
+
+
+def _usable_draft(lm: CausalLm, row: LlmRow, budget: int) -> list[int]:
+    """The draft tokens worth feeding: those whose prediction could still be chosen."""
+    vocab = lm.vocab_limit or lm.base.embed_tokens.num_embeddings
+    draft = row.draft[: max(budget - 1, 0)]
+    bad = [i for i, t in enumerate(draft) if not 0 <= t < vocab]
+    return draft[: bad[0]] if bad else list(draft)
+
+
+def _row_cache(cache: KVCache, b: int, row: LlmRow, own: bool) -> KVCache:
+    """Row b's one-row cache, holding its cached prompt prefix."""
+    if own:
+        return cache
+    view = cache.row(b)
+    if row.cache is not None and row.cache.length:
+        n = row.cache.length
+        view.k[:, :, :, :n] = row.cache.k[:, :, :, :n]
+        view.v[:, :, :, :n] = row.cache.v[:, :, :, :n]
+        view.advance(n)
+    return view
+
+
+def _prefill(
+    lm: CausalLm, row: LlmRow, draft: list[int], cache: KVCache, eos_ids: Collection[int]
+) -> _State:
+    """Feed head, prefix and draft in one pass; choose the first token.
+
+    The draft is verified as speculative decoding does: each draft token is kept while it is
+    the token greedy decoding picks at its position, read off this one pass, so the result is
+    what step-by-step decoding gives, in fewer sequential steps.
+    """
+    if row.head.shape[0] == 0:
+        raise ValueError("an audio-LLM prompt row needs at least one position after its cache")
+    st = _State(budget=_budget(lm, row), out=list(row.prefix))
+    x = torch.cat([row.head.to(lm.dtype), lm.embed([*row.prefix, *draft])])  # (T, d)
+    logits = lm.forward(x[None], cache, logits_from=row.head.shape[0] - 1)[0]
+    lp = logits.float().log_softmax(-1)  # (1 + len(prefix) + len(draft), V)
+    st.sum_logprob = float(sum(lp[i, t] for i, t in enumerate(row.prefix)))
+    kept = 0
+    while True:
+        _choose(st, lp[len(row.prefix) + kept], row, eos_ids)
+        if st.done or kept == len(draft) or st.next_token != draft[kept]:
+            break
+        kept += 1  # the draft token was right, and it has been fed already
+    st.fed = cache.length - len(draft) + kept
+    return st
+
+
+def _choose(st: _State, lp: torch.Tensor, row: LlmRow, eos_ids: Collection[int]) -> None:
+    """Pick the row's next token from log-probabilities `lp` (V,), or end the row."""
+    if st.chosen == st.budget:
+        st.done = True
+        return
+    token = int(lp.argmax())
+    st.sum_logprob += float(lp[token])
+    st.chosen += 1
+    if token in eos_ids:
+        st.done = True
+        return
+    st.out.append(token)
+    excess = loop_excess(st.out[len(row.prefix) :], row.options.max_repeat_ngram)
+    if excess:
+        del st.out[-excess:]  # keep one copy of the looping n-gram
+        st.done = True
+        return
+    st.done = st.chosen == st.budget  # its successor would never be read: do not feed it
+    st.next_token = token
+
+
+def _steps(
+    lm: CausalLm,
+    rows: list[LlmRow],
+    states: list[_State],
+    cache: KVCache,
+    eos_ids: Collection[int],
+) -> None:
+    """One token per unfinished row per step until every row is done."""
+    lengths = torch.tensor([s.fed for s in states], device=lm.device)  # (B,)
+    while not all(s.done for s in states):
+        tokens = [s.next_token for s in states]  # a done row feeds its last token again
+        logits = lm.step(lm.embed(tokens)[:, None], cache, lengths)  # (B, V)
+        lp = logits.float().log_softmax(-1)
+        for b, (row, st) in enumerate(zip(rows, states, strict=True)):
+            if not st.done:
+                st.fed += 1
+                _choose(st, lp[b], row, eos_ids)
+        lengths = torch.tensor([s.fed for s in states], device=lm.device)
+
+
+def _result(st: _State, detokenize: Callable[[list[int]], str]) -> DecodeResult:
+    text = detokenize(st.out)
+    return DecodeResult(
+        tokens=tuple(st.out),
+        text=text,
+        avg_logprob=st.sum_logprob / (len(st.out) + 1),
+        no_speech_prob=0.0,  # these models have no no-speech token
+        compression_ratio=compression_ratio(text),
+    )
