@@ -43,7 +43,7 @@ from corpus import DEFAULT_OUT, build
 
 from streamasr import SAMPLE_RATE
 from streamasr.audio.files import load_audio
-from streamasr.config import SessionConfig
+from streamasr.config import ENCODERS, SessionConfig
 from streamasr.engine.offline import transcribe_offline
 from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final-window", choices=["utterance", "full"], default="full")
     p.add_argument("--window-pad-ms", type=int, default=1000, help="silence after the utterance")
     p.add_argument("--only", default=None, help="only manifest entries whose file contains this")
-    p.add_argument("--encoder", choices=["window", "chunked"], default="window")
+    p.add_argument("--encoder", choices=list(ENCODERS), default=SessionConfig.encoder)
     p.add_argument("--chunk-ms", type=int, default=1000, help="chunked: commit block")
     p.add_argument("--lookahead-ms", type=int, default=500, help="chunked: right context")
     p.add_argument(

@@ -38,6 +38,11 @@ def masked_attention(
 ) -> torch.Tensor:
     """q (B, Hq, Lq, D) against k, v (B, Hkv, Lk, D) under `key_limits`; returns (B, Hq, Lq, D)."""
     n = int(lengths.max())  # no query sees a key at or past the longest valid length
+    if q.shape[2] == 1 and mask != "block_causal" and int(lengths.min()) == n:
+        # One query per sequence, all of the same length: it sees every valid key, no mask.
+        return F.scaled_dot_product_attention(
+            q, k[:, :, :n], v[:, :, :n], scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
     limits = key_limits(lengths, q.shape[2], mask=mask, block_size=block_size)  # (B, Lq)
     keys = torch.arange(n, device=q.device)
     allowed = keys.view(1, 1, n) < limits.unsqueeze(-1)  # (B, Lq, N)

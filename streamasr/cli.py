@@ -14,7 +14,7 @@ from typing import TextIO
 import numpy as np
 
 from streamasr import SAMPLE_RATE, __version__
-from streamasr.config import SessionConfig
+from streamasr.config import ENCODERS, SessionConfig
 from streamasr.errors import InputError, ModelError
 from streamasr.events import Event, TranscriptFinal
 from streamasr.formats import RENDERERS
@@ -61,10 +61,10 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
     t.add_argument(
         "--encoder",
-        choices=["window", "chunked"],
+        choices=list(ENCODERS),
         default=SessionConfig.encoder,
         help="stream mode: re-encode the utterance window at each update, or encode chunks "
-        f"over cached states ({SessionConfig.encoder})",
+        f"over cached states, or the model's choice ({SessionConfig.encoder})",
     )
     _add_serve_parser(sub)
     from streamasr.meeting.command import add_meeting_parser
@@ -102,7 +102,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     s.add_argument("--max-batch", type=int, help="calls of different sessions batched (8)")
     s.add_argument(
         "--encoder",
-        choices=["window", "chunked"],
+        choices=list(ENCODERS),
         help=f"window: re-encode per update; chunked: cached prefix ({SessionConfig.encoder})",
     )
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

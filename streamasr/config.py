@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+ENCODERS = ("auto", "window", "chunked")
+
 
 @dataclass(frozen=True)
 class VadConfig:
@@ -61,9 +63,10 @@ class SessionConfig:
     window_pad_ms: int = 1000  # silence after the utterance in "utterance" mode
     final_window: str = "full"  # the same choice for the final decode of an utterance: the
     # full window costs one 30 s encode per utterance and cuts WER (docs/engine.md)
-    encoder: str = "window"  # "window": re-encode the utterance window at every update (exact);
+    encoder: str = "auto"  # "window": re-encode the utterance window at every update (exact);
     # "chunked": encode only audio not yet committed, attending the cached states of the
-    # committed prefix (block-causal; cost per update does not grow with the utterance)
+    # committed prefix (block-causal; cost per update does not grow with the utterance);
+    # "auto": the model's `preferred_encoder`, chosen per model on measurements (engine.md)
     chunk_ms: int = 1000  # chunked: commit encoder states in blocks of this much audio ...
     lookahead_ms: int = 500  # ... once this much audio follows the block (its right context)
     polish_final: bool = True  # chunked: re-encode the utterance's window once for its final
@@ -81,8 +84,8 @@ class SessionConfig:
             raise ValueError(f"step_ms must be at least 50, got {self.step_ms}")
         if self.agreement < 1:
             raise ValueError("agreement must be at least 1")
-        if self.encoder not in ("window", "chunked"):
-            raise ValueError(f"encoder must be 'window' or 'chunked', got {self.encoder!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
         if self.chunk_ms < 20 or self.chunk_ms % 20:
             raise ValueError(f"chunk_ms must be a positive multiple of 20, got {self.chunk_ms}")
         if self.lookahead_ms < 0 or self.lookahead_ms % 20:

@@ -1,8 +1,8 @@
-"""One inference thread for every stream: model calls of all sessions batched into shared ones.
+"""Inference threads for every stream: the model calls of all sessions batched into shared ones.
 
 Sessions stay synchronous and sans-I/O. Each runs on its own caller thread and calls the model
 through `ScheduledModel`, which queues the call and blocks until the inference thread has run
-it. The inference thread takes the queued calls in arrival order, up to `max_batch` at a time,
+it. An inference thread takes the queued calls in arrival order, up to `max_batch` at a time,
 waiting at most `budget_ms` after the first for others to join, and runs them as one
 `transcribe_many`. A session has at most one call in flight, so FIFO order is round-robin
 between sessions: no session waits more than one batch behind another.
@@ -40,19 +40,23 @@ class BatchModel(AsrModel, Protocol):
 class SchedulerConfig:
     max_batch: int = 8  # calls run together at most; more wait for the next batch
     budget_ms: float = 5.0  # how long a first call waits for others to join its batch
+    workers: int = 1  # inference threads, each running its own batch; on a small CPU, two
+    # threads of one-thread batches keep both cores busy where one two-thread batch does not
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.budget_ms < 0:
             raise ValueError(f"budget_ms must not be negative, got {self.budget_ms}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
 
 
 @dataclass
 class SchedulerStats:
     batches: int = 0
     calls: int = 0
-    busy_s: float = 0.0  # wall time spent inside model calls
+    busy_s: float = 0.0  # wall time spent inside model calls, summed over the threads
     largest_batch: int = 0
 
 
@@ -66,8 +70,13 @@ class Scheduler:
         self._queue: deque[tuple[TranscribeRequest, Future[DecodeResult]]] = deque()
         self._cv = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="streamasr-infer", daemon=True)
-        self._thread.start()
+        self._stats_lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"streamasr-infer-{i}", daemon=True)
+            for i in range(self.config.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, request: TranscribeRequest) -> Future[DecodeResult]:
         future: Future[DecodeResult] = Future()
@@ -83,11 +92,12 @@ class Scheduler:
         return len(self._queue)
 
     def close(self) -> None:
-        """Stop the thread after the calls already queued."""
+        """Stop the threads after the calls already queued."""
         with self._cv:
             self._closed = True
-            self._cv.notify()
-        self._thread.join()
+            self._cv.notify_all()
+        for thread in self._threads:
+            thread.join()
 
     def model_proxy(self) -> ScheduledModel:
         """The shared model as sessions see it: every call goes through this scheduler."""
@@ -114,10 +124,11 @@ class Scheduler:
         while batch := self._take():
             t0 = time.perf_counter()
             self._execute(batch)
-            self.stats.busy_s += time.perf_counter() - t0
-            self.stats.batches += 1
-            self.stats.calls += len(batch)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            with self._stats_lock:
+                self.stats.busy_s += time.perf_counter() - t0
+                self.stats.batches += 1
+                self.stats.calls += len(batch)
+                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
 
     def _execute(self, batch: list[tuple[TranscribeRequest, Future[DecodeResult]]]) -> None:
         requests = [r for r, _ in batch]
@@ -162,6 +173,7 @@ class ScheduledModel:
         self._model: Any = scheduler.model
         self.name: str = self._model.name
         self.features: FeatureSpec = self._model.features
+        self.preferred_encoder: str = getattr(self._model, "preferred_encoder", "window")
 
     def decode_tokens(self, tokens: list[int]) -> str:
         return str(self._model.decode_tokens(tokens))

@@ -64,7 +64,11 @@ class Session:
         self._closed = False
         self.partials_paused = False  # set by a host that is behind real time: finals only
         self._encoder_cache: Any = None
-        if self.config.encoder == "chunked":
+        self.encoder = self.config.encoder
+        if self.encoder == "auto":
+            preferred = getattr(model, "preferred_encoder", "window")
+            self.encoder = preferred if supports_chunked(model) else "window"
+        if self.encoder == "chunked":
             if not supports_chunked(model):
                 raise ValueError(
                     f"model {model.name} has no chunked encoder; use the window encoder"

@@ -22,7 +22,8 @@ class WordTiming:
 class DecodeResult:
     tokens: tuple[int, ...]  # text tokens only, no prompt or special tokens
     text: str
-    avg_logprob: float  # sum of token log-probabilities (end token included) / (len + 1)
+    avg_logprob: float  # sum of the decoded tokens' log-probabilities (the end token included,
+    # a forced prefix not) / (their number + 1)
     no_speech_prob: float  # probability of the no-speech token at the start of the transcript
     compression_ratio: float  # len(text bytes) / len(zlib(text bytes)); loops compress well
     words: tuple[WordTiming, ...] = ()

@@ -23,6 +23,10 @@ from streamasr.models.whisper_tokens import alignment_heads, special_tokens
 class WhisperModel:
     """One Whisper checkpoint, shared by all sessions; all per-call state lives in locals."""
 
+    # The chunked encoder: finals equal the window encoder's (re-encoded), partials are about
+    # as accurate, and an update costs less (measured on held-out speech: docs/engine.md).
+    preferred_encoder = "chunked"
+
     def __init__(self, hf_model: Any, tokenizer: Any, gen_config: Any, name: str) -> None:
         self.name = name
         self.hf = hf_model.eval()
@@ -218,12 +222,13 @@ class WhisperModel:
         cache: KVCache,
         cross: list[tuple[torch.Tensor, torch.Tensor]],
         qk_out: list[torch.Tensor] | None = None,
-        logits_from: int = 0,
+        logits_from: int | list[int] = 0,
     ) -> torch.Tensor:
-        """Feed `tokens` (B, T) after the cached prefix; return logits (B, T - logits_from, vocab).
+        """Feed `tokens` (B, T) after the cached prefix; return logits (B, T', vocab).
 
-        The vocabulary projection is the costliest part of a step, so positions before
-        `logits_from` (a prompt nobody reads the predictions of) skip it. When `qk_out` is
+        The vocabulary projection is the costliest part of a step, so only the positions from
+        `logits_from` on (T' = T - logits_from), or only those it lists, get logits: a prompt's
+        predictions are read by nobody. When `qk_out` is
         given, the raw cross-attention logits of the alignment heads, (heads, T, S) for batch
         item 0, are appended to it.
         """
@@ -254,7 +259,8 @@ class WhisperModel:
         cache.advance(t)
         if qk_out is not None:
             qk_out.append(torch.cat(step_qk, dim=0))
-        x = dec.layer_norm(x[:, logits_from:])
+        x = x[:, logits_from:] if isinstance(logits_from, int) else x[:, logits_from]
+        x = dec.layer_norm(x)
         logits: torch.Tensor = x @ dec.embed_tokens.weight.T
         return logits
 

@@ -50,7 +50,8 @@ class _State:
     head: list[int]  # context prompt + start-of-transcript sequence
     budget: int  # new tokens allowed after the prefix
     out: list[int]
-    logprobs: list[float]
+    logprobs: list[float]  # of the decoded tokens (after the forced prefix)
+    prefix_logprobs: list[float]  # of the forced prefix, for word probabilities only
     sum_logprob: float
     no_speech_prob: float
     qk: list[torch.Tensor] | None  # alignment-head cross-attention logits, (heads, T, S) each
@@ -99,6 +100,7 @@ def _prefill_state(model: WhisperModel, row: DecodeRow) -> _State:
         budget=min(row.options.max_new_tokens, by_length, room),
         out=list(row.prefix),
         logprobs=[],
+        prefix_logprobs=[],
         sum_logprob=0.0,
         no_speech_prob=0.0,
         qk=[] if row.word_timestamps else None,
@@ -123,17 +125,20 @@ def _prefill(
     """
     seq = st.head + row.prefix + row.draft
     sot_index = seq.index(model.tokens.sot)
-    # (T - sot_index, V): predictions from the start-of-transcript token on
-    logits = model.decode_step(torch.tensor([seq]), cache, row.cross, st.qk, sot_index)[0]
-    st.no_speech_prob = float(logits[0].float().softmax(-1)[model.tokens.no_speech])
-    first = len(st.head) - 1 - sot_index
     n_known = len(st.head) + len(row.prefix)
-    prefill_lp = logits[first : n_known - 1 - sot_index].log_softmax(-1)
-    st.logprobs = [float(prefill_lp[i, t]) for i, t in enumerate(row.prefix)]
-    st.sum_logprob = sum(st.logprobs)
+    if row.word_timestamps:  # word probabilities need the forced prefix's scores too
+        rows = list(range(sot_index, len(seq)))
+    else:  # the no-speech row, then the predictions of the draft and the token after it
+        rows = [sot_index, *range(n_known - 1, len(seq))]
+    logits = model.decode_step(torch.tensor([seq]), cache, row.cross, st.qk, rows)[0]
+    st.no_speech_prob = float(logits[0].float().softmax(-1)[model.tokens.no_speech])
+    first = rows.index(n_known - 1)  # the logits row that predicts the first new token
+    if row.word_timestamps:
+        prefix_lp = logits[first - len(row.prefix) : first].log_softmax(-1)
+        st.prefix_logprobs = [float(prefix_lp[i, t]) for i, t in enumerate(row.prefix)]
     kept = 0
     while True:
-        st.logits = logits[n_known - 1 - sot_index + kept]
+        st.logits = logits[first + kept]
         _choose(model, row, st, suppress, begin)
         if st.done or kept == len(row.draft) or st.next_token != row.draft[kept]:
             break
@@ -243,11 +248,12 @@ def _result(model: WhisperModel, row: DecodeRow, st: _State) -> DecodeResult:
     text = model.decode_tokens(st.out)
     words: tuple[WordTiming, ...] = ()
     if st.qk is not None and st.out:
-        words = _word_timings(model, st.qk, len(st.head), st.out, st.logprobs, row.num_frames)
+        scores = st.prefix_logprobs + st.logprobs
+        words = _word_timings(model, st.qk, len(st.head), st.out, scores, row.num_frames)
     return DecodeResult(
         tokens=tuple(st.out),
         text=text,
-        avg_logprob=st.sum_logprob / (len(st.out) + 1),
+        avg_logprob=st.sum_logprob / (len(st.logprobs) + 1),  # decoded tokens and the end
         no_speech_prob=st.no_speech_prob,
         compression_ratio=compression_ratio(text),
         words=words,

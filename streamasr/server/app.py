@@ -135,7 +135,8 @@ class Server:
         shared: AsrModel = model
         if self.config.max_batch > 1:
             budget = self.config.batch_budget_ms
-            self._scheduler = Scheduler(model, SchedulerConfig(self.config.max_batch, budget))
+            scheduling = SchedulerConfig(self.config.max_batch, budget, self.config.workers)
+            self._scheduler = Scheduler(model, scheduling)
             shared = self._scheduler.model_proxy()
         self._ctx = ServerContext(
             self.config, shared, self._session_config, self._pool, self.metrics

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamasr.config import SessionConfig
+from streamasr.config import ENCODERS, SessionConfig
 from streamasr.errors import InputError
 from streamasr.models.loader import DEFAULT_MODEL
 
@@ -36,7 +36,9 @@ class ServerConfig:
     idle_timeout_s: float = 30.0  # no audio for this long: finalise, close 1000 "idle"
     max_session_s: float = 14_400.0  # session length limit (4 h): finalise, close 1008
     drain_timeout_s: float = 10.0  # on SIGTERM: time for open sessions to send their finals
-    workers: int = 1  # decode threads shared by all sessions (1 suits a 2-core CPU)
+    workers: int = 2  # inference threads shared by all sessions, each running one batch at a
+    # time (with max_batch 1: plain decode threads); two one-thread workers use both cores of
+    # a 2-core CPU where one two-thread worker does not (bench/streams.py, docs/engine.md)
     threads: int | None = 1  # torch intra-op threads (None: torch's default, one per core); one
     # thread per decode worker is far more robust when the cores are shared (docs/engine.md)
     max_batch: int = 8  # model calls of different sessions run as one batch, at most this many;
@@ -44,7 +46,7 @@ class ServerConfig:
     batch_budget_ms: float = 5.0  # how long a call waits for others to join its batch
     lag_warning_s: float = 3.0  # a session this far behind real time gets a `warning` event and
     # its partials pause (finals only) until it is back under a third of this
-    encoder: str = SessionConfig.encoder  # "window" or "chunked" (see SessionConfig.encoder)
+    encoder: str = SessionConfig.encoder  # auto, window or chunked (see SessionConfig.encoder)
     outgoing_queue: int = 64  # messages queued for a client that does not read (partials merge)
     max_backlog_s: float = 10.0  # audio queued for the decoder per session before reads pause
     static_dir: str | None = None  # files served at /; None: the page shipped in the package
@@ -60,8 +62,8 @@ class ServerConfig:
             )
         if self.batch_budget_ms < 0:
             raise ConfigError(f"batch_budget_ms must not be negative, got {self.batch_budget_ms}")
-        if self.encoder not in ("window", "chunked"):
-            raise ConfigError(f"encoder must be 'window' or 'chunked', not {self.encoder!r}")
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}; not {self.encoder!r}")
         if self.token == "":
             raise ConfigError("token must not be empty")
         if self.token is None and not is_loopback(self.host):

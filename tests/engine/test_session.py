@@ -126,3 +126,8 @@ def test_models_are_told_every_frame_that_holds_audio() -> None:
     audio = (0.1 * np.sin(np.arange(SAMPLE_RATE + 321) * 0.05)).astype(np.float32)
     transcribe_offline(model, audio)  # type: ignore[arg-type]
     assert model.calls[-1]["frames"] == 103  # 16321 / 160 = 102.006
+
+
+def test_auto_encoder_follows_the_model_preference() -> None:
+    assert Session(FakeModel()).encoder == "window"  # no chunked encoder: the window one
+    assert Session(FakeModel(), SessionConfig(encoder="window")).encoder == "window"

@@ -188,3 +188,8 @@ def test_config_rejects_bad_chunk_settings() -> None:
         SessionConfig(chunk_ms=30)
     with pytest.raises(ValueError, match="lookahead_ms"):
         SessionConfig(lookahead_ms=-20)
+
+
+def test_whisper_streams_chunked_by_default(model: WhisperModel) -> None:
+    assert Session(model).encoder == "chunked"
+    assert Session(model, SessionConfig(encoder="window")).encoder == "window"
