@@ -63,6 +63,7 @@ class Session:
         self._context: list[int] = []  # tokens of previous finals, the decoder prompt
         self._closed = False
         self.partials_paused = False  # set by a host that is behind real time: finals only
+        self.step_scale = 1  # set by a host that is falling behind: partials this much rarer
         self._encoder_cache: Any = None
         self.encoder = self.config.encoder
         if self.encoder == "auto":
@@ -154,7 +155,7 @@ class Session:
                 return []
         if self.partials_paused:
             return []
-        step = self.config.step_ms * SAMPLE_RATE // 1000
+        step = self.config.step_ms * self.step_scale * SAMPLE_RATE // 1000
         min_first = self.config.min_first_ms * SAMPLE_RATE // 1000
         if utt.mel_end - utt.start_sample < min_first:
             return []

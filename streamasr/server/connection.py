@@ -238,11 +238,13 @@ class Connection:
                 return
 
     def _check_lag(self, stream: AudioStream) -> None:
-        """Behind real time: warn the client and pause partials; resume once caught up.
+        """Falling behind real time: fewer partials; far behind: warn and pause them.
 
-        The lag is how long ago the audio just processed arrived. Pausing partials is the
-        degradation policy: finals are never dropped, and a session without partials needs
-        one decode per utterance instead of two per second of speech.
+        The lag is how long ago the audio just processed arrived. The degradation policy:
+        past a third of `lag_warning_s` partials come every second step (half the partial
+        compute); past `lag_warning_s` the client gets a `warning` and partials pause, since
+        a session without partials needs one decode per utterance instead of two per second of
+        speech. Finals are never dropped. Below a third again, everything resumes.
         """
         assert self._clock is not None
         arrived = self._clock.time_of(stream.position)
@@ -251,6 +253,7 @@ class Connection:
         lag = asyncio.get_running_loop().time() - arrived
         limit = self.ctx.config.lag_warning_s
         session = stream.session
+        session.step_scale = 2 if lag > limit / 3 else 1
         if not session.partials_paused and lag > limit:
             session.partials_paused = True
             self.ctx.metrics.lag_warnings.inc()
