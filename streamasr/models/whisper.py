@@ -42,6 +42,10 @@ class WhisperModel:
         )
         self.max_target_positions = cfg.max_target_positions
         self.tokens = special_tokens(tokenizer, gen_config, cfg.vocab_size)
+        # The output projection is the tied embedding transposed. Stored contiguous, a
+        # one-token product runs 3x faster on CPU than through the transposed view (MKL
+        # picks a slow path for it); it costs one more copy of the embedding.
+        self.vocab_projection = self.decoder.embed_tokens.weight.detach().T.contiguous()
         self.alignment_heads = alignment_heads(gen_config, cfg.decoder_layers, self.n_heads_dec)
 
     # ---------------------------------------------------------------- loading
@@ -261,7 +265,7 @@ class WhisperModel:
             qk_out.append(torch.cat(step_qk, dim=0))
         x = x[:, logits_from:] if isinstance(logits_from, int) else x[:, logits_from]
         x = dec.layer_norm(x)
-        logits: torch.Tensor = x @ dec.embed_tokens.weight.T
+        logits: torch.Tensor = x @ self.vocab_projection
         return logits
 
     # ---------------------------------------------------------------- decoding

@@ -240,7 +240,7 @@ def _step(
         qk = states[r].qk
         assert qk is not None
         qk.append(torch.cat(step_qk[r], dim=0))
-    logits: torch.Tensor = dec.layer_norm(x[:, 0]) @ dec.embed_tokens.weight.T
+    logits: torch.Tensor = dec.layer_norm(x[:, 0]) @ model.vocab_projection
     return logits
 
 

@@ -327,7 +327,7 @@ def run_cli(*args: str) -> Any:
 
 
 def stream_finals(model: Any, audio: Any, chunk: int = 800) -> list[Any]:
-    """The finals of a `Session(encode_window="full")` fed `audio` in `chunk`-sample pieces.
+    """The finals of a full-window `Session` fed `audio` in `chunk`-sample pieces.
 
     Partials every 2 s keep the test fast; the final is a free decode that does not use them.
     """
@@ -335,7 +335,8 @@ def stream_finals(model: Any, audio: Any, chunk: int = 800) -> list[Any]:
     from streamasr.engine.session import Session
     from streamasr.events import TranscriptFinal
 
-    session = Session(model, SessionConfig(encode_window="full", step_ms=2000))
+    config = SessionConfig(encode_window="full", final_window="full", step_ms=2000)
+    session = Session(model, config)
     events = []
     for i in range(0, len(audio), chunk):
         events += session.feed(audio[i : i + chunk])
