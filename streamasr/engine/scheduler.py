@@ -31,6 +31,9 @@ from streamasr.models.base import (
 
 log = logging.getLogger(__name__)
 
+CONGESTED_WAIT_S = 0.05  # calls waiting this long on average: the inference threads are saturated
+WAIT_SMOOTHING = 0.2  # weight of the newest call in the moving average of waits
+
 
 class BatchModel(AsrModel, Protocol):
     def transcribe_many(self, requests: list[TranscribeRequest]) -> list[DecodeResult]: ...
@@ -67,7 +70,8 @@ class Scheduler:
         self.model = model
         self.config = config or SchedulerConfig()
         self.stats = SchedulerStats()
-        self._queue: deque[tuple[TranscribeRequest, Future[DecodeResult]]] = deque()
+        self._queue: deque[tuple[TranscribeRequest, Future[DecodeResult], float]] = deque()
+        self.wait_s = 0.0  # moving average of how long a call waits before it runs
         self._cv = threading.Condition()
         self._closed = False
         self._stats_lock = threading.Lock()
@@ -83,7 +87,7 @@ class Scheduler:
         with self._cv:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
-            self._queue.append((request, future))
+            self._queue.append((request, future, time.monotonic()))
             self._cv.notify()
         return future
 
@@ -106,6 +110,11 @@ class Scheduler:
         return ScheduledModel(self)
 
     # ---------------------------------------------------------------- inference thread
+    @property
+    def congested(self) -> bool:
+        """Calls wait for an inference thread: the model is busy most of the time."""
+        return self.wait_s > CONGESTED_WAIT_S
+
     def _take(self) -> list[tuple[TranscribeRequest, Future[DecodeResult]]]:
         with self._cv:
             while not self._queue and not self._closed:
@@ -118,7 +127,11 @@ class Scheduler:
                 if left <= 0 or not self._cv.wait(left):
                     break
             n = min(self.config.max_batch, len(self._queue))
-            return [self._queue.popleft() for _ in range(n)]
+            taken = [self._queue.popleft() for _ in range(n)]
+            now = time.monotonic()
+            for _, _, queued_at in taken:
+                self.wait_s += WAIT_SMOOTHING * (now - queued_at - self.wait_s)
+            return [(r, f) for r, f, _ in taken]
 
     def _run(self) -> None:
         while batch := self._take():

@@ -139,7 +139,7 @@ class Server:
             self._scheduler = Scheduler(model, scheduling)
             shared = self._scheduler.model_proxy()
         self._ctx = ServerContext(
-            self.config, shared, self._session_config, self._pool, self.metrics
+            self.config, shared, self._session_config, self._pool, self.metrics, self._scheduler
         )
         self.state = "ready"
         self.metrics.ready.set(1)

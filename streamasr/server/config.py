@@ -44,6 +44,8 @@ class ServerConfig:
     max_batch: int = 8  # model calls of different sessions run as one batch, at most this many;
     # 1: no scheduler, each call runs alone on the `workers` threads
     batch_budget_ms: float = 5.0  # how long a call waits for others to join its batch
+    slow_partials_lag_s: float = 0.5  # a session this far behind real time decodes partials
+    # every second step (half their compute) until it is back under half of this
     lag_warning_s: float = 3.0  # a session this far behind real time gets a `warning` event and
     # its partials pause (finals only) until it is back under a third of this
     encoder: str = SessionConfig.encoder  # auto, window or chunked (see SessionConfig.encoder)
@@ -91,6 +93,7 @@ _POSITIVE = (
     "workers",
     "max_batch",
     "lag_warning_s",
+    "slow_partials_lag_s",
     "outgoing_queue",
     "max_backlog_s",
 )

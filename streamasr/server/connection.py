@@ -15,6 +15,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from streamasr.config import SessionConfig
+from streamasr.engine.scheduler import Scheduler
 from streamasr.events import ErrorEvent, TranscriptFinal, TranscriptPartial, WarningEvent
 from streamasr.models.base import AsrModel
 from streamasr.server.config import ServerConfig
@@ -55,6 +56,7 @@ class ServerContext:
     session_config: SessionConfig
     pool: DecodePool
     metrics: ServerMetrics
+    scheduler: Scheduler | None = None  # the shared inference threads, when batching
 
 
 class Connection:
@@ -241,10 +243,12 @@ class Connection:
         """Falling behind real time: fewer partials; far behind: warn and pause them.
 
         The lag is how long ago the audio just processed arrived. The degradation policy:
-        past a third of `lag_warning_s` partials come every second step (half the partial
-        compute); past `lag_warning_s` the client gets a `warning` and partials pause, since
-        a session without partials needs one decode per utterance instead of two per second of
-        speech. Finals are never dropped. Below a third again, everything resumes.
+        past `slow_partials_lag_s`, or while model calls queue for the shared inference
+        threads (`Scheduler.congested`), partials come every second step (half the partial
+        compute), and every step again once neither holds; past `lag_warning_s` the
+        client gets a `warning` and partials pause, since a session without partials needs one
+        decode per utterance instead of two per second of speech, until the lag is under a
+        third of it. Finals are never dropped.
         """
         assert self._clock is not None
         arrived = self._clock.time_of(stream.position)
@@ -253,7 +257,12 @@ class Connection:
         lag = asyncio.get_running_loop().time() - arrived
         limit = self.ctx.config.lag_warning_s
         session = stream.session
-        session.step_scale = 2 if lag > limit / 3 else 1
+        slow = self.ctx.config.slow_partials_lag_s
+        congested = self.ctx.scheduler is not None and self.ctx.scheduler.congested
+        if lag > slow or congested:
+            session.step_scale = 2
+        elif lag < slow / 2:
+            session.step_scale = 1
         if not session.partials_paused and lag > limit:
             session.partials_paused = True
             self.ctx.metrics.lag_warnings.inc()

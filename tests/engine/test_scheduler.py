@@ -155,3 +155,29 @@ def test_scheduler_config_is_checked() -> None:
         SchedulerConfig(max_batch=0)
     with pytest.raises(ValueError, match="budget_ms"):
         SchedulerConfig(budget_ms=-1)
+
+
+def test_queued_calls_mark_the_scheduler_congested() -> None:
+    import sys
+    import time
+    from pathlib import Path as _Path
+
+    sys.path.insert(0, str(_Path(__file__).parent))
+    from fake_model import FakeModel
+
+    class Slow(FakeModel):
+        def transcribe(self, features: np.ndarray, **kwargs: object) -> object:  # type: ignore[override]
+            time.sleep(0.05)
+            return super().transcribe(features, **kwargs)  # type: ignore[arg-type]
+
+    feats = np.zeros((80, 200), np.float32)
+    request = TranscribeRequest(feats, 200, [], DecodeConfig(), False, [])
+    scheduler = Scheduler(Slow(), SchedulerConfig(max_batch=1, budget_ms=0))  # type: ignore[arg-type]
+    assert not scheduler.congested
+    for f in [scheduler.submit(request) for _ in range(8)]:  # 8 calls, one at a time
+        f.result()
+    assert scheduler.congested  # the later ones waited for the earlier ones
+    for _ in range(40):  # one call at a time: no waiting, and the average decays
+        scheduler.submit(request).result()
+    assert not scheduler.congested
+    scheduler.close()
