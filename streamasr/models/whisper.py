@@ -192,10 +192,7 @@ class WhisperModel:
         draft: list[int] | None = None,
     ) -> DecodeResult:
         """`transcribe` over a stream's cached encoder prefix; see `encode_tail`."""
-        mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(0)
-        if mel.shape[-1] % 2:
-            mel = F.pad(mel, (0, 1))
-        enc, cross = self.encode_tail(cache, mel, commit_frames=commit_frames)
+        enc, cross = self.encode_tail(cache, _mel(features), commit_frames=commit_frames)
         return self.decode(
             enc,
             num_frames=num_frames,
@@ -286,10 +283,7 @@ class WhisperModel:
         prefix: list[int] | None = None,
         draft: list[int] | None = None,
     ) -> DecodeResult:
-        mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(0)
-        if mel.shape[-1] % 2:
-            mel = F.pad(mel, (0, 1))
-        enc = self.encode(mel)
+        enc = self.encode(_mel(features))
         return self.decode(
             enc,
             num_frames=num_frames,
@@ -338,10 +332,7 @@ class WhisperModel:
         """
         rows = []
         for r in requests:
-            mel = torch.from_numpy(np.ascontiguousarray(r.features, dtype=np.float32))
-            mel = mel.unsqueeze(0)
-            if mel.shape[-1] % 2:
-                mel = F.pad(mel, (0, 1))
+            mel = _mel(r.features)
             if r.cache is None:
                 cross = self.cross_kv(self.encode(mel))
             else:
@@ -358,6 +349,12 @@ class WhisperModel:
                 )
             )
         return greedy_batch(self, rows)
+
+
+def _mel(features: np.ndarray) -> torch.Tensor:
+    """Log-mel (n_mels, T) as the encoders take it: (1, n_mels, T) float32, T padded to even."""
+    mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(0)
+    return F.pad(mel, (0, 1)) if mel.shape[-1] % 2 else mel
 
 
 def load_whisper(model_dir: Path, name: str | None = None) -> WhisperModel:
