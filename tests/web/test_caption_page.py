@@ -271,7 +271,13 @@ async def test_the_page_reconnects_when_the_daemon_restarts(model: AsrModel, bro
     second: Server | None = None
     try:
         await cdp.call("Page.navigate", url=f"http://127.0.0.1:{first.port}/?token={TOKEN}")
-        await cdp.wait_for("!!document.getElementById('toggle')", 15)
+        # The new page, loaded with its deferred script (the click handler): the previous
+        # test's page also has a toggle, and a click before the script runs does nothing.
+        await cdp.wait_for(
+            f"location.port === '{first.port}' && document.readyState === 'complete' "
+            "&& !!document.getElementById('toggle')",
+            15,
+        )
         await cdp.eval("document.getElementById('toggle').click()")
         await cdp.wait_for(f"{STATE} === 'live'", 20)
         await cdp.wait_for(f"{HEARD} >= 1", WAIT_WORDS_S)
