@@ -287,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="the daemon's decode threads")
     p.add_argument("--corpus", type=Path, default=DEFAULT_OUT, help="bench/corpus.py output")
     p.add_argument("--max-latency", type=float, default=2.0, help="p95 final latency bound, s")
-    p.add_argument("--log", default="serve-bench.log", help="the started daemon's stderr")
+    p.add_argument(
+        "--log",
+        type=Path,
+        default=Path(__file__).with_name("serve-bench.log"),
+        help="the started daemon's stderr (default: bench/serve-bench.log)",
+    )
     return asyncio.run(main_async(p.parse_args(argv)))
 
 

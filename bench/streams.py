@@ -6,17 +6,17 @@
                             [--final-window utterance|full]
                             [--single] [--corpus DIR]
 
-In-process, without sockets: one `Scheduler` (one inference thread, batching) serves N
-`Session`s, each on its own thread, fed 50 ms chunks of the held-out corpus's single
-utterances (bench/corpus.py; stream i starts at the i-th, 0.8 s of silence after each) on an
-absolute real-time schedule for `--seconds`. Per N the table gives:
+In-process, without sockets: one `Scheduler` (`--workers` inference threads, each with a
+continuous batch) serves N `Session`s, each on its own thread, fed 50 ms chunks of the
+held-out corpus's single utterances (bench/corpus.py; stream i starts at the i-th, 0.8 s of
+silence after each) on an absolute real-time schedule for `--seconds`. Per N the table gives:
 
 - partial and final latency p50/p95: when `feed`/`close` returned the event minus the instant
   the event's `end` sample was due; the final's includes the endpointer's 450 ms silence wait;
 - compute per audio second: the inference thread's busy time, and the whole process's CPU
   time (VAD, features and the idle threads included), over the audio seconds of all streams;
-- the mean batch size, the worst lateness of a chunk against its schedule and the lateness of
-  the last chunk;
+- the mean batch (rows per batched model pass: a decoding step), the worst lateness of a
+  chunk against its schedule and the lateness of the last chunk;
 - the WER of the finals.
 
 A round is *held* when p95 final latency <= `--max-latency` (1.5 s) and every stream's last
@@ -103,8 +103,8 @@ class Round:
     wall_s: float
     busy_s: float
     cpu_s: float
-    batches: int
-    calls: int
+    passes: int
+    rows: int
 
     def held(self, max_latency: float) -> bool:
         finals = [x for r in self.runs for x in r.final_latency]
@@ -130,7 +130,7 @@ class Round:
             pct(final, 95),
             f"{self.busy_s / audio:.3f}",
             f"{self.cpu_s / audio:.3f}",
-            f"{self.calls / max(self.batches, 1):.2f}",
+            f"{self.rows / max(self.passes, 1):.2f}",
             f"{max(r.lateness_s for r in self.runs):.2f}",
             f"{max(r.end_lateness_s for r in self.runs):.2f}",
             f"{wer([' '.join(refs)], [' '.join(hyps)]):.1%}",
@@ -174,7 +174,7 @@ def run_round(
     wall = time.perf_counter() - t0
     scheduler.close()
     st = scheduler.stats
-    return Round(n, runs, wall, st.busy_s, time.process_time() - cpu0, st.batches, st.calls)
+    return Round(n, runs, wall, st.busy_s, time.process_time() - cpu0, st.passes, st.rows)
 
 
 def single(model: AsrModel, clips: list, seconds: float) -> None:

@@ -38,6 +38,14 @@ class KVCache:
         view.length = 0
         return view
 
+    def rows(self, n: int) -> KVCache:
+        """A cache over the first `n` rows' storage, sharing it, with this cache's length."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, :n], self.v[:, :n]
+        view.max_len = self.max_len
+        view.length = self.length
+        return view
+
     def reset(self) -> None:
         self.length = 0
 

@@ -1,11 +1,16 @@
 """Inference threads for every stream: the model calls of all sessions batched into shared ones.
 
 Sessions stay synchronous and sans-I/O. Each runs on its own caller thread and calls the model
-through `ScheduledModel`, which queues the call and blocks until the inference thread has run
-it. An inference thread takes the queued calls in arrival order, up to `max_batch` at a time,
-waiting at most `budget_ms` after the first for others to join, and runs them as one
-`transcribe_many`. A session has at most one call in flight, so FIFO order is round-robin
-between sessions: no session waits more than one batch behind another.
+through `ScheduledModel`, which queues the call and blocks until an inference thread has run
+it. A session has at most one call in flight, so arrival order is round-robin between sessions.
+
+With a model that has a continuous batch (`StepBatch`), an inference thread admits queued calls
+between decoding steps, up to `max_batch` rows: a call's window is encoded and its prompt
+prefilled when it joins, every step feeds one token to every row, and a row leaves with its
+result as soon as it ends. A short partial never waits for another stream's long final to
+finish decoding, and no step is spent on finished rows. When the batch is empty, the first call
+waits at most `budget_ms` for others to join it. Other models get whole batches: up to
+`max_batch` queued calls run as one `transcribe_many`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from streamasr.models.base import (
     AsrModel,
     DecodeResult,
     FeatureSpec,
+    StepBatch,
     TranscribeRequest,
+    step_batch,
     supports_chunked,
 )
 
@@ -41,8 +48,8 @@ class BatchModel(AsrModel, Protocol):
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_batch: int = 8  # calls run together at most; more wait for the next batch
-    budget_ms: float = 5.0  # how long a first call waits for others to join its batch
+    max_batch: int = 8  # calls decoded together at most; more wait for a free row
+    budget_ms: float = 5.0  # how long a first call waits for others to join an empty batch
     workers: int = 1  # inference threads, each running its own batch; on a small CPU, two
     # threads of one-thread batches keep both cores busy where one two-thread batch does not
 
@@ -57,14 +64,16 @@ class SchedulerConfig:
 
 @dataclass
 class SchedulerStats:
-    batches: int = 0
-    calls: int = 0
+    passes: int = 0  # batched model passes: decoding steps, or whole batches
+    calls: int = 0  # calls answered
     busy_s: float = 0.0  # wall time spent inside model calls, summed over the threads
-    largest_batch: int = 0
+    rows: int = 0  # calls summed over the passes: rows / passes is the mean batch
+    largest_batch: int = 0  # most calls in one pass
 
 
 class Scheduler:
-    """Owns the inference thread. `model` must implement `transcribe_many`, or calls run singly."""
+    """Owns the inference threads. Models with `new_step_batch` get continuous batching, those
+    with `transcribe_many` whole batches; other models' calls run one at a time."""
 
     def __init__(self, model: AsrModel, config: SchedulerConfig | None = None) -> None:
         self.model = model
@@ -115,33 +124,77 @@ class Scheduler:
         """Calls wait for an inference thread: the model is busy most of the time."""
         return self.wait_s > CONGESTED_WAIT_S
 
-    def _take(self) -> list[tuple[TranscribeRequest, Future[DecodeResult]]]:
+    def _take(
+        self, room: int, *, wait: bool
+    ) -> list[tuple[TranscribeRequest, Future[DecodeResult]]]:
+        """Up to `room` queued calls, oldest first. With `wait`, block for a first call (and
+        up to `budget_ms` for more to join it); [] then means closed and drained."""
         with self._cv:
-            while not self._queue and not self._closed:
-                self._cv.wait()
-            if not self._queue:
-                return []
-            deadline = time.monotonic() + self.config.budget_ms / 1000
-            while len(self._queue) < self.config.max_batch and not self._closed:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._cv.wait(left):
-                    break
-            n = min(self.config.max_batch, len(self._queue))
+            if wait:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                deadline = time.monotonic() + self.config.budget_ms / 1000
+                while self._queue and len(self._queue) < room and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._cv.wait(left):
+                        break
+            n = min(room, len(self._queue))
             taken = [self._queue.popleft() for _ in range(n)]
             now = time.monotonic()
             for _, _, queued_at in taken:
                 self.wait_s += WAIT_SMOOTHING * (now - queued_at - self.wait_s)
             return [(r, f) for r, f, _ in taken]
 
+    def _record(self, seconds: float, passes: int, calls: int, rows: int) -> None:
+        with self._stats_lock:
+            self.stats.busy_s += seconds
+            self.stats.passes += passes
+            self.stats.calls += calls
+            self.stats.rows += rows if passes else 0
+            self.stats.largest_batch = max(self.stats.largest_batch, rows)
+
     def _run(self) -> None:
-        while batch := self._take():
+        batch = step_batch(self.model, self.config.max_batch)
+        if batch is not None:
+            self._run_continuous(batch)
+            return
+        while batch_calls := self._take(self.config.max_batch, wait=True):
             t0 = time.perf_counter()
-            self._execute(batch)
-            with self._stats_lock:
-                self.stats.busy_s += time.perf_counter() - t0
-                self.stats.batches += 1
-                self.stats.calls += len(batch)
-                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self._execute(batch_calls)
+            self._record(time.perf_counter() - t0, 1, len(batch_calls), len(batch_calls))
+
+    def _run_continuous(self, batch: StepBatch) -> None:
+        """Admit queued calls between decoding steps; answer each as soon as it is done."""
+        while True:
+            joining = self._take(batch.capacity - batch.size, wait=batch.size == 0)
+            if not joining and batch.size == 0:
+                return  # closed, and nothing queued or decoding
+            t0 = time.perf_counter()
+            answered = 0
+            for request, future in joining:
+                try:  # a call that cannot be encoded or prefilled fails alone
+                    result = batch.add(request, future)
+                except Exception as exc:
+                    future.set_exception(exc)
+                    answered += 1
+                    continue
+                if result is not None:
+                    future.set_result(result)
+                    answered += 1
+            rows = batch.size
+            if rows:
+                try:
+                    done = batch.step()
+                except Exception as exc:  # a failed step leaves no row's state to go on from
+                    log.exception("a decoding step failed; failing its %d calls", rows)
+                    done = []
+                    for future in batch.clear():
+                        future.set_exception(exc)
+                        answered += 1
+                for future, result in done:
+                    future.set_result(result)
+                answered += len(done)
+            self._record(time.perf_counter() - t0, 1 if rows else 0, answered, rows)
 
     def _execute(self, batch: list[tuple[TranscribeRequest, Future[DecodeResult]]]) -> None:
         requests = [r for r, _ in batch]

@@ -24,7 +24,7 @@ import torch
 from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError, ModelNotFoundError
-from streamasr.models.audio_llm_decode import LlmRow, greedy_rows
+from streamasr.models.audio_llm_decode import LlmRow, LlmStepBatch, greedy_rows
 from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
 from streamasr.models.causal_lm import CausalLm
 from streamasr.models.encoder_cache import EncoderCache
@@ -304,19 +304,23 @@ class AudioLlmAdapter:
         Each window is encoded and its prompt prefilled on its own; the decoding steps of all
         of them run batched. Result i equals calling the model with request i alone.
         """
-        rows = []
-        for r in requests:
-            if r.cache is None:
-                audio = self.audio_embeddings(r.features, r.num_frames)
-                rows.append(
-                    LlmRow(
-                        self.prompt_embeddings(audio),
-                        r.num_frames,
-                        r.options,
-                        list(r.prefix),
-                        list(r.draft or []),
-                    )
-                )
-            else:
-                rows.append(self._stream_row(r))
+        rows = [self._row(r) for r in requests]
         return greedy_rows(self.lm, rows, self.eos_ids, self.decode_tokens)
+
+    def new_step_batch(self, capacity: int) -> LlmStepBatch:
+        """A continuous batch: calls join and leave between decoding steps (`StepBatch`)."""
+        return LlmStepBatch(self.lm, capacity, self.eos_ids, self.decode_tokens, self._row)
+
+    @torch.inference_mode()
+    def _row(self, r: TranscribeRequest) -> LlmRow:
+        """The row to decode of a `transcribe` (cache None) or `transcribe_chunked` call."""
+        if r.cache is not None:
+            return self._stream_row(r)
+        audio = self.audio_embeddings(r.features, r.num_frames)
+        return LlmRow(
+            self.prompt_embeddings(audio),
+            r.num_frames,
+            r.options,
+            list(r.prefix),
+            list(r.draft or []),
+        )

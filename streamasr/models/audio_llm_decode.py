@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
-from streamasr.models.base import DecodeResult
+from streamasr.models.base import DecodeResult, TranscribeRequest
 from streamasr.models.causal_lm import CausalLm
 from streamasr.models.guards import compression_ratio, loop_excess
+from streamasr.models.slots import SlotBatch
 
 
 @dataclass
@@ -166,16 +168,90 @@ def _steps(
     eos_ids: Collection[int],
 ) -> None:
     """One token per unfinished row per step until every row is done."""
-    lengths = torch.tensor([s.fed for s in states], device=lm.device)  # (B,)
     while not all(s.done for s in states):
-        tokens = [s.next_token for s in states]  # a done row feeds its last token again
-        logits = lm.step(lm.embed(tokens)[:, None], cache, lengths)  # (B, V)
-        lp = logits.float().log_softmax(-1)
-        for b, (row, st) in enumerate(zip(rows, states, strict=True)):
-            if not st.done:
-                st.fed += 1
-                _choose(st, lp[b], row, eos_ids)
-        lengths = torch.tensor([s.fed for s in states], device=lm.device)
+        _step(lm, rows, states, cache, eos_ids)  # a done row feeds its last token again
+
+
+def _step(
+    lm: CausalLm,
+    rows: list[LlmRow],
+    states: list[_State],
+    cache: KVCache,
+    eos_ids: Collection[int],
+) -> None:
+    """Feed every row's next token at its own position; choose the unfinished rows' next."""
+    lengths = torch.tensor([s.fed for s in states], device=lm.device)  # (B,)
+    tokens = [s.next_token for s in states]
+    logits = lm.step(lm.embed(tokens)[:, None], cache, lengths)  # (B, V)
+    lp = logits.float().log_softmax(-1)
+    for b, (row, st) in enumerate(zip(rows, states, strict=True)):
+        if not st.done:
+            st.fed += 1
+            _choose(st, lp[b], row, eos_ids)
+
+
+class LlmStepBatch(SlotBatch[LlmRow, _State]):
+    """Greedy decodes of audio-LLM prompts from different streams, joining and leaving
+    between steps (continuous batching).
+
+    A row joins with its prefill: its stream's cached prompt prefix is copied into a free slot
+    of one batch cache, then head, forced prefix and draft are fed in one pass. Every `step`
+    feeds one token to each row at its own position; a row leaves as soon as it ends. The
+    batch cache grows (by doubling) when a row needs more positions than it has.
+    """
+
+    def __init__(
+        self,
+        lm: CausalLm,
+        capacity: int,
+        eos_ids: Collection[int],
+        detokenize: Callable[[list[int]], str],
+        row_of: Callable[[TranscribeRequest], LlmRow],
+    ) -> None:
+        super().__init__(capacity)
+        self.lm, self.eos_ids, self.detokenize, self.row_of = lm, eos_ids, detokenize, row_of
+        self.cache: KVCache | None = None
+
+    @torch.inference_mode()
+    def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
+        return self.add_row(self.row_of(request), tag)
+
+    @torch.inference_mode()
+    def add_row(self, row: LlmRow, tag: Any) -> DecodeResult | None:
+        b = self._free_slot()
+        budget = _budget(self.lm, row)
+        draft = _usable_draft(self.lm, row, budget)
+        self._reserve(_cached(row) + row.head.shape[0] + len(row.prefix) + len(draft) + budget + 2)
+        assert self.cache is not None
+        st = _prefill(self.lm, row, draft, _row_cache(self.cache, b, row, False), self.eos_ids)
+        if st.done:
+            return _result(st, self.detokenize)
+        self._join(row, st, tag)
+        return None
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, DecodeResult]]:
+        if not self.size or self.cache is None:
+            return []
+        _step(self.lm, self.rows, self.states, self.cache.rows(self.size), self.eos_ids)
+        return self._leave(lambda st: st.done, lambda _, st: _result(st, self.detokenize))
+
+    def _reserve(self, positions: int) -> None:
+        if self.cache is not None and self.cache.max_len >= positions:
+            return
+        old = self.cache
+        grown = self.lm.new_cache(max(positions, 2 * old.max_len if old else 0), self.capacity)
+        if old is not None and self.size:
+            n, fed = self.size, max(s.fed for s in self.states)
+            grown.k[:, :n, :, :fed] = old.k[:, :n, :, :fed]
+            grown.v[:, :n, :, :fed] = old.v[:, :n, :, :fed]
+        self.cache = grown
+
+    def _move(self, src: int, dst: int) -> None:
+        assert self.cache is not None
+        fed = self.states[src].fed
+        self.cache.k[:, dst, :, :fed] = self.cache.k[:, src, :, :fed]
+        self.cache.v[:, dst, :, :fed] = self.cache.v[:, src, :, :fed]
 
 
 def _result(st: _State, detokenize: Callable[[list[int]], str]) -> DecodeResult:

@@ -120,6 +120,40 @@ class ChunkedAsrModel(AsrModel, Protocol):
         ...
 
 
+class StepBatch(Protocol):
+    """Greedy decodes that join and leave between generation steps (continuous batching).
+
+    `add` encodes a request and prefills its prompt; `step` feeds one token to every row and
+    returns the rows that finished, each with the tag it was added with. Result of a request
+    equals calling the model with it alone, whatever else shares the batch.
+    """
+
+    @property
+    def size(self) -> int:
+        """Rows decoding now; `add` needs `size < capacity`."""
+        ...
+
+    capacity: int
+
+    def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
+        """Start decoding `request`; its result when it is done at once (else from `step`)."""
+        ...
+
+    def step(self) -> list[tuple[Any, DecodeResult]]:
+        """One token for every row; the rows that finished leave, with their results."""
+        ...
+
+    def clear(self) -> list[Any]:
+        """Drop every row (e.g. after a failed step); returns their tags."""
+        ...
+
+
+def step_batch(model: AsrModel, capacity: int) -> StepBatch | None:
+    """The model's continuous batch of `capacity` rows, or None if it has none."""
+    factory = getattr(model, "new_step_batch", None)
+    return factory(capacity) if callable(factory) else None
+
+
 def supports_chunked(model: AsrModel) -> bool:
     return callable(getattr(model, "transcribe_chunked", None)) and callable(
         getattr(model, "new_encoder_cache", None)

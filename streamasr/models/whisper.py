@@ -16,7 +16,7 @@ from streamasr.errors import ModelFormatError
 from streamasr.kernels import chunk_attention, cross_attention
 from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
 from streamasr.models.encoder_cache import EncoderCache
-from streamasr.models.whisper_decode import DecodeRow, greedy_batch
+from streamasr.models.whisper_decode import DecodeRow, WhisperStepBatch, greedy_batch
 from streamasr.models.whisper_tokens import alignment_heads, special_tokens
 
 
@@ -330,25 +330,29 @@ class WhisperModel:
         Each window is encoded on its own (a chunk is already a matrix product); the decoding
         steps of all of them run batched. Result i equals calling the model with request i.
         """
-        rows = []
-        for r in requests:
-            mel = _mel(r.features)
-            if r.cache is None:
-                cross = self.cross_kv(self.encode(mel))
-            else:
-                _, cross = self.encode_tail(r.cache, mel, commit_frames=r.commit_frames)
-            rows.append(
-                DecodeRow(
-                    cross,
-                    r.num_frames,
-                    r.prompt,
-                    r.options,
-                    r.word_timestamps,
-                    list(r.prefix),
-                    list(r.draft or []),
-                )
-            )
-        return greedy_batch(self, rows)
+        return greedy_batch(self, [self.decode_row(r) for r in requests])
+
+    def new_step_batch(self, capacity: int) -> WhisperStepBatch:
+        """A continuous batch: calls join and leave between decoding steps (`StepBatch`)."""
+        return WhisperStepBatch(self, capacity)
+
+    @torch.inference_mode()
+    def decode_row(self, r: TranscribeRequest) -> DecodeRow:
+        """Encode request `r`'s window (over its stream's cache, if any): a row to decode."""
+        mel = _mel(r.features)
+        if r.cache is None:
+            cross = self.cross_kv(self.encode(mel))
+        else:
+            _, cross = self.encode_tail(r.cache, mel, commit_frames=r.commit_frames)
+        return DecodeRow(
+            cross,
+            r.num_frames,
+            r.prompt,
+            r.options,
+            r.word_timestamps,
+            list(r.prefix),
+            list(r.draft or []),
+        )
 
 
 def _mel(features: np.ndarray) -> torch.Tensor:

@@ -9,8 +9,8 @@ on CPU and GPU alike a step's cost is the weight reads, which the extra rows sha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,8 +18,9 @@ import torch
 from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
 from streamasr.kernels import cross_attention, decode_attention
-from streamasr.models.base import DecodeResult, WordTiming
+from streamasr.models.base import DecodeResult, TranscribeRequest, WordTiming
 from streamasr.models.guards import compression_ratio, loop_excess
+from streamasr.models.slots import SlotBatch
 from streamasr.models.timing import alignment_matrix, split_words, word_boundaries
 
 if TYPE_CHECKING:
@@ -57,37 +58,128 @@ class _State:
     qk: list[torch.Tensor] | None  # alignment-head cross-attention logits, (heads, T, S) each
     step: int  # index in `out` of the token being predicted
     fed: int = 0  # positions in the self-attention cache that hold valid keys and values
+    enc_len: int = 0  # encoder frames of the row's window
     done: bool = False
     next_token: int = 0
     logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
 
+class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
+    """Greedy decodes of windows from different streams, joining and leaving between steps.
+
+    A row joins with its prefill (prompt, forced prefix and draft in one pass). Every `step`
+    then feeds one token to each row at its own position, against its own ragged slice of one
+    preallocated self-attention cache (`decode_attention`) and its own encoder states
+    (`cross_attention`). A row leaves as soon as it ends, so new rows never wait for a whole
+    batch and no step is spent on finished rows.
+    """
+
+    @torch.inference_mode()
+    def __init__(self, model: WhisperModel, capacity: int) -> None:
+        super().__init__(capacity)
+        self.model = model
+        heads = model.n_heads_dec
+        proj = model.vocab_projection
+        # Every position a row can reach: prompt, prefix and budget are capped by it.
+        self.cache = KVCache(
+            layers=len(model.decoder.layers),
+            batch=capacity,
+            heads=heads,
+            head_dim=model.config.d_model // heads,
+            max_len=model.max_target_positions,
+            dtype=proj.dtype,
+            device=proj.device,
+        )
+        self.cross_k: list[torch.Tensor] = []  # per layer (capacity, H, S_cap, D)
+        self.cross_v: list[torch.Tensor] = []
+        self.suppress = torch.tensor(model.tokens.suppress, dtype=torch.long)
+        self.begin = torch.tensor(model.tokens.begin_suppress, dtype=torch.long)
+
+    def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
+        return self.add_row(self.model.decode_row(request), tag)
+
+    @torch.inference_mode()
+    def add_row(self, row: DecodeRow, tag: Any) -> DecodeResult | None:
+        b = self._free_slot()
+        st = _prefill_state(self.model, row)
+        # A draft token past the budget could never be kept; this keeps every position fed
+        # inside the model's context (and the cache).
+        row = replace(row, draft=row.draft[: st.budget])
+        _prefill(self.model, row, st, self.cache.row(b), self.suppress, self.begin)
+        if st.done:
+            return _result(self.model, row, st)
+        st.enc_len = row.cross[0][0].shape[2]
+        self._put_cross(b, row.cross)
+        self._join(row, st, tag)
+        return None
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, DecodeResult]]:
+        n = self.size
+        if n == 0:
+            return []
+        tokens = torch.tensor([[s.next_token] for s in self.states])  # (n, 1)
+        lengths = torch.tensor([s.fed for s in self.states])
+        enc_lens = [s.enc_len for s in self.states]
+        s_max = max(enc_lens)
+        logits = _step(
+            self.model,
+            tokens,
+            self.cache.rows(n),
+            lengths,
+            [k[:n, :, :s_max] for k in self.cross_k],
+            [v[:n, :, :s_max] for v in self.cross_v],
+            torch.tensor(enc_lens),
+            self.states,
+        )
+        for b, (row, st) in enumerate(zip(self.rows, self.states, strict=True)):
+            st.fed += 1
+            st.logits = logits[b]
+            _choose(self.model, row, st, self.suppress, self.begin)
+        return self._leave(lambda st: st.done, lambda row, st: _result(self.model, row, st))
+
+    def _put_cross(self, b: int, cross: CrossKV) -> None:
+        s = cross[0][0].shape[2]
+        if self.capacity == 1:  # the row's own tensors: no copy
+            self.cross_k = [k for k, _ in cross]
+            self.cross_v = [v for _, v in cross]
+        else:
+            if not self.cross_k or s > self.cross_k[0].shape[2]:
+                self._grow_cross(cross, s)
+            for layer, (k, v) in enumerate(cross):
+                self.cross_k[layer][b, :, :s] = k[0]
+                self.cross_v[layer][b, :, :s] = v[0]
+
+    def _grow_cross(self, cross: CrossKV, s: int) -> None:
+        k0 = cross[0][0]
+        shape = (self.capacity, k0.shape[1], s, k0.shape[3])
+        n, old = self.size, (self.cross_k[0].shape[2] if self.cross_k else 0)
+        ks = [k0.new_empty(shape) for _ in cross]
+        vs = [k0.new_empty(shape) for _ in cross]
+        for layer in range(len(self.cross_k)):
+            ks[layer][:n, :, :old] = self.cross_k[layer][:n]
+            vs[layer][:n, :, :old] = self.cross_v[layer][:n]
+        self.cross_k, self.cross_v = ks, vs
+
+    def _move(self, src: int, dst: int) -> None:
+        fed, s = self.states[src].fed, self.states[src].enc_len
+        self.cache.k[:, dst, :, :fed] = self.cache.k[:, src, :, :fed]
+        self.cache.v[:, dst, :, :fed] = self.cache.v[:, src, :, :fed]
+        for k, v in zip(self.cross_k, self.cross_v, strict=True):
+            k[dst, :, :s] = k[src, :, :s]
+            v[dst, :, :s] = v[src, :, :s]
+
+
 def greedy_batch(model: WhisperModel, rows: list[DecodeRow]) -> list[DecodeResult]:
     """Greedy decoding of every row; row i's result equals decoding it alone."""
-    states = [_prefill_state(model, r) for r in rows]
-    starts = [len(s.head) + len(r.prefix) + len(r.draft) for s, r in zip(states, rows, strict=True)]
-    cache = KVCache(
-        layers=len(model.decoder.layers),
-        batch=len(rows),
-        heads=model.n_heads_dec,
-        head_dim=model.config.d_model // model.n_heads_dec,
-        max_len=max(n + s.budget + 2 for n, s in zip(starts, states, strict=True)),
-    )
-    suppress = torch.tensor(model.tokens.suppress, dtype=torch.long)
-    begin = torch.tensor(model.tokens.begin_suppress, dtype=torch.long)
-    for b, (row, st) in enumerate(zip(rows, states, strict=True)):
-        _prefill(model, row, st, cache.row(b), suppress, begin)
-    lengths = torch.tensor([s.fed for s in states])
-    cross_k, cross_v, enc_lens = _pad_cross(rows)
-    while not all(s.done for s in states):
-        tokens = torch.tensor([[s.next_token] for s in states])  # (B, 1)
-        logits = _step(model, tokens, cache, lengths, cross_k, cross_v, enc_lens, states)
-        lengths += torch.tensor([0 if s.done else 1 for s in states])  # done rows stay put
-        for b, (row, st) in enumerate(zip(rows, states, strict=True)):
-            if not st.done:
-                st.logits = logits[b]
-                _choose(model, row, st, suppress, begin)
-    return [_result(model, row, st) for row, st in zip(rows, states, strict=True)]
+    batch = WhisperStepBatch(model, capacity=max(1, len(rows)))
+    results: list[DecodeResult | None] = [None] * len(rows)
+    for i, row in enumerate(rows):
+        results[i] = batch.add_row(row, i)
+    while batch.size:
+        for i, result in batch.step():
+            results[i] = result
+    return [r for r in results if r is not None]
 
 
 def _prefill_state(model: WhisperModel, row: DecodeRow) -> _State:
@@ -174,28 +266,6 @@ def _choose(
         return
     st.step += 1
     st.next_token = token
-
-
-def _pad_cross(
-    rows: list[DecodeRow],
-) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """Every row's cross keys/values in one (B, H, S_max, D) tensor per layer, and each S."""
-    enc_lens = torch.tensor([r.cross[0][0].shape[2] for r in rows])
-    if len(rows) == 1:
-        return [k for k, _ in rows[0].cross], [v for _, v in rows[0].cross], enc_lens
-    s_max = int(enc_lens.max())
-    ks, vs = [], []
-    for layer in range(len(rows[0].cross)):
-        k0 = rows[0].cross[layer][0]
-        k = k0.new_zeros((len(rows), k0.shape[1], s_max, k0.shape[3]))
-        v = torch.zeros_like(k)
-        for b, r in enumerate(rows):
-            rk, rv = r.cross[layer]
-            k[b, :, : rk.shape[2]] = rk[0]
-            v[b, :, : rv.shape[2]] = rv[0]
-        ks.append(k)
-        vs.append(v)
-    return ks, vs, enc_lens
 
 
 def _step(

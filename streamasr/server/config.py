@@ -36,14 +36,14 @@ class ServerConfig:
     idle_timeout_s: float = 30.0  # no audio for this long: finalise, close 1000 "idle"
     max_session_s: float = 14_400.0  # session length limit (4 h): finalise, close 1008
     drain_timeout_s: float = 10.0  # on SIGTERM: time for open sessions to send their finals
-    workers: int = 2  # inference threads shared by all sessions, each running one batch at a
-    # time (with max_batch 1: plain decode threads); two one-thread workers use both cores of
+    workers: int = 2  # inference threads shared by all sessions, each with its own continuous
+    # batch (with max_batch 1: plain decode threads); two one-thread workers use both cores of
     # a 2-core CPU where one two-thread worker does not (bench/streams.py, docs/engine.md)
     threads: int | None = 1  # torch intra-op threads (None: torch's default, one per core); one
     # thread per decode worker is far more robust when the cores are shared (docs/engine.md)
-    max_batch: int = 8  # model calls of different sessions run as one batch, at most this many;
+    max_batch: int = 8  # rows of a continuous batch: calls of different sessions decoded together;
     # 1: no scheduler, each call runs alone on the `workers` threads
-    batch_budget_ms: float = 5.0  # how long a call waits for others to join its batch
+    batch_budget_ms: float = 5.0  # how long a first call waits for others to join an empty batch
     slow_partials_lag_s: float = 0.5  # a session this far behind real time decodes partials
     # every second step (half their compute) until it is back under half of this
     lag_warning_s: float = 3.0  # a session this far behind real time gets a `warning` event and

@@ -134,7 +134,7 @@ def test_concurrent_sessions_share_batches_and_keep_their_transcripts(
         assert got == want
         assert any(isinstance(e, TranscriptFinal) and e.text for e in results[i])
     assert scheduler.stats.largest_batch >= 2  # calls of different sessions ran together
-    assert scheduler.stats.calls > scheduler.stats.batches
+    assert scheduler.stats.rows > scheduler.stats.passes  # on average more than one a step
 
 
 def test_a_failing_call_fails_alone(model: WhisperModel, clips: list[np.ndarray]) -> None:
@@ -180,4 +180,79 @@ def test_queued_calls_mark_the_scheduler_congested() -> None:
     for _ in range(40):  # one call at a time: no waiting, and the average decays
         scheduler.submit(request).result()
     assert not scheduler.congested
+    scheduler.close()
+
+
+def test_rows_join_and_leave_between_steps(model: WhisperModel, clips: list[np.ndarray]) -> None:
+    reqs = requests(model, clips)
+    alone = [single(model, r) for r in reqs]
+    batch = model.new_step_batch(3)
+    results: dict[int, object] = {}
+
+    def step() -> None:
+        for tag, result in batch.step():
+            assert tag not in results
+            results[tag] = result
+
+    assert batch.add(reqs[0], 0) is None
+    for _ in range(3):  # row 0 is three tokens in when row 1 joins
+        step()
+    assert batch.add(reqs[1], 1) is None
+    assert batch.add(reqs[2], 2) is None
+    with pytest.raises(RuntimeError, match="full"):
+        batch.add(reqs[3], 3)
+    while len(results) < 1:  # the first to end leaves, and a later row moves into its slot
+        step()
+    assert batch.size == 2
+    assert batch.add(reqs[3], 3) is None  # the freed slot is taken by a new row
+    while batch.size:
+        step()
+    assert sorted(results) == [0, 1, 2, 3]
+    for i, a in enumerate(alone):
+        b = results[i]
+        assert b.tokens == a.tokens  # type: ignore[attr-defined]
+        assert b.avg_logprob == pytest.approx(a.avg_logprob, abs=1e-4)  # type: ignore[attr-defined]
+        assert [w.word for w in b.words] == [w.word for w in a.words]  # type: ignore[attr-defined]
+        for wa, wb in zip(a.words, b.words, strict=True):  # type: ignore[attr-defined]
+            assert abs(wa.start_sample - wb.start_sample) <= 320
+
+
+def test_a_short_call_does_not_wait_for_a_long_decode(
+    model: WhisperModel, clips: list[np.ndarray]
+) -> None:
+    long_feats, long_n = features(np.concatenate(clips))
+    long = TranscribeRequest(long_feats, long_n, [], DecodeConfig(), False, [])
+    short_feats, short_n = features(clips[1][: len(clips[1]) // 3])
+    short = TranscribeRequest(short_feats, short_n, [], DecodeConfig(), False, [])
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=4, budget_ms=0))
+    order: list[str] = []
+    f_long = scheduler.submit(long)
+    f_long.add_done_callback(lambda _: order.append("long"))
+    f_short = scheduler.submit(short)
+    f_short.add_done_callback(lambda _: order.append("short"))
+    assert len(f_long.result().tokens) > 3 * len(f_short.result().tokens)
+    scheduler.close()
+    assert order == ["short", "long"]  # it joined the running batch and left when it ended
+    assert scheduler.stats.calls == 2
+
+
+def test_a_failed_step_fails_its_rows_and_the_thread_goes_on(
+    model: WhisperModel, clips: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamasr.models.whisper_decode import WhisperStepBatch
+
+    good = requests(model, clips)[1]
+    real_step = WhisperStepBatch.step
+    failures = iter([True])
+
+    def flaky_step(self: WhisperStepBatch) -> object:
+        if next(failures, False):
+            raise MemoryError("out of memory in a step")
+        return real_step(self)
+
+    monkeypatch.setattr(WhisperStepBatch, "step", flaky_step)
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=4, budget_ms=0))
+    with pytest.raises(MemoryError):
+        scheduler.submit(good).result()
+    assert scheduler.submit(good).result().text.strip()  # the next call decodes normally
     scheduler.close()

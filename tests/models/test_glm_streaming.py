@@ -3,7 +3,7 @@ reused exactly, batched calls equal single ones, and a draft never changes a res
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,11 +175,13 @@ def replay(model: AudioLlmAdapter, steps: list[tuple[np.ndarray, int, int]]) -> 
     return st
 
 
-def test_transcribe_many_equals_one_call_each(
-    model: AudioLlmAdapter, sentences: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ragged rows: windows of different lengths, a forced prefix, a draft, a fresh stream and
-    one mid-utterance (its decoder prefix cached); each equals its call alone."""
+Requests = Callable[[list[AudioLlmStream]], list[TranscribeRequest]]
+
+
+def ragged(model: AudioLlmAdapter, sentences: list[np.ndarray]) -> tuple[Requests, Any]:
+    """Rows that differ in every way a batch must keep apart: windows of different lengths, a
+    forced prefix, a draft, a fresh stream and one mid-utterance (its decoder prefix cached).
+    Returns them as a function of two streams, and a maker of such pairs of streams."""
     steps = grow(sentences[0])
     window, frames, _ = steps[-1]
     short, short_frames, short_commit = grow(sentences[1][:20000])[-1]
@@ -198,9 +200,15 @@ def test_transcribe_many_equals_one_call_each(
             TranscribeRequest(window, frames, [], opts, False, [], streams[1], 1000, [5, 6, 7]),
         ]
 
-    a = [model.new_encoder_cache(), replay(model, steps[:-2])]
-    b = [model.new_encoder_cache(), replay(model, steps[:-2])]
-    assert a[1].lm_audio >= 10
+    def streams() -> list[AudioLlmStream]:
+        pair = [model.new_encoder_cache(), replay(model, steps[:-2])]
+        assert pair[1].lm_audio >= 10
+        return pair
+
+    return requests, streams
+
+
+def poison_new_caches(model: AudioLlmAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
     new_cache = model.lm.new_cache
 
     def poisoned(*args: Any, **kwargs: Any) -> KVCache:
@@ -211,9 +219,9 @@ def test_transcribe_many_equals_one_call_each(
         return cache
 
     monkeypatch.setattr(model.lm, "new_cache", poisoned)
-    batched = model.transcribe_many(requests(a))
-    for request, result in zip(requests(b), batched, strict=True):
-        same(result, model.transcribe_many([request])[0])
+
+
+def same_streams(a: list[AudioLlmStream], b: list[AudioLlmStream]) -> None:
     for x, y in zip(a, b, strict=True):
         assert (x.encoder.length, x.lm_audio, x.prefix_fed) == (
             y.encoder.length,
@@ -222,6 +230,46 @@ def test_transcribe_many_equals_one_call_each(
         )
         assert x.lm is not None and y.lm is not None and x.lm.length == y.lm.length
         torch.testing.assert_close(x.lm.k[..., : x.lm.length, :], y.lm.k[..., : y.lm.length, :])
+
+
+def test_transcribe_many_equals_one_call_each(
+    model: AudioLlmAdapter, sentences: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests, streams = ragged(model, sentences)
+    a, b = streams(), streams()
+    poison_new_caches(model, monkeypatch)
+    batched = model.transcribe_many(requests(a))
+    for request, result in zip(requests(b), batched, strict=True):
+        same(result, model.transcribe_many([request])[0])
+    same_streams(a, b)
+
+
+def test_rows_join_and_leave_a_continuous_batch(
+    model: AudioLlmAdapter, sentences: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two slots, five calls joining one step apart as slots free up, the short ones first
+    (so the batch cache grows under rows already decoding): each equals its call alone."""
+    requests, streams = ragged(model, sentences)
+    a, b = streams(), streams()
+    poison_new_caches(model, monkeypatch)
+    batch = model.new_step_batch(2)
+    waiting = [1, 3, 0, 2, 4]
+    queued = requests(a)
+    results: dict[int, DecodeResult] = {}
+    most = 0
+    while waiting or batch.size:
+        if waiting and batch.size < batch.capacity:
+            i = waiting.pop(0)
+            done = batch.add(queued[i], i)
+            if done is not None:
+                results[i] = done
+        most = max(most, batch.size)
+        for i, result in batch.step():
+            results[i] = result
+    assert most == 2 and sorted(results) == [0, 1, 2, 3, 4]
+    for i, request in enumerate(requests(b)):
+        same(results[i], model.transcribe_many([request])[0])
+    same_streams(a, b)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,71 @@
+"""Slot bookkeeping of a continuous batch: rows join at the end and leave from anywhere.
+
+Rows sit in slots 0..size-1 of the batch's tensors, so a step always runs over one leading
+slice. When a row leaves, the last row moves into its slot (`_move`, which the model's batch
+implements for its own tensors): one row's copy per departure instead of a gather per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+Row = TypeVar("Row")
+State = TypeVar("State")
+Result = TypeVar("Result")
+
+
+class SlotBatch(Generic[Row, State]):
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"a batch needs at least one slot, got {capacity}")
+        self.capacity = capacity
+        self.rows: list[Row] = []
+        self.states: list[State] = []
+        self.tags: list[Any] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def _free_slot(self) -> int:
+        if self.size >= self.capacity:
+            raise RuntimeError(f"the batch is full ({self.capacity} rows)")
+        return self.size
+
+    def _join(self, row: Row, state: State, tag: Any) -> None:
+        """Row `row` has been prefilled into slot `size`: it is part of the batch now."""
+        self.rows.append(row)
+        self.states.append(state)
+        self.tags.append(tag)
+
+    def _leave(
+        self, done: Callable[[State], bool], result: Callable[[Row, State], Result]
+    ) -> list[tuple[Any, Result]]:
+        """Remove the finished rows, compacting the others; their tags and results."""
+        out = []
+        for j in reversed(range(self.size)):  # the last slot is never a finished row below
+            if not done(self.states[j]):
+                continue
+            out.append((self.tags[j], result(self.rows[j], self.states[j])))
+            last = self.size - 1
+            if j != last:
+                self._move(last, j)
+                self.rows[j], self.states[j], self.tags[j] = (
+                    self.rows[last],
+                    self.states[last],
+                    self.tags[last],
+                )
+            self.rows.pop()
+            self.states.pop()
+            self.tags.pop()
+        return out
+
+    def _move(self, src: int, dst: int) -> None:
+        """Copy slot `src`'s tensors into slot `dst`."""
+        raise NotImplementedError
+
+    def clear(self) -> list[Any]:
+        tags = self.tags
+        self.rows, self.states, self.tags = [], [], []
+        return tags
