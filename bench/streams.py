@@ -51,6 +51,7 @@ from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
+from streamasr.models.placement import add_placement_args
 from streamasr.textnorm import wer
 
 CHUNK = SAMPLE_RATE // 20  # 50 ms
@@ -224,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-latency", type=float, default=1.5, help="p95 final latency to hold")
     p.add_argument("--single", action="store_true", help="single-stream compute per mode")
     p.add_argument("--corpus", type=Path, default=DEFAULT_OUT)
+    add_placement_args(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model, compute=args.compute, dtype=args.dtype)
     clips = load_clips(args.corpus)
     print(f"command: {shlex.join(['python', *sys.argv])}")
     print(

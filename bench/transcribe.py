@@ -49,6 +49,7 @@ from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
+from streamasr.models.placement import add_placement_args
 from streamasr.textnorm import wer
 
 CHUNK = SAMPLE_RATE * 50 // 1000  # 50 ms
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-polish", action="store_true", help="chunked: finals from the cached states too"
     )
+    add_placement_args(p)
     args = p.parse_args(argv)
     config = SessionConfig(
         final_window=args.final_window,
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         build(args.corpus)
     entries = [json.loads(line) for line in manifest.read_text().splitlines()]
     entries = [e for e in entries if args.only is None or args.only in e["file"]][: args.limit]
-    model = load_model(args.model)
+    model = load_model(args.model, compute=args.compute, dtype=args.dtype)
     stream(model, load_audio(args.corpus / entries[0]["file"])[: 3 * SAMPLE_RATE], paced=False)
 
     groups: dict[str, Stats] = {}

@@ -18,6 +18,7 @@ from streamasr.config import ENCODERS, SessionConfig
 from streamasr.errors import InputError, ModelError
 from streamasr.events import Event, TranscriptFinal
 from streamasr.formats import RENDERERS
+from streamasr.models.placement import add_placement_args
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -59,6 +60,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="tiny.en", help="tiny.en, a model dir or a hub id")
     t.add_argument("--chunk-ms", type=int, default=50, help="stream chunk length (20..100 ms)")
     t.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
+    add_placement_args(t)
     t.add_argument(
         "--encoder",
         choices=list(ENCODERS),
@@ -99,6 +101,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     s.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (10)")
     s.add_argument("--workers", type=int, help="inference threads shared by all sessions (2)")
     s.add_argument("--threads", type=int, help="torch intra-op threads (1)")
+    add_placement_args(s, defaults=False)  # None: the config file, env or default decides
     s.add_argument("--max-batch", type=int, help="calls of different sessions batched (8)")
     s.add_argument(
         "--encoder",
@@ -200,7 +203,7 @@ def _transcribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     set_torch_threads(args.threads)
 
     audio = load_audio(args.file)
-    model = load_model(args.model)
+    model = load_model(args.model, compute=args.compute, dtype=args.dtype)
     if args.mode == "offline":
         from streamasr.engine.offline import transcribe_offline
 

@@ -72,6 +72,10 @@ def test_bad_inputs_exit_2_with_one_line(wav: Path, tmp_path: Path, tiny_en_cach
         ("transcribe", str(corrupt), "--chunk-ms", "5"),
         ("transcribe", str(wav), "--model", str(tmp_path / "no-such-model")),
     ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(("transcribe", str(wav), "--compute", "cuda"))
     for args in cases:
         r = run(*args, cache=tiny_en_cache)
         assert r.returncode == 2, (args, r.stderr)
@@ -79,3 +83,5 @@ def test_bad_inputs_exit_2_with_one_line(wav: Path, tmp_path: Path, tiny_en_cach
         assert len(lines) == 1 and lines[0].startswith("streamasr: error: "), r.stderr
     usage = run("transcribe", "x.wav", "--format", "docx", cache=tiny_en_cache)
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+    usage = run("transcribe", "x.wav", "--compute", "gpu", cache=tiny_en_cache)
+    assert usage.returncode == 2 and "invalid compute value: 'gpu'" in usage.stderr

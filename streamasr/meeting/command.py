@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamasr.errors import InputError
+from streamasr.models.placement import add_placement_args
 
 EXIT_OK = 0
 
@@ -31,6 +32,7 @@ def add_meeting_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="meetings dir ($STATE_DIRECTORY or ~/.local/share/streamasr/meetings)",
     )
     m.add_argument("--model", default="tiny.en", help="tiny.en, a model dir or a hub id")
+    add_placement_args(m)
     src = m.add_mutually_exclusive_group()
     src.add_argument("--device", help="sound input (name or index; needs sounddevice)")
     src.add_argument("--input", help="audio file (wav/flac/ogg), or - for 16 kHz s16le on stdin")
@@ -110,7 +112,7 @@ def _record(args: argparse.Namespace, out: TextIO) -> int:
         source = FileSource(args.input, speed=speed)
     else:
         source = DeviceSource(args.device)
-    model = load_model(args.model)
+    model = load_model(args.model, compute=args.compute, dtype=args.dtype)
     session = Session(model, SessionConfig(partials=False))
     recorder = MeetingRecorder(session, outdir, _emitter(out), args.silence_timeout)
     run_meeting(source, recorder)
@@ -141,6 +143,6 @@ def _listen(args: argparse.Namespace, outdir: Path, out: TextIO) -> int:
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    model = load_model(args.model)
+    model = load_model(args.model, compute=args.compute, dtype=args.dtype)
     asyncio.run(listen(config, model, _emitter(out)))
     return EXIT_OK

@@ -133,6 +133,16 @@ class AudioLlmAdapter:
             raise ModelFormatError(f"{name}: the generation config names no end token")
         self.features = FeatureSpec(n_mels=encoder.n_mels, window_frames=window_frames)
 
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> AudioLlmAdapter:
+        """Move encoder, projector and decoder to `device`, `dtype`; calls follow them."""
+        parts = (self.encoder.module, self.projector, self.lm.base, self.lm.lm_head)
+        for part in parts:
+            if not isinstance(part, torch.nn.Module):
+                raise TypeError(f"cannot move a {type(part).__name__} to {device}")
+            part.to(device=device, dtype=dtype)
+        self.lm.dtype, self.lm.device = dtype, self.lm.lm_head.weight.device
+        return self
+
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from streamasr.errors import ModelFormatError
 from streamasr.models.base import AsrModel
+from streamasr.models.placement import resolve_compute, resolve_dtype
 from streamasr.models.resolve import resolve_model_dir
+
+if TYPE_CHECKING:
+    from streamasr.models.audio_llm import AudioLlmAdapter
 
 DEFAULT_MODEL = "tiny.en"
 
@@ -24,20 +31,27 @@ def model_family(model_dir: Path) -> str:
 SUPPORTED = "whisper, glmasr (GLM-ASR-Nano-2512), asr_model (Tiny Audio)"
 
 
-def load_model(spec: str = DEFAULT_MODEL) -> AsrModel:
-    """Resolve `spec` (a name, a dir or a hub id) and load it with the adapter of its family."""
+def load_model(
+    spec: str = DEFAULT_MODEL, *, compute: str = "auto", dtype: str = "auto"
+) -> AsrModel:
+    """Resolve `spec` (a name, a dir or a hub id), load it with the adapter of its family and
+    place it on `compute` in `dtype` (models/placement.py; `auto`: CUDA when torch sees it)."""
+    device = resolve_compute(compute)
     model_dir = resolve_model_dir(spec)
     family = model_family(model_dir)
     if family == "whisper":
         from streamasr.models.whisper import WhisperModel
 
-        return WhisperModel.from_dir(model_dir, name=spec)
+        whisper = WhisperModel.from_dir(model_dir, name=spec)
+        return whisper.to(device, resolve_dtype(dtype, device, half=torch.float16))
     if family == "glmasr":
         from streamasr.models.glmasr import GlmAsrAdapter
 
-        return GlmAsrAdapter.from_dir(model_dir, name=spec)
-    if family == "asr_model":  # Tiny Audio's custom config; the adapter checks the projector
+        llm: AudioLlmAdapter = GlmAsrAdapter.from_dir(model_dir, name=spec)
+    elif family == "asr_model":  # Tiny Audio's custom config; the adapter checks the projector
         from streamasr.models.tinyaudio import TinyAudioAdapter
 
-        return TinyAudioAdapter.from_dir(model_dir, name=spec)
-    raise ModelFormatError(f"{spec}: model family {family!r} is not supported ({SUPPORTED})")
+        llm = TinyAudioAdapter.from_dir(model_dir, name=spec)
+    else:
+        raise ModelFormatError(f"{spec}: model family {family!r} is not supported ({SUPPORTED})")
+    return llm.to(device, resolve_dtype(dtype, device, half=torch.bfloat16))

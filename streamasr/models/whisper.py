@@ -47,6 +47,14 @@ class WhisperModel:
         # picks a slow path for it); it costs one more copy of the embedding.
         self.vocab_projection = self.decoder.embed_tokens.weight.detach().T.contiguous()
         self.alignment_heads = alignment_heads(gen_config, cfg.decoder_layers, self.n_heads_dec)
+        self.device, self.dtype = self.vocab_projection.device, self.vocab_projection.dtype
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> WhisperModel:
+        """Move the weights (and every tensor made per call from now on) to `device`, `dtype`."""
+        self.hf.to(device=device, dtype=dtype)
+        self.vocab_projection = self.decoder.embed_tokens.weight.detach().T.contiguous()
+        self.device, self.dtype = self.vocab_projection.device, self.vocab_projection.dtype
+        return self
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -75,6 +83,13 @@ class WhisperModel:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
     # ---------------------------------------------------------------- forward
+    def mel(self, features: np.ndarray) -> torch.Tensor:
+        """Log-mel (n_mels, T) as the encoder takes it: (1, n_mels, T) on the model's device and
+        in its dtype, T padded to even."""
+        mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(0)
+        mel = mel.to(device=self.device, dtype=self.dtype)
+        return F.pad(mel, (0, 1)) if mel.shape[-1] % 2 else mel
+
     @staticmethod
     def _attend(attn: Any, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
         b, t, d = x.shape
@@ -124,6 +139,8 @@ class WhisperModel:
             cross_layers=len(self.decoder.layers),
             cross_heads=self.n_heads_dec,
             cross_head_dim=cfg.d_model // self.n_heads_dec,
+            dtype=self.dtype,
+            device=self.device,
         )
 
     @torch.inference_mode()
@@ -192,7 +209,7 @@ class WhisperModel:
         draft: list[int] | None = None,
     ) -> DecodeResult:
         """`transcribe` over a stream's cached encoder prefix; see `encode_tail`."""
-        enc, cross = self.encode_tail(cache, _mel(features), commit_frames=commit_frames)
+        enc, cross = self.encode_tail(cache, self.mel(features), commit_frames=commit_frames)
         return self.decode(
             enc,
             num_frames=num_frames,
@@ -283,7 +300,7 @@ class WhisperModel:
         prefix: list[int] | None = None,
         draft: list[int] | None = None,
     ) -> DecodeResult:
-        enc = self.encode(_mel(features))
+        enc = self.encode(self.mel(features))
         return self.decode(
             enc,
             num_frames=num_frames,
@@ -339,7 +356,7 @@ class WhisperModel:
     @torch.inference_mode()
     def decode_row(self, r: TranscribeRequest) -> DecodeRow:
         """Encode request `r`'s window (over its stream's cache, if any): a row to decode."""
-        mel = _mel(r.features)
+        mel = self.mel(r.features)
         if r.cache is None:
             cross = self.cross_kv(self.encode(mel))
         else:
@@ -353,12 +370,6 @@ class WhisperModel:
             list(r.prefix),
             list(r.draft or []),
         )
-
-
-def _mel(features: np.ndarray) -> torch.Tensor:
-    """Log-mel (n_mels, T) as the encoders take it: (1, n_mels, T) float32, T padded to even."""
-    mel = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(0)
-    return F.pad(mel, (0, 1)) if mel.shape[-1] % 2 else mel
 
 
 def load_whisper(model_dir: Path, name: str | None = None) -> WhisperModel:

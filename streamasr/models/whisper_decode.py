@@ -92,8 +92,10 @@ class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
         )
         self.cross_k: list[torch.Tensor] = []  # per layer (capacity, H, S_cap, D)
         self.cross_v: list[torch.Tensor] = []
-        self.suppress = torch.tensor(model.tokens.suppress, dtype=torch.long)
-        self.begin = torch.tensor(model.tokens.begin_suppress, dtype=torch.long)
+        self.suppress = torch.tensor(model.tokens.suppress, dtype=torch.long, device=model.device)
+        self.begin = torch.tensor(
+            model.tokens.begin_suppress, dtype=torch.long, device=model.device
+        )
 
     def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
         return self.add_row(self.model.decode_row(request), tag)
@@ -118,8 +120,9 @@ class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
         n = self.size
         if n == 0:
             return []
-        tokens = torch.tensor([[s.next_token] for s in self.states])  # (n, 1)
-        lengths = torch.tensor([s.fed for s in self.states])
+        device = self.model.device
+        tokens = torch.tensor([[s.next_token] for s in self.states], device=device)  # (n, 1)
+        lengths = torch.tensor([s.fed for s in self.states], device=device)
         enc_lens = [s.enc_len for s in self.states]
         s_max = max(enc_lens)
         logits = _step(
@@ -129,7 +132,7 @@ class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
             lengths,
             [k[:n, :, :s_max] for k in self.cross_k],
             [v[:n, :, :s_max] for v in self.cross_v],
-            torch.tensor(enc_lens),
+            torch.tensor(enc_lens, device=device),
             self.states,
         )
         for b, (row, st) in enumerate(zip(self.rows, self.states, strict=True)):
@@ -222,7 +225,8 @@ def _prefill(
         rows = list(range(sot_index, len(seq)))
     else:  # the no-speech row, then the predictions of the draft and the token after it
         rows = [sot_index, *range(n_known - 1, len(seq))]
-    logits = model.decode_step(torch.tensor([seq]), cache, row.cross, st.qk, rows)[0]
+    tokens = torch.tensor([seq], device=model.device)
+    logits = model.decode_step(tokens, cache, row.cross, st.qk, rows)[0]
     st.no_speech_prob = float(logits[0].float().softmax(-1)[model.tokens.no_speech])
     first = rows.index(n_known - 1)  # the logits row that predicts the first new token
     if row.word_timestamps:
@@ -245,7 +249,7 @@ def _choose(
 ) -> None:
     """Pick the row's next token from `st.logits`, or end the row."""
     tk = model.tokens
-    step_logits = st.logits.clone()
+    step_logits = st.logits.to(torch.float32, copy=True)  # scores in fp32 whatever the model's
     step_logits[suppress] = -torch.inf
     if st.step == 0:
         step_logits[begin] = -torch.inf
@@ -281,7 +285,7 @@ def _step(
     """One token per row (B, 1) at positions `lengths`; returns the logits (B, V)."""
     dec = model.decoder
     b = tokens.shape[0]
-    rows = torch.arange(b)
+    rows = torch.arange(b, device=tokens.device)
     x = dec.embed_tokens(tokens) + dec.embed_positions.weight[lengths].unsqueeze(1)  # (B, 1, d)
     timed = [i for i, s in enumerate(states) if s.qk is not None and not s.done]
     step_qk: dict[int, list[torch.Tensor]] = {i: [] for i in timed}
@@ -341,7 +345,7 @@ def _word_timings(
     # Row r of the stacked logits belongs to input position r; text token i is the input at
     # position prompt_len + i, which is where its own cross-attention alignment is read.
     sot_len = len(model.tokens.sot_sequence)
-    qk = torch.cat(qk_steps, dim=1).float().numpy()  # (heads, positions, S)
+    qk = torch.cat(qk_steps, dim=1).float().cpu().numpy()  # (heads, positions, S)
     qk = qk[:, prompt_len - sot_len :]
     enc_frames = max(1, min(qk.shape[-1], (num_frames + 1) // 2))
     matrix = alignment_matrix(qk, enc_frames)

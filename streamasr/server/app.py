@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from websockets.asyncio.server import Server as WsServer
@@ -51,13 +52,15 @@ class Server:
         self,
         config: ServerConfig,
         *,
-        model_factory: ModelFactory = load_model,
+        model_factory: ModelFactory | None = None,
         session_config: SessionConfig | None = None,
     ) -> None:
         self.config = config
         self.metrics = ServerMetrics()
         self.state = "starting"  # "starting" -> "ready" -> "stopping" -> "stopped"
-        self._model_factory = model_factory
+        self._model_factory = model_factory or partial(
+            load_model, compute=config.compute, dtype=config.dtype
+        )
         self._session_config = session_config or SessionConfig(encoder=config.encoder)
         # With the scheduler, pool threads run each session's VAD and features and wait for its
         # batched model calls: one per session (and one for the model load) keeps none waiting.

@@ -15,6 +15,7 @@ from typing import Any
 from streamasr.config import ENCODERS, SessionConfig
 from streamasr.errors import InputError
 from streamasr.models.loader import DEFAULT_MODEL
+from streamasr.models.placement import check_compute, check_dtype
 
 ENV_PREFIX = "STREAMASR_"
 
@@ -49,6 +50,8 @@ class ServerConfig:
     lag_warning_s: float = 3.0  # a session this far behind real time gets a `warning` event and
     # its partials pause (finals only) until it is back under a third of this
     encoder: str = SessionConfig.encoder  # auto, window or chunked (see SessionConfig.encoder)
+    compute: str = "auto"  # auto (CUDA when torch sees it, else CPU), cpu, cuda or cuda:N
+    dtype: str = "auto"  # auto (float32 on CPU; on CUDA the model's half type), float32, ...
     outgoing_queue: int = 64  # messages queued for a client that does not read (partials merge)
     max_backlog_s: float = 10.0  # audio queued for the decoder per session before reads pause
     static_dir: str | None = None  # files served at /; None: the page shipped in the package
@@ -68,6 +71,11 @@ class ServerConfig:
             raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}; not {self.encoder!r}")
         if self.token == "":
             raise ConfigError("token must not be empty")
+        try:
+            check_compute(self.compute)
+            check_dtype(self.dtype)
+        except InputError as exc:
+            raise ConfigError(str(exc)) from exc
         if self.token is None and not is_loopback(self.host):
             raise ConfigError(
                 f"refusing to listen on {self.host!r} without a token: set --token, "
