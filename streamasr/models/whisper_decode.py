@@ -182,7 +182,9 @@ def greedy_batch(model: WhisperModel, rows: list[DecodeRow]) -> list[DecodeResul
     while batch.size:
         for i, result in batch.step():
             results[i] = result
-    return [r for r in results if r is not None]
+    done = [r for r in results if r is not None]
+    assert len(done) == len(rows), "every row ends with a result"
+    return done
 
 
 def _prefill_state(model: WhisperModel, row: DecodeRow) -> _State:

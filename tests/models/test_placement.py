@@ -7,6 +7,7 @@ bfloat16, which catches every tensor a call makes in the wrong dtype.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import builders
 import numpy as np
@@ -17,7 +18,7 @@ from streamasr.config import DecodeConfig
 from streamasr.errors import InputError
 from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.audio_llm import AudioLlmAdapter
-from streamasr.models.base import TranscribeRequest
+from streamasr.models.base import DecodeResult, TranscribeRequest
 from streamasr.models.loader import load_model
 from streamasr.models.placement import check_compute, resolve_compute, resolve_dtype
 from streamasr.models.whisper import WhisperModel
@@ -72,12 +73,8 @@ def test_whisper_in_bfloat16(tiny_en_dir: Path, sentences: list[np.ndarray]) -> 
         TranscribeRequest(feats, n, [], DecodeConfig(), True, []),
         TranscribeRequest(feats, n, [], DecodeConfig(), False, [], cache, n // 2),
     ]
-    batch = bf16.new_step_batch(2)
-    results = {}
-    for i, r in enumerate(requests):
-        assert batch.add(r, i) is None
-    while batch.size:
-        results.update(batch.step())
+    results = decode_together(bf16, requests)
+    assert sorted(results) == [0, 1]
     want = fp32.transcribe(
         feats, num_frames=n, prompt=[], options=DecodeConfig(), word_timestamps=True
     )
@@ -85,6 +82,19 @@ def test_whisper_in_bfloat16(tiny_en_dir: Path, sentences: list[np.ndarray]) -> 
         assert _words(result.text) == _words(want.text)
     assert [w.word for w in results[0].words] == [w.word for w in want.words]
     assert cache.length == n // 2  # the chunked row committed the encoder frames it was told
+
+
+def decode_together(model: Any, requests: list[TranscribeRequest]) -> dict[int, DecodeResult]:
+    """Every request in one continuous batch; result i is request i's."""
+    batch = model.new_step_batch(len(requests))
+    results = {}
+    for i, r in enumerate(requests):
+        done = batch.add(r, i)
+        if done is not None:
+            results[i] = done
+    while batch.size:
+        results.update(batch.step())
+    return results
 
 
 def _words(text: str) -> list[str]:
@@ -113,14 +123,7 @@ def test_audio_llms_in_bfloat16(
         TranscribeRequest(feats, n, [], DecodeConfig(), False, []),
         TranscribeRequest(feats, n, [], DecodeConfig(), False, [], stream, n // 2),
     ]
-    batch = model.new_step_batch(2)
-    results = {}
-    for i, r in enumerate(requests):
-        done = batch.add(r, i)
-        if done is not None:
-            results[i] = done
-    while batch.size:
-        results.update(batch.step())
+    results = decode_together(model, requests)
     assert sorted(results) == [0, 1]
     assert all(len(r.tokens) >= 1 for r in results.values())
     assert stream.lm is not None and stream.lm.k.dtype is torch.bfloat16
