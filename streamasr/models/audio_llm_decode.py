@@ -234,7 +234,7 @@ class LlmStepBatch(SlotBatch[LlmRow, _State]):
         if not self.size or self.cache is None:
             return []
         _step(self.lm, self.rows, self.states, self.cache.rows(self.size), self.eos_ids)
-        return self._leave(lambda st: st.done, lambda _, st: _result(st, self.detokenize))
+        return self._leave(lambda _, st: _result(st, self.detokenize))
 
     def _reserve(self, positions: int) -> None:
         if self.cache is not None and self.cache.max_len >= positions:

@@ -8,10 +8,15 @@ implements for its own tensors): one row's copy per departure instead of a gathe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
+
+
+class _Ends(Protocol):
+    done: bool  # the row has ended: its result is ready
+
 
 Row = TypeVar("Row")
-State = TypeVar("State")
+State = TypeVar("State", bound=_Ends)
 Result = TypeVar("Result")
 
 
@@ -39,13 +44,11 @@ class SlotBatch(Generic[Row, State]):
         self.states.append(state)
         self.tags.append(tag)
 
-    def _leave(
-        self, done: Callable[[State], bool], result: Callable[[Row, State], Result]
-    ) -> list[tuple[Any, Result]]:
-        """Remove the finished rows, compacting the others; their tags and results."""
+    def _leave(self, result: Callable[[Row, State], Result]) -> list[tuple[Any, Result]]:
+        """Remove the rows that are done, compacting the others; their tags and results."""
         out = []
         for j in reversed(range(self.size)):  # the last slot is never a finished row below
-            if not done(self.states[j]):
+            if not self.states[j].done:
                 continue
             out.append((self.tags[j], result(self.rows[j], self.states[j])))
             last = self.size - 1

@@ -79,7 +79,6 @@ class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
         super().__init__(capacity)
         self.model = model
         heads = model.n_heads_dec
-        proj = model.vocab_projection
         # Every position a row can reach: prompt, prefix and budget are capped by it.
         self.cache = KVCache(
             layers=len(model.decoder.layers),
@@ -87,8 +86,8 @@ class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
             heads=heads,
             head_dim=model.config.d_model // heads,
             max_len=model.max_target_positions,
-            dtype=proj.dtype,
-            device=proj.device,
+            dtype=model.dtype,
+            device=model.device,
         )
         self.cross_k: list[torch.Tensor] = []  # per layer (capacity, H, S_cap, D)
         self.cross_v: list[torch.Tensor] = []
@@ -139,7 +138,7 @@ class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
             st.fed += 1
             st.logits = logits[b]
             _choose(self.model, row, st, self.suppress, self.begin)
-        return self._leave(lambda st: st.done, lambda row, st: _result(self.model, row, st))
+        return self._leave(lambda row, st: _result(self.model, row, st))
 
     def _put_cross(self, b: int, cross: CrossKV) -> None:
         s = cross[0][0].shape[2]
