@@ -171,16 +171,14 @@ class Scheduler:
                 return  # closed, and nothing queued or decoding
             t0 = time.perf_counter()
             answered = 0
-            for request, future in joining:
-                try:  # a call that cannot be encoded or prefilled fails alone
-                    result = batch.add(request, future)
-                except Exception as exc:
-                    future.set_exception(exc)
-                    answered += 1
-                    continue
-                if result is not None:
-                    future.set_result(result)
-                    answered += 1
+            # A call that cannot be encoded or prefilled fails alone.
+            added = batch.add_many([(r, f) for r, f in joining]) if joining else []
+            for (_, future), outcome in zip(joining, added, strict=True):
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                elif outcome is not None:
+                    future.set_result(outcome)
+                answered += outcome is not None
             rows = batch.size
             if rows:
                 try:

@@ -140,7 +140,7 @@ class AudioLlmAdapter:
             if not isinstance(part, torch.nn.Module):
                 raise TypeError(f"cannot move a {type(part).__name__} to {device}")
             part.to(device=device, dtype=dtype)
-        self.lm.dtype, self.lm.device = dtype, self.lm.lm_head.weight.device
+        self.lm.place()
         return self
 
     def encode_text(self, text: str) -> list[int]:

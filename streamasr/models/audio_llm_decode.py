@@ -128,10 +128,13 @@ def _prefill(
     x = torch.cat([row.head.to(lm.dtype), lm.embed([*row.prefix, *draft])])  # (T, d)
     logits = lm.forward(x[None], cache, logits_from=row.head.shape[0] - 1)[0]
     lp = logits.float().log_softmax(-1)  # (1 + len(prefix) + len(draft), V)
-    st.sum_logprob = float(sum(lp[i, t] for i, t in enumerate(row.prefix)))
+    n = len(row.prefix)
+    forced = torch.tensor(row.prefix, dtype=torch.long, device=lp.device)
+    st.sum_logprob = float(lp[:n].gather(1, forced[:, None]).sum()) if n else 0.0
+    picks = _pick(lp[n:])
     kept = 0
     while True:
-        _choose(st, lp[len(row.prefix) + kept], row, eos_ids)
+        _choose(st, picks[kept], row, eos_ids)
         if st.done or kept == len(draft) or st.next_token != draft[kept]:
             break
         kept += 1  # the draft token was right, and it has been fed already
@@ -139,13 +142,21 @@ def _prefill(
     return st
 
 
-def _choose(st: _State, lp: torch.Tensor, row: LlmRow, eos_ids: Collection[int]) -> None:
-    """Pick the row's next token from log-probabilities `lp` (V,), or end the row."""
+def _pick(lp: torch.Tensor) -> list[tuple[int, float]]:
+    """Per row of log-probabilities (n, V): the greedy token and its log-probability, read
+    back from the device once for all rows."""
+    best = lp.argmax(-1)
+    picked = torch.stack([best.double(), lp.gather(1, best[:, None])[:, 0].double()], 1)
+    return [(int(t), p) for t, p in picked.tolist()]
+
+
+def _choose(st: _State, pick: tuple[int, float], row: LlmRow, eos_ids: Collection[int]) -> None:
+    """Take the row's next token from its `_pick`, or end the row."""
     if st.chosen == st.budget:
         st.done = True
         return
-    token = int(lp.argmax())
-    st.sum_logprob += float(lp[token])
+    token, token_lp = pick
+    st.sum_logprob += token_lp
     st.chosen += 1
     if token in eos_ids:
         st.done = True
@@ -183,11 +194,11 @@ def _step(
     lengths = torch.tensor([s.fed for s in states], device=lm.device)  # (B,)
     tokens = [s.next_token for s in states]
     logits = lm.step(lm.embed(tokens)[:, None], cache, lengths)  # (B, V)
-    lp = logits.float().log_softmax(-1)
-    for b, (row, st) in enumerate(zip(rows, states, strict=True)):
+    picks = _pick(logits.float().log_softmax(-1))
+    for row, st, pick in zip(rows, states, picks, strict=True):
         if not st.done:
             st.fed += 1
-            _choose(st, lp[b], row, eos_ids)
+            _choose(st, pick, row, eos_ids)
 
 
 class LlmStepBatch(SlotBatch[LlmRow, _State]):

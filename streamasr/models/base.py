@@ -120,6 +120,9 @@ class ChunkedAsrModel(AsrModel, Protocol):
         ...
 
 
+Added = DecodeResult | Exception | None  # what `StepBatch.add_many` says of one call
+
+
 class StepBatch(Protocol):
     """Greedy decodes that join and leave between generation steps (continuous batching).
 
@@ -137,6 +140,11 @@ class StepBatch(Protocol):
 
     def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
         """Start decoding `request`; its result when it is done at once (else from `step`)."""
+        ...
+
+    def add_many(self, calls: list[tuple[TranscribeRequest, Any]]) -> list[Added]:
+        """`add` of each (request, tag), in shared model calls where the batch can; per call,
+        its result, None (decoding) or the exception that failed it alone."""
         ...
 
     def step(self) -> list[tuple[Any, DecodeResult]]:

@@ -19,6 +19,7 @@ from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError
 from streamasr.kernels import chunk_attention, decode_attention
 from streamasr.models.glm_encoder import apply_rope
+from streamasr.models.packed_linear import PackedLinear, pack_linears
 
 
 class CausalLm:
@@ -43,7 +44,17 @@ class CausalLm:
         self.hidden_size = int(cfg.hidden_size)
         self.vocab_limit = vocab_limit
         self.qk_norm = hasattr(base.layers[0].self_attn, "q_norm")  # Qwen3
-        param = next(base.parameters())
+        self.place()
+
+    def place(self) -> None:
+        """After the weights moved: take their device and dtype, and pack the linear layers'
+        weights for the CPU where that is exact (models/packed_linear.py)."""
+        pack_linears(self.base)
+        if isinstance(self.lm_head, PackedLinear):
+            self.lm_head.repack()
+        elif isinstance(self.lm_head, torch.nn.Linear):
+            self.lm_head = PackedLinear(self.lm_head)
+        param = next(self.base.parameters())
         self.dtype, self.device = param.dtype, param.device
 
     def embed(self, ids: list[int]) -> torch.Tensor:

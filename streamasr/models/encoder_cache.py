@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -64,3 +66,14 @@ class EncoderCache:
             raise ValueError(f"encoder cache full: {self.length} + {n} > {self.max_frames}")
         self.out[:, self.length : self.length + n] = out[:, :n]
         self.length += n
+
+
+@dataclass
+class Tail:
+    """What one stream gives the encoder: its log-mel (1, n_mels, T) from the stream's first
+    frame, its cache, and how many encoder frames may be committed. Without a cache the mel is
+    a whole window, encoded with nothing cached and nothing committed."""
+
+    mel: torch.Tensor
+    cache: EncoderCache | None = None
+    commit_frames: int = 0

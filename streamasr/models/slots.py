@@ -8,7 +8,10 @@ implements for its own tensors): one row's copy per departure instead of a gathe
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
+
+from streamasr.models.base import Added, DecodeResult, TranscribeRequest
 
 
 class _Ends(Protocol):
@@ -37,6 +40,13 @@ class SlotBatch(Generic[Row, State]):
         if self.size >= self.capacity:
             raise RuntimeError(f"the batch is full ({self.capacity} rows)")
         return self.size
+
+    def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
+        raise NotImplementedError
+
+    def add_many(self, calls: list[tuple[TranscribeRequest, Any]]) -> list[Added]:
+        """`add` of each call in turn; one that fails, fails alone."""
+        return [attempt(partial(self.add, r, t)) for r, t in calls]
 
     def _join(self, row: Row, state: State, tag: Any) -> None:
         """Row `row` has been prefilled into slot `size`: it is part of the batch now."""
@@ -72,3 +82,11 @@ class SlotBatch(Generic[Row, State]):
         tags = self.tags
         self.rows, self.states, self.tags = [], [], []
         return tags
+
+
+def attempt(call: Callable[[], DecodeResult | None]) -> Added:
+    """The call's result, or the exception it raised."""
+    try:
+        return call()
+    except Exception as exc:
+        return exc

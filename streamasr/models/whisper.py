@@ -15,8 +15,9 @@ from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError
 from streamasr.kernels import chunk_attention, cross_attention
 from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
-from streamasr.models.encoder_cache import EncoderCache
-from streamasr.models.whisper_decode import DecodeRow, WhisperStepBatch, greedy_batch
+from streamasr.models.encoder_cache import EncoderCache, Tail
+from streamasr.models.packed_linear import linear_fp16, pack_fp16, pack_linears
+from streamasr.models.whisper_decode import CrossKV, DecodeRow, WhisperStepBatch, greedy_batch
 from streamasr.models.whisper_tokens import alignment_heads, special_tokens
 
 
@@ -42,19 +43,32 @@ class WhisperModel:
         )
         self.max_target_positions = cfg.max_target_positions
         self.tokens = special_tokens(tokenizer, gen_config, cfg.vocab_size)
-        # The output projection is the tied embedding transposed. Stored contiguous, a
-        # one-token product runs 3x faster on CPU than through the transposed view (MKL
-        # picks a slow path for it); it costs one more copy of the embedding.
-        self.vocab_projection = self.decoder.embed_tokens.weight.detach().T.contiguous()
         self.alignment_heads = alignment_heads(gen_config, cfg.decoder_layers, self.n_heads_dec)
-        self.device, self.dtype = self.vocab_projection.device, self.vocab_projection.dtype
+        self._place()
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> WhisperModel:
         """Move the weights (and every tensor made per call from now on) to `device`, `dtype`."""
         self.hf.to(device=device, dtype=dtype)
-        self.vocab_projection = self.decoder.embed_tokens.weight.detach().T.contiguous()
-        self.device, self.dtype = self.vocab_projection.device, self.vocab_projection.dtype
+        self._place()
         return self
+
+    def _place(self) -> None:
+        """Derive what follows the weights' placement: the vocabulary projection, and the
+        decoder's fp16-packed CPU weights (models/packed_linear.py; steps run a few rows)."""
+        embed = self.decoder.embed_tokens.weight.detach()
+        self.vocab_packed = pack_fp16(embed)
+        # The projection is the tied embedding transposed. Unpacked, it is stored contiguous:
+        # through the transposed view MKL takes a 3x slower path on the CPU.
+        self.vocab_projection = embed.T if self.vocab_packed is not None else embed.T.contiguous()
+        pack_linears(self.decoder)
+        self.device, self.dtype = embed.device, embed.dtype
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs (..., d), after the final layer norm -> vocabulary logits."""
+        if self.vocab_packed is not None:  # float32 weights on the CPU, and so is `x`
+            return linear_fp16(x, self.vocab_packed)
+        out: torch.Tensor = x @ self.vocab_projection
+        return out
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -143,10 +157,9 @@ class WhisperModel:
             device=self.device,
         )
 
-    @torch.inference_mode()
     def encode_tail(
         self, cache: EncoderCache, mel: torch.Tensor, *, commit_frames: int
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    ) -> tuple[torch.Tensor, CrossKV]:
         """Encode mel (1, n_mels, T) of a stream whose first `cache.length` frames are cached.
 
         Frames from `cache.length` on (the tail) attend the cached keys and values and each
@@ -155,44 +168,91 @@ class WhisperModel:
         committed. Returns the encoder states (1, T/2, d) and the decoder's cross-attention
         keys and values of them. With an empty cache and no commit this is `encode` exactly.
         """
+        return self.encode_tails([Tail(mel, cache, commit_frames)])[0]
+
+    @torch.inference_mode()
+    def encode_tails(self, tails: list[Tail]) -> list[tuple[torch.Tensor, CrossKV]]:
+        """`encode_tail` of many streams (a `Tail` without a cache: its whole window) in one
+        pass: the position-wise layers run once over all tails' frames packed together, and
+        each tail attends only its own stream's frames. Result i equals encoding tail i alone.
+        A pass that fails commits nothing (a cache's length moves only at the end)."""
         enc = self.encoder
-        t = mel.shape[-1]
-        self._check_frames(t)
-        c, total = cache.length, t // 2
-        if c > total:
-            raise ValueError(f"{c} frames are cached but the mel holds only {total}")
-        # conv2's frame c reads conv1 outputs 2c-1..2c+1, which read mel frames 2c-2..2c+2;
-        # start two mel frames early and drop the first output, whose input is cut off.
-        start = max(0, 2 * c - 2)
-        x = self._stem(mel[..., start:])[:, 1 if c else 0 :]  # (1, total - c, d)
-        x = x + enc.embed_positions.weight[c:total]
-        n_commit = min(max(commit_frames - c, 0), total - c)
+        spans = [self._tail_span(t) for t in tails]  # (cached, new, to commit) frames
+        x = torch.cat(
+            [
+                self._tail_stem(t.mel, c)[0] + enc.embed_positions.weight[c : c + n]
+                for t, (c, n, _) in zip(tails, spans, strict=True)
+            ]
+        )[None]  # (1, sum of new frames, d)
+        sizes = [n for _, n, _ in spans]
         for i, layer in enumerate(enc.layers):
             h = layer.self_attn_layer_norm(x)
-            q, k, v = self._attend(layer.self_attn, h, self.n_heads_enc)
-            k_all = torch.cat([cache.k[i, :, :, :c], k], dim=2)  # (1, H, total, D)
-            v_all = torch.cat([cache.v[i, :, :, :c], v], dim=2)
-            a = chunk_attention(q, k_all, v_all, mask="none", scale=1.0)
-            if n_commit:
-                cache.commit_layer(i, k, v, n_commit)
+            q, k, v = self._attend(layer.self_attn, h, self.n_heads_enc)  # (1, H, N, D)
+            parts = []
+            for t, (c, _, n_commit), qr, kr, vr in zip(
+                tails, spans, *(torch.split(m, sizes, 2) for m in (q, k, v)), strict=True
+            ):
+                if t.cache is not None and c:
+                    k_all = torch.cat([t.cache.k[i, :, :, :c], kr], dim=2)
+                    v_all = torch.cat([t.cache.v[i, :, :, :c], vr], dim=2)
+                else:
+                    k_all, v_all = kr.contiguous(), vr.contiguous()
+                parts.append(chunk_attention(qr.contiguous(), k_all, v_all, mask="none", scale=1.0))
+                if t.cache is not None and n_commit:
+                    t.cache.commit_layer(i, kr, vr, n_commit)
+            a = torch.cat(parts, dim=2)
             x = x + layer.self_attn.out_proj(a.transpose(1, 2).flatten(2))
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
-        out = enc.layer_norm(x)  # (1, total - c, d)
-        cache.frames_computed += out.shape[1]
-        cross = []
-        for i, (k, v) in enumerate(self.cross_kv(out)):
-            cross.append(
-                (
-                    torch.cat([cache.cross_k[i, :, :, :c], k], dim=2),
-                    torch.cat([cache.cross_v[i, :, :, :c], v], dim=2),
+        out = enc.layer_norm(x)
+        cross_all = [
+            (torch.split(k, sizes, 2), torch.split(v, sizes, 2)) for k, v in self.cross_kv(out)
+        ]  # per decoder layer, per tail
+        results = []
+        for r, (t, (c, _, n_commit), o) in enumerate(
+            zip(tails, spans, torch.split(out, sizes, 1), strict=True)
+        ):
+            cross = []
+            for layer, (ks, vs) in enumerate(cross_all):
+                k, v = ks[r], vs[r]
+                if t.cache is None:
+                    cross.append((k.contiguous(), v.contiguous()))
+                    continue
+                cross.append(
+                    (
+                        torch.cat([t.cache.cross_k[layer, :, :, :c], k], dim=2),
+                        torch.cat([t.cache.cross_v[layer, :, :, :c], v], dim=2),
+                    )
                 )
-            )
-            if n_commit:
-                cache.commit_cross(i, k, v, n_commit)
-        states = torch.cat([cache.out[:, :c], out], dim=1)
-        cache.commit_out(out, n_commit)
-        return states, cross
+                if n_commit:
+                    t.cache.commit_cross(layer, k, v, n_commit)
+            if t.cache is None:
+                results.append((o, cross))
+                continue
+            t.cache.frames_computed += o.shape[1]
+            results.append((torch.cat([t.cache.out[:, :c], o], dim=1), cross))
+        for t, (_, _, n_commit), o in zip(tails, spans, torch.split(out, sizes, 1), strict=True):
+            if t.cache is not None:
+                t.cache.commit_out(o, n_commit)
+        return results
+
+    def _tail_span(self, tail: Tail) -> tuple[int, int, int]:
+        """A checked tail's (cached frames, new frames, frames to commit)."""
+        t = tail.mel.shape[-1]
+        self._check_frames(t)
+        c, total = (tail.cache.length if tail.cache is not None else 0), t // 2
+        if c > total:
+            raise ValueError(f"{c} frames are cached but the mel holds only {total}")
+        if tail.cache is None:
+            return 0, total, 0
+        return c, total - c, min(max(tail.commit_frames - c, 0), total - c)
+
+    def _tail_stem(self, mel: torch.Tensor, c: int) -> torch.Tensor:
+        """The convolutions' output frames from `c` on: (1, T/2 - c, d)."""
+        # conv2's frame c reads conv1 outputs 2c-1..2c+1, which read mel frames 2c-2..2c+2;
+        # start two mel frames early and drop the first output, whose input is cut off.
+        start = max(0, 2 * c - 2)
+        return self._stem(mel[..., start:])[:, 1 if c else 0 :]
 
     @torch.inference_mode()
     def transcribe_chunked(
@@ -278,9 +338,7 @@ class WhisperModel:
         if qk_out is not None:
             qk_out.append(torch.cat(step_qk, dim=0))
         x = x[:, logits_from:] if isinstance(logits_from, int) else x[:, logits_from]
-        x = dec.layer_norm(x)
-        logits: torch.Tensor = x @ self.vocab_projection
-        return logits
+        return self.logits(dec.layer_norm(x))
 
     # ---------------------------------------------------------------- decoding
     def prompt_tokens(self, prompt: list[int], max_prompt: int) -> list[int]:
@@ -347,29 +405,33 @@ class WhisperModel:
         Each window is encoded on its own (a chunk is already a matrix product); the decoding
         steps of all of them run batched. Result i equals calling the model with request i.
         """
-        return greedy_batch(self, [self.decode_row(r) for r in requests])
+        return greedy_batch(self, self.decode_rows(requests))
 
     def new_step_batch(self, capacity: int) -> WhisperStepBatch:
         """A continuous batch: calls join and leave between decoding steps (`StepBatch`)."""
         return WhisperStepBatch(self, capacity)
 
-    @torch.inference_mode()
     def decode_row(self, r: TranscribeRequest) -> DecodeRow:
         """Encode request `r`'s window (over its stream's cache, if any): a row to decode."""
-        mel = self.mel(r.features)
-        if r.cache is None:
-            cross = self.cross_kv(self.encode(mel))
-        else:
-            _, cross = self.encode_tail(r.cache, mel, commit_frames=r.commit_frames)
-        return DecodeRow(
-            cross,
-            r.num_frames,
-            r.prompt,
-            r.options,
-            r.word_timestamps,
-            list(r.prefix),
-            list(r.draft or []),
-        )
+        return self.decode_rows([r])[0]
+
+    @torch.inference_mode()
+    def decode_rows(self, requests: list[TranscribeRequest]) -> list[DecodeRow]:
+        """`decode_row` of many requests, their windows or tails encoded in one pass."""
+        tails = [Tail(self.mel(r.features), r.cache, r.commit_frames) for r in requests]
+        encoded = self.encode_tails(tails)
+        return [
+            DecodeRow(
+                cross,
+                r.num_frames,
+                r.prompt,
+                r.options,
+                r.word_timestamps,
+                list(r.prefix),
+                list(r.draft or []),
+            )
+            for r, (_, cross) in zip(requests, encoded, strict=True)
+        ]
 
 
 def load_whisper(model_dir: Path, name: str | None = None) -> WhisperModel:

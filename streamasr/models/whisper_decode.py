@@ -10,6 +10,7 @@ on CPU and GPU alike a step's cost is the weight reads, which the extra rows sha
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,9 +19,9 @@ import torch
 from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
 from streamasr.kernels import cross_attention, decode_attention
-from streamasr.models.base import DecodeResult, TranscribeRequest, WordTiming
+from streamasr.models.base import Added, DecodeResult, TranscribeRequest, WordTiming
 from streamasr.models.guards import compression_ratio, loop_excess
-from streamasr.models.slots import SlotBatch
+from streamasr.models.slots import SlotBatch, attempt
 from streamasr.models.timing import alignment_matrix, split_words, word_boundaries
 
 if TYPE_CHECKING:
@@ -61,7 +62,6 @@ class _State:
     enc_len: int = 0  # encoder frames of the row's window
     done: bool = False
     next_token: int = 0
-    logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
 
 class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
@@ -99,6 +99,21 @@ class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
     def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
         return self.add_row(self.model.decode_row(request), tag)
 
+    def add_many(self, calls: list[tuple[TranscribeRequest, Any]]) -> list[Added]:
+        """The calls' windows and tails encoded in one pass (`encode_tails`), then each row
+        prefilled. If that pass fails, it has committed nothing: each call is encoded alone,
+        so only a call that fails alone fails."""
+        if len(calls) < 2:
+            return super().add_many(calls)
+        try:
+            rows = self.model.decode_rows([r for r, _ in calls])
+        except Exception:
+            return super().add_many(calls)
+        return [
+            attempt(partial(self.add_row, row, tag))
+            for row, (_, tag) in zip(rows, calls, strict=True)
+        ]
+
     @torch.inference_mode()
     def add_row(self, row: DecodeRow, tag: Any) -> DecodeResult | None:
         b = self._free_slot()
@@ -134,10 +149,10 @@ class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
             torch.tensor(enc_lens, device=device),
             self.states,
         )
-        for b, (row, st) in enumerate(zip(self.rows, self.states, strict=True)):
+        picks = _pick(self.model, logits, [s.step for s in self.states], self.suppress, self.begin)
+        for row, st, pick in zip(self.rows, self.states, picks, strict=True):
             st.fed += 1
-            st.logits = logits[b]
-            _choose(self.model, row, st, self.suppress, self.begin)
+            _accept(self.model, row, st, pick)
         return self._leave(lambda row, st: _result(self.model, row, st))
 
     def _put_cross(self, b: int, cross: CrossKV) -> None:
@@ -233,10 +248,17 @@ def _prefill(
     if row.word_timestamps:
         prefix_lp = logits[first - len(row.prefix) : first].log_softmax(-1)
         st.prefix_logprobs = [float(prefix_lp[i, t]) for i, t in enumerate(row.prefix)]
+    # Row j predicts step `st.step + j` if the first j draft tokens are kept.
+    picks = _pick(
+        model,
+        logits[first : first + len(row.draft) + 1],
+        [st.step + j for j in range(len(row.draft) + 1)],
+        suppress,
+        begin,
+    )
     kept = 0
     while True:
-        st.logits = logits[first + kept]
-        _choose(model, row, st, suppress, begin)
+        _accept(model, row, st, picks[kept])
         if st.done or kept == len(row.draft) or st.next_token != row.draft[kept]:
             break
         kept += 1  # the draft token was right, and it has been fed already
@@ -245,18 +267,43 @@ def _prefill(
         st.qk[0] = st.qk[0][:, : st.fed]  # the rejected draft positions are not inputs
 
 
-def _choose(
-    model: WhisperModel, row: DecodeRow, st: _State, suppress: torch.Tensor, begin: torch.Tensor
+def _pick(
+    model: WhisperModel,
+    logits: torch.Tensor,
+    steps: list[int],
+    suppress: torch.Tensor,
+    begin: torch.Tensor,
+) -> list[tuple[int, float, float]]:
+    """Per logits row (n, V), predicting output step `steps[i]`: Whisper's greedy pick with
+    its suppressed tokens (and, at step 0, those that cannot begin), as (token, its
+    log-probability, the end token's log-probability). Scores in float32 whatever the model's
+    dtype; one read back from the device for all rows."""
+    scores = logits.to(torch.float32, copy=True)
+    scores[:, suppress] = -torch.inf
+    for i, step in enumerate(steps):
+        if step == 0:
+            scores[i, begin] = -torch.inf
+    best = scores.argmax(-1)
+    logprobs = scores.log_softmax(-1)
+    picked = torch.stack(
+        [
+            best.to(torch.float64),
+            logprobs.gather(1, best[:, None])[:, 0].double(),
+            logprobs[:, model.tokens.eot].double(),
+        ],
+        dim=1,
+    ).tolist()
+    return [(int(t), lp, eot_lp) for t, lp, eot_lp in picked]
+
+
+def _accept(
+    model: WhisperModel, row: DecodeRow, st: _State, pick: tuple[int, float, float]
 ) -> None:
-    """Pick the row's next token from `st.logits`, or end the row."""
+    """Take the row's next token from its `_pick`, or end the row."""
     tk = model.tokens
-    step_logits = st.logits.to(torch.float32, copy=True)  # scores in fp32 whatever the model's
-    step_logits[suppress] = -torch.inf
-    if st.step == 0:
-        step_logits[begin] = -torch.inf
-    out_of_room = st.step == len(row.prefix) + st.budget
-    token = tk.eot if out_of_room else int(step_logits.argmax())
-    lp = float(step_logits.log_softmax(-1)[token])
+    token, lp, eot_lp = pick
+    if st.step == len(row.prefix) + st.budget:  # out of room: the end token, whatever won
+        token, lp = tk.eot, eot_lp
     st.sum_logprob += lp
     if token == tk.eot:
         st.done = True
@@ -315,8 +362,7 @@ def _step(
         qk = states[r].qk
         assert qk is not None
         qk.append(torch.cat(step_qk[r], dim=0))
-    logits: torch.Tensor = dec.layer_norm(x[:, 0]) @ model.vocab_projection
-    return logits
+    return model.logits(dec.layer_norm(x[:, 0]))
 
 
 def _result(model: WhisperModel, row: DecodeRow, st: _State) -> DecodeResult:

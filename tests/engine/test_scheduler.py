@@ -256,3 +256,39 @@ def test_a_failed_step_fails_its_rows_and_the_thread_goes_on(
         scheduler.submit(good).result()
     assert scheduler.submit(good).result().text.strip()  # the next call decodes normally
     scheduler.close()
+
+
+def test_calls_that_join_together_share_one_encoder_pass(
+    model: WhisperModel, clips: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three windows and a chunked stream's tail join in one `add_many`: one encoder pass over
+    all four, each decoding as if alone; a call that cannot be encoded fails alone."""
+    reqs = requests(model, clips)
+    alone = [single(model, r) for r in reqs]
+    passes: list[int] = []
+    real = model.encode_tails
+
+    def spy(tails: list) -> list:  # type: ignore[type-arg]
+        passes.append(len(tails))
+        return real(tails)
+
+    monkeypatch.setattr(model, "encode_tails", spy)
+    bad = TranscribeRequest(np.zeros((80, 3001), np.float32), 100, [], DecodeConfig(), False, [])
+    batch = model.new_step_batch(5)
+    added = batch.add_many([(r, i) for i, r in enumerate(reqs)])
+    assert passes == [4] and added == [None] * 4
+    assert reqs[3].cache.length == 50  # the tail committed its frames
+    results: dict[int, object] = {}
+    while batch.size:
+        results.update(batch.step())
+    for i, a in enumerate(alone):
+        b = results[i]
+        assert b.tokens == a.tokens  # type: ignore[attr-defined]
+        assert b.avg_logprob == pytest.approx(a.avg_logprob, abs=1e-4)  # type: ignore[attr-defined]
+
+    good = requests(model, clips)[:2]
+    passes.clear()
+    added = batch.add_many([(bad, "bad"), (good[0], 0), (good[1], 1)])
+    assert isinstance(added[0], ValueError) and "mel frames" in str(added[0])
+    assert added[1:] == [None, None] and batch.size == 2
+    assert passes == [3, 1, 1, 1]  # the shared pass refused the bad window; then each alone

@@ -140,8 +140,11 @@ def tiny_random_whisper() -> Any:
     return model
 
 
-def build_glmasr(d: Path, *, seed: int = 0, std: float = 0.25) -> Path:
-    """A 2+2-layer GLM-ASR (encoder width 32, Llama decoder width 64, GQA 4:2) with processor."""
+def build_glmasr(
+    d: Path, *, seed: int = 0, std: float = 0.25, fp16_weights: bool = False
+) -> Path:
+    """A 2+2-layer GLM-ASR (encoder width 32, Llama decoder width 64, GQA 4:2) with processor;
+    `fp16_weights`: every weight rounded to a value fp16 holds (stored in float32)."""
     from transformers import (
         GenerationConfig,
         GlmAsrConfig,
@@ -186,6 +189,10 @@ def build_glmasr(d: Path, *, seed: int = 0, std: float = 0.25) -> Path:
     torch.manual_seed(seed)
     model = GlmAsrForConditionalGeneration(cfg).eval()
     scale_weights(model, std, seed)
+    if fp16_weights:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
     model.generation_config = GenerationConfig(
         eos_token_id=eos, pad_token_id=ids["<|endoftext|>"], do_sample=False
     )

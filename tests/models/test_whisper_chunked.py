@@ -193,3 +193,59 @@ def test_config_rejects_bad_chunk_settings() -> None:
 def test_whisper_streams_chunked_by_default(model: WhisperModel) -> None:
     assert Session(model).encoder == "chunked"
     assert Session(model, SessionConfig(encoder="window")).encoder == "window"
+
+
+def test_tails_of_several_streams_encode_in_one_pass_as_each_alone(
+    model: WhisperModel, clips: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream with cached frames, a fresh stream and a whole window in one `encode_tails`:
+    states, cross-attention keys and values and committed caches equal encoding each alone.
+    A pass that fails part-way commits nothing."""
+    from streamasr.models import whisper
+    from streamasr.models.encoder_cache import Tail
+
+    mels = [mel_of(c, pad_to=len(c) // 160 // 2 * 2 + 40) for c in clips[:2]]
+    mels.append(mel_of(clips[2], pad_to=300))
+
+    def streams() -> tuple:  # type: ignore[type-arg]
+        a, b = model.new_encoder_cache(), model.new_encoder_cache()
+        model.encode_tail(a, mels[0][..., :200], commit_frames=50)
+        return a, b
+
+    a, b = streams()
+    calls = iter(range(1000))
+    real_attention = whisper.chunk_attention
+
+    def failing(*args: object, **kwargs: object) -> torch.Tensor:
+        if next(calls) == 7:  # in the third encoder layer
+            raise RuntimeError("out of memory")
+        return real_attention(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(whisper, "chunk_attention", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model.encode_tails([Tail(mels[0], a, 100), Tail(mels[1], b, 60), Tail(mels[2])])
+    assert (a.length, b.length) == (50, 0)
+    monkeypatch.setattr(whisper, "chunk_attention", real_attention)
+
+    together = model.encode_tails([Tail(mels[0], a, 100), Tail(mels[1], b, 60), Tail(mels[2])])
+    a1, b1 = streams()
+    window = model.encode(mels[2])
+    alone = [
+        model.encode_tail(a1, mels[0], commit_frames=100),
+        model.encode_tail(b1, mels[1], commit_frames=60),
+        (window, model.cross_kv(window)),
+    ]
+    close = dict(rtol=1e-4, atol=1e-4)
+    for (states, cross), (states1, cross1) in zip(together, alone, strict=True):
+        torch.testing.assert_close(states, states1, **close)
+        for (k, v), (k1, v1) in zip(cross, cross1, strict=True):
+            torch.testing.assert_close(k, k1, **close)
+            torch.testing.assert_close(v, v1, **close)
+    assert (a.length, b.length) == (a1.length, b1.length) == (100, 60)
+    for got, want in ((a, a1), (b, b1)):
+        n = want.length
+        for name in ("k", "v", "cross_k", "cross_v"):
+            torch.testing.assert_close(
+                getattr(got, name)[..., :n, :], getattr(want, name)[..., :n, :], **close
+            )
+        torch.testing.assert_close(got.out[:, :n], want.out[:, :n], **close)
