@@ -27,7 +27,7 @@ from streamasr.errors import ModelFormatError, ModelNotFoundError
 from streamasr.models.audio_llm_decode import LlmRow, LlmStepBatch, greedy_rows
 from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
 from streamasr.models.causal_lm import CausalLm
-from streamasr.models.encoder_cache import EncoderCache
+from streamasr.models.encoder_cache import EncoderCache, Tail
 from streamasr.models.glm_encoder import (
     MERGE,
     GlmAudioEncoder,
@@ -237,30 +237,22 @@ class AudioLlmAdapter:
             dtype=self.lm.dtype,
         )
 
-    @torch.inference_mode()
-    def stream_audio(
-        self, stream: AudioLlmStream, features: np.ndarray, *, num_frames: int, commit_frames: int
+    def _stream_tokens(
+        self, stream: AudioLlmStream, states: torch.Tensor, g0: int, num_frames: int
     ) -> torch.Tensor:
-        """The audio tokens (n, d_lm) of a stream's window; commits whole groups of frames.
-
-        `features` hold the stream's log-mel from its first frame on. Committed tokens are
-        read from `stream`; the rest are projected from the encoder's tail (`encode_tail`).
-        """
-        mel = self._mel(features, num_frames)
-        g0 = stream.encoder.length // MERGE
-        states = self.encoder.encode_tail(stream.encoder, mel, commit_frames=commit_frames)
+        """A stream's audio tokens (n, d_lm) from its encoder `states` (`encode_tail`), `g0`
+        groups having been committed before: the committed groups' tokens are read from the
+        stream, the rest projected; the newly committed groups' tokens are stored."""
         tail = self.projector(stack_frames(states[:, g0 * MERGE :]))[0]  # (groups - g0, d_lm)
         g1 = stream.encoder.length // MERGE
         stream.audio[g0:g1] = tail[: g1 - g0]
         stream.n_audio = g1
         return torch.cat([stream.audio[:g0], tail])[: audio_token_count(num_frames)]
 
-    def _stream_row(self, r: TranscribeRequest) -> LlmRow:
-        """Row of a `transcribe_chunked` call: its stream's cached prompt prefix, then the rest."""
+    def _stream_row(self, r: TranscribeRequest, audio: torch.Tensor) -> LlmRow:
+        """Row of a `transcribe_chunked` call with audio tokens `audio`: its stream's cached
+        prompt prefix, then the rest."""
         stream: AudioLlmStream = r.cache
-        audio = self.stream_audio(
-            stream, r.features, num_frames=r.num_frames, commit_frames=r.commit_frames
-        )
         draft = list(r.draft or [])
         extra = len(r.prefix) + len(draft) + r.options.max_new_tokens + 2
         lm = self._extend_prefix(stream, audio, extra)
@@ -300,7 +292,7 @@ class AudioLlmAdapter:
         prefix: list[int] | None = None,
         draft: list[int] | None = None,
     ) -> DecodeResult:
-        """`transcribe` over a stream's cached encoder and decoder prefix (`stream_audio`)."""
+        """`transcribe` over a stream's cached encoder and decoder prefix (`_stream_tokens`)."""
         request = TranscribeRequest(
             features, num_frames, prompt, options, word_timestamps, list(prefix or []),
             cache, commit_frames, draft,
@@ -311,26 +303,41 @@ class AudioLlmAdapter:
     def transcribe_many(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
         """Many `transcribe`/`transcribe_chunked` calls (of different streams) at once.
 
-        Each window is encoded and its prompt prefilled on its own; the decoding steps of all
-        of them run batched. Result i equals calling the model with request i alone.
+        The windows and tails are encoded in one pass and each prompt prefilled on its own;
+        the decoding steps of all of them run batched. Result i equals calling the model with
+        request i alone.
         """
-        rows = [self._row(r) for r in requests]
-        return greedy_rows(self.lm, rows, self.eos_ids, self.decode_tokens)
+        return greedy_rows(self.lm, self._rows(requests), self.eos_ids, self.decode_tokens)
 
     def new_step_batch(self, capacity: int) -> LlmStepBatch:
         """A continuous batch: calls join and leave between decoding steps (`StepBatch`)."""
-        return LlmStepBatch(self.lm, capacity, self.eos_ids, self.decode_tokens, self._row)
+        return LlmStepBatch(self.lm, capacity, self.eos_ids, self.decode_tokens, self._rows)
 
     @torch.inference_mode()
-    def _row(self, r: TranscribeRequest) -> LlmRow:
-        """The row to decode of a `transcribe` (cache None) or `transcribe_chunked` call."""
-        if r.cache is not None:
-            return self._stream_row(r)
-        audio = self.audio_embeddings(r.features, r.num_frames)
-        return LlmRow(
-            self.prompt_embeddings(audio),
-            r.num_frames,
-            r.options,
-            list(r.prefix),
-            list(r.draft or []),
-        )
+    def _rows(self, requests: list[TranscribeRequest]) -> list[LlmRow]:
+        """The rows to decode of `transcribe` (cache None) and `transcribe_chunked` calls,
+        their windows and streams' tails through the encoder in one pass (`encode_tails`)."""
+        streams: list[AudioLlmStream | None] = [r.cache for r in requests]
+        tails = [
+            Tail(self._mel(r.features, r.num_frames), s.encoder if s else None, r.commit_frames)
+            for r, s in zip(requests, streams, strict=True)
+        ]
+        committed = [s.encoder.length // MERGE if s else 0 for s in streams]  # groups, before
+        rows = []
+        for r, s, g0, states in zip(
+            requests, streams, committed, self.encoder.encode_tails(tails), strict=True
+        ):
+            if s is not None:
+                rows.append(self._stream_row(r, self._stream_tokens(s, states, g0, r.num_frames)))
+                continue
+            audio = self.projector(stack_frames(states))[0, : audio_token_count(r.num_frames)]
+            rows.append(
+                LlmRow(
+                    self.prompt_embeddings(audio),
+                    r.num_frames,
+                    r.options,
+                    list(r.prefix),
+                    list(r.draft or []),
+                )
+            )
+        return rows

@@ -217,15 +217,14 @@ class LlmStepBatch(SlotBatch[LlmRow, _State]):
         capacity: int,
         eos_ids: Collection[int],
         detokenize: Callable[[list[int]], str],
-        row_of: Callable[[TranscribeRequest], LlmRow],
+        rows_of: Callable[[list[TranscribeRequest]], list[LlmRow]],
     ) -> None:
         super().__init__(capacity)
-        self.lm, self.eos_ids, self.detokenize, self.row_of = lm, eos_ids, detokenize, row_of
+        self.lm, self.eos_ids, self.detokenize, self.rows_of = lm, eos_ids, detokenize, rows_of
         self.cache: KVCache | None = None
 
-    @torch.inference_mode()
-    def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
-        return self.add_row(self.row_of(request), tag)
+    def encode(self, requests: list[TranscribeRequest]) -> list[LlmRow]:
+        return self.rows_of(requests)
 
     @torch.inference_mode()
     def add_row(self, row: LlmRow, tag: Any) -> DecodeResult | None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from streamasr import SAMPLE_RATE
 from streamasr.errors import ModelFormatError
 from streamasr.kernels import chunk_attention
-from streamasr.models.encoder_cache import EncoderCache
+from streamasr.models.encoder_cache import EncoderCache, Tail
 
 HOP_SAMPLES = 160  # one mel frame
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # the processor cuts a request into 30 s windows
@@ -176,7 +176,6 @@ class GlmAudioEncoder:
             device=param.device,
         )
 
-    @torch.inference_mode()
     def encode_tail(
         self, cache: EncoderCache, mel: torch.Tensor, *, commit_frames: int, group: int = MERGE
     ) -> torch.Tensor:
@@ -189,30 +188,72 @@ class GlmAudioEncoder:
         stacking), are committed. Returns the states (1, ceil(T / 2), d) of all frames. With an
         empty cache and no commit this is `forward` exactly.
         """
+        return self.encode_tails([Tail(mel, cache, commit_frames)], group=group)[0]
+
+    @torch.inference_mode()
+    def encode_tails(self, tails: list[Tail], *, group: int = MERGE) -> list[torch.Tensor]:
+        """`encode_tail` of many streams (a `Tail` without a cache: its whole window, as
+        `forward`) in one pass: the position-wise layers run once over all tails' frames
+        packed together, and each tail attends only its own stream's frames. Result i equals
+        encoding tail i alone. A pass that fails commits nothing."""
+        spans = [self._tail_span(t, group) for t in tails]  # (cached, new, to commit) frames
+        live = [i for i, (_, n, _) in enumerate(spans) if n]
+        new: dict[int, torch.Tensor] = {}
+        if live:
+            packed = self._encode_packed([tails[i] for i in live], [spans[i] for i in live])
+            new = dict(zip(live, torch.split(packed, [spans[i][1] for i in live], 1), strict=True))
+        out = []
+        for i, (t, (c, n, _)) in enumerate(zip(tails, spans, strict=True)):
+            if t.cache is None:
+                out.append(new[i])
+                continue
+            t.cache.frames_computed += n
+            if i not in new:  # nothing new since the last commit
+                out.append(t.cache.out[:, :c])
+                continue
+            out.append(torch.cat([t.cache.out[:, :c], new[i]], dim=1) if c else new[i])
+        for i, o in new.items():  # last: a pass that failed has moved no cache
+            cache = tails[i].cache
+            if cache is not None:
+                cache.commit_out(o, spans[i][2])
+        return out
+
+    def _encode_packed(self, tails: list[Tail], spans: list[tuple[int, int, int]]) -> torch.Tensor:
+        """The new frames of every tail, through the layers in one pass: (1, sum of new, d)."""
+        m = self.module
+        # conv2's frame c reads conv1 outputs 2c-1..2c+1, which read mel frames 2c-2..2c+2;
+        # start two mel frames early and drop the first output, whose input is cut off.
+        x = torch.cat(
+            [
+                self._stem(t.mel[..., max(0, 2 * c - 2) :])[0, 1 if c else 0 :]
+                for t, (c, _, _) in zip(tails, spans, strict=True)
+            ]
+        )[None]
+        positions = torch.cat([torch.arange(c, c + n, device=x.device) for c, n, _ in spans])
+        cos, sin = m.rotary_emb(x, position_ids=positions[None])
+        for i, layer in enumerate(m.layers):
+            h = layer.input_layernorm(x)
+            x = x + self._attend_tails(layer.self_attn, h, cos, sin, tails, spans, i)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        out: torch.Tensor = m.norm(x)
+        return out
+
+    def _tail_span(self, tail: Tail, group: int) -> tuple[int, int, int]:
+        """A checked tail's (cached frames, new frames, frames to commit)."""
+        mel, cache = tail.mel, tail.cache
         self._check_mel(mel)
-        c, total = cache.length, encoder_frames(mel.shape[-1])
+        total = encoder_frames(mel.shape[-1])
+        if cache is None:
+            if mel.shape[0] != 1:
+                raise ValueError(f"expected one window's mel, got {tuple(mel.shape)}")
+            return 0, total, 0
+        c = cache.length
         if mel.shape[0] != 1 or c > total or total > cache.max_frames:
             raise ValueError(
                 f"expected one stream's mel of at most {2 * cache.max_frames} frames covering "
                 f"the {c} cached frames; got {tuple(mel.shape)}"
             )
-        if c == total:  # nothing new since the last commit
-            return cache.out[:, :c]
-        # conv2's frame c reads conv1 outputs 2c-1..2c+1, which read mel frames 2c-2..2c+2;
-        # start two mel frames early and drop the first output, whose input is cut off.
-        x = self._stem(mel[..., max(0, 2 * c - 2) :])[:, 1 if c else 0 :]  # (1, total - c, d)
-        positions = torch.arange(c, total, device=x.device)[None, :]  # (1, total - c)
-        cos, sin = self.module.rotary_emb(x, position_ids=positions)
-        n_commit = max(min(commit_frames, total) // group * group - c, 0)
-        for i, layer in enumerate(self.module.layers):
-            h = layer.input_layernorm(x)
-            x = x + self._attend_tail(layer.self_attn, h, cos, sin, cache, i, n_commit)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        out: torch.Tensor = self.module.norm(x)  # (1, total - c, d)
-        cache.frames_computed += out.shape[1]
-        states = torch.cat([cache.out[:, :c], out], dim=1) if c else out
-        cache.commit_out(out, n_commit)
-        return states
+        return c, total - c, max(min(tail.commit_frames, total) // group * group - c, 0)
 
     def _project(
         self, attn: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -233,27 +274,33 @@ class GlmAudioEncoder:
         out: torch.Tensor = attn.o_proj(a.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1))
         return out
 
-    def _attend_tail(
+    def _attend_tails(
         self,
         attn: Any,
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: EncoderCache,
+        tails: list[Tail],
+        spans: list[tuple[int, int, int]],
         layer: int,
-        n_commit: int,
     ) -> torch.Tensor:
-        """Self-attention of the tail h (1, S, d) over the cached frames and itself."""
+        """Self-attention of packed tails h (1, N, d), each over its own cached frames and
+        itself; commits each tail's leading frames' keys and values."""
         q, k, v = self._project(attn, h, cos, sin)
-        c = cache.length
-        if c:  # with nothing cached the inputs are `attend`'s, so the result is too
-            k_all = torch.cat([cache.k[layer, :, :, :c], k], dim=2)  # (1, Hkv, c + S, D)
-            v_all = torch.cat([cache.v[layer, :, :, :c], v], dim=2)
-        else:
-            k_all, v_all = k, v
-        a = chunk_attention(q, k_all, v_all, mask="none", scale=float(attn.scaling))
-        if n_commit:
-            cache.commit_layer(layer, k, v, n_commit)
+        sizes = [n for _, n, _ in spans]
+        parts = []
+        for t, (c, _, n_commit), qr, kr, vr in zip(
+            tails, spans, *(torch.split(m, sizes, 2) for m in (q, k, v)), strict=True
+        ):
+            if t.cache is not None and c:
+                k_all = torch.cat([t.cache.k[layer, :, :, :c], kr], dim=2)  # (1, Hkv, c + S, D)
+                v_all = torch.cat([t.cache.v[layer, :, :, :c], vr], dim=2)
+            else:  # with nothing cached the inputs are `attend`'s, so the result is too
+                k_all, v_all = kr, vr
+            parts.append(chunk_attention(qr, k_all, v_all, mask="none", scale=float(attn.scaling)))
+            if t.cache is not None and n_commit:
+                t.cache.commit_layer(layer, kr, vr, n_commit)
+        a = torch.cat(parts, dim=2)
         out: torch.Tensor = attn.o_proj(a.transpose(1, 2).reshape(1, h.shape[1], -1))
         return out
 

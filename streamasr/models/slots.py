@@ -41,12 +41,31 @@ class SlotBatch(Generic[Row, State]):
             raise RuntimeError(f"the batch is full ({self.capacity} rows)")
         return self.size
 
-    def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
+    def encode(self, requests: list[TranscribeRequest]) -> list[Row]:
+        """The rows of `requests`: their windows (or streams' tails) encoded in one pass."""
         raise NotImplementedError
 
+    def add_row(self, row: Row, tag: Any) -> DecodeResult | None:
+        """Prefill an encoded row into a free slot; its result if it is done at once."""
+        raise NotImplementedError
+
+    def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
+        return self.add_row(self.encode([request])[0], tag)
+
     def add_many(self, calls: list[tuple[TranscribeRequest, Any]]) -> list[Added]:
-        """`add` of each call in turn; one that fails, fails alone."""
-        return [attempt(partial(self.add, r, t)) for r, t in calls]
+        """The calls encoded in one pass, then each row prefilled. A pass that fails has
+        committed no stream's state, so then each call is encoded alone: only a call that
+        fails alone fails."""
+        try:
+            rows = self.encode([r for r, _ in calls])
+        except Exception as exc:
+            if len(calls) == 1:
+                return [exc]
+            return [attempt(partial(self.add, r, t)) for r, t in calls]
+        return [
+            attempt(partial(self.add_row, row, tag))
+            for row, (_, tag) in zip(rows, calls, strict=True)
+        ]
 
     def _join(self, row: Row, state: State, tag: Any) -> None:
         """Row `row` has been prefilled into slot `size`: it is part of the batch now."""

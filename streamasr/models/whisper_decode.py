@@ -10,7 +10,6 @@ on CPU and GPU alike a step's cost is the weight reads, which the extra rows sha
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,9 +18,9 @@ import torch
 from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
 from streamasr.kernels import cross_attention, decode_attention
-from streamasr.models.base import Added, DecodeResult, TranscribeRequest, WordTiming
+from streamasr.models.base import DecodeResult, TranscribeRequest, WordTiming
 from streamasr.models.guards import compression_ratio, loop_excess
-from streamasr.models.slots import SlotBatch, attempt
+from streamasr.models.slots import SlotBatch
 from streamasr.models.timing import alignment_matrix, split_words, word_boundaries
 
 if TYPE_CHECKING:
@@ -96,23 +95,8 @@ class WhisperStepBatch(SlotBatch[DecodeRow, _State]):
             model.tokens.begin_suppress, dtype=torch.long, device=model.device
         )
 
-    def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
-        return self.add_row(self.model.decode_row(request), tag)
-
-    def add_many(self, calls: list[tuple[TranscribeRequest, Any]]) -> list[Added]:
-        """The calls' windows and tails encoded in one pass (`encode_tails`), then each row
-        prefilled. If that pass fails, it has committed nothing: each call is encoded alone,
-        so only a call that fails alone fails."""
-        if len(calls) < 2:
-            return super().add_many(calls)
-        try:
-            rows = self.model.decode_rows([r for r, _ in calls])
-        except Exception:
-            return super().add_many(calls)
-        return [
-            attempt(partial(self.add_row, row, tag))
-            for row, (_, tag) in zip(rows, calls, strict=True)
-        ]
+    def encode(self, requests: list[TranscribeRequest]) -> list[DecodeRow]:
+        return self.model.decode_rows(requests)
 
     @torch.inference_mode()
     def add_row(self, row: DecodeRow, tag: Any) -> DecodeResult | None:

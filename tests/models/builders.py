@@ -140,9 +140,7 @@ def tiny_random_whisper() -> Any:
     return model
 
 
-def build_glmasr(
-    d: Path, *, seed: int = 0, std: float = 0.25, fp16_weights: bool = False
-) -> Path:
+def build_glmasr(d: Path, *, seed: int = 0, std: float = 0.25, fp16_weights: bool = False) -> Path:
     """A 2+2-layer GLM-ASR (encoder width 32, Llama decoder width 64, GQA 4:2) with processor;
     `fp16_weights`: every weight rounded to a value fp16 holds (stored in float32)."""
     from transformers import (

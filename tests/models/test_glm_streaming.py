@@ -79,10 +79,10 @@ def test_chunked_session_equals_decoding_its_audio_tokens_from_scratch(
     """Every chunked call, finals included, gives what a fresh prefill of the whole prompt
     built from the same audio tokens gives: reusing the stream's decoder prefix is exact."""
     calls: list[dict[str, Any]] = []
-    stream_audio, transcribe_chunked = model.stream_audio, model.transcribe_chunked
+    stream_tokens, transcribe_chunked = model._stream_tokens, model.transcribe_chunked
 
     def audio_spy(*args: Any, **kwargs: Any) -> torch.Tensor:
-        audio = stream_audio(*args, **kwargs)
+        audio = stream_tokens(*args, **kwargs)
         calls.append({"audio": audio.clone(), "reused": args[0].lm_audio})
         return audio
 
@@ -91,7 +91,7 @@ def test_chunked_session_equals_decoding_its_audio_tokens_from_scratch(
         calls[-1].update(kwargs, result=result, reused=args[0].lm_audio)
         return result
 
-    monkeypatch.setattr(model, "stream_audio", audio_spy)
+    monkeypatch.setattr(model, "_stream_tokens", audio_spy)
     monkeypatch.setattr(model, "transcribe_chunked", call_spy)
     events = stream(model, speech_audio, CHUNKED)
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
@@ -228,6 +228,10 @@ def same_streams(a: list[AudioLlmStream], b: list[AudioLlmStream]) -> None:
             y.lm_audio,
             y.prefix_fed,
         )
+        n = x.encoder.length
+        torch.testing.assert_close(x.encoder.out[:, :n], y.encoder.out[:, :n])
+        torch.testing.assert_close(x.encoder.k[..., :n, :], y.encoder.k[..., :n, :])
+        torch.testing.assert_close(x.audio[: x.n_audio], y.audio[: y.n_audio])
         assert x.lm is not None and y.lm is not None and x.lm.length == y.lm.length
         torch.testing.assert_close(x.lm.k[..., : x.lm.length, :], y.lm.k[..., : y.lm.length, :])
 
@@ -235,10 +239,21 @@ def same_streams(a: list[AudioLlmStream], b: list[AudioLlmStream]) -> None:
 def test_transcribe_many_equals_one_call_each(
     model: AudioLlmAdapter, sentences: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Three windows and two streams' tails: one encoder pass for all five; each result, and
+    each stream's encoder and decoder caches, as with one call each."""
     requests, streams = ragged(model, sentences)
     a, b = streams(), streams()
     poison_new_caches(model, monkeypatch)
+    passes: list[int] = []
+    encode_tails = model.encoder.encode_tails
+
+    def spy(tails: list[Any], **kwargs: Any) -> list[torch.Tensor]:
+        passes.append(len(tails))
+        return encode_tails(tails, **kwargs)
+
+    monkeypatch.setattr(model.encoder, "encode_tails", spy)
     batched = model.transcribe_many(requests(a))
+    assert passes == [5]
     for request, result in zip(requests(b), batched, strict=True):
         same(result, model.transcribe_many([request])[0])
     same_streams(a, b)

@@ -1,0 +1,105 @@
+"""One decoding step of a continuous batch, by batch size: where the per-step time goes.
+
+    python bench/steps.py [--model tiny.en] [--batches 1,2,4,8] [--threads 1] [--repeats 3]
+                          [--corpus DIR]
+
+Loads the model on the CPU twice: once as the engine runs it (decoder weights that fp16 holds
+exactly packed for FBGEMM's fp16-weight GEMM, models/packed_linear.py) and once with packing
+off (MKL's float32 GEMM). For each batch size B, B held-out corpus utterances (their first 3 s,
+each its own window) join one `StepBatch`; the table gives the median time of the steps while
+all B rows are decoding (the best of `--repeats` runs), the time per row, and the vocabulary
+projection alone for B rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+from corpus import DEFAULT_OUT
+from serve import load_clips
+
+from streamasr import SAMPLE_RATE
+from streamasr.config import DecodeConfig
+from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.base import AsrModel, TranscribeRequest
+from streamasr.models.loader import load_model
+
+
+def requests(corpus: Path, n: int) -> list[TranscribeRequest]:
+    out = []
+    for clip in load_clips(corpus)[:n]:
+        mel = LogMelBuffer(n_mels=80)
+        mel.append(clip.audio[: 3 * SAMPLE_RATE])
+        pad = mel.covered_frames + 100
+        feats = mel.features(pad_to_frames=pad + pad % 2)
+        out.append(TranscribeRequest(feats, mel.covered_frames, [], DecodeConfig(), False, []))
+    return out
+
+
+def step_ms(model: AsrModel, reqs: list[TranscribeRequest]) -> float:
+    """Median step time (ms) while every request's row is decoding."""
+    batch = model.new_step_batch(len(reqs))  # type: ignore[attr-defined]
+    batch.add_many([(r, i) for i, r in enumerate(reqs)])
+    times = []
+    while batch.size == len(reqs):
+        t = time.perf_counter()
+        batch.step()
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times)) if times else float("nan")
+
+
+def timed_ms(call: Callable[[], object], n: int = 20) -> float:
+    call()
+    t = time.perf_counter()
+    for _ in range(n):
+        call()
+    return 1000 * (time.perf_counter() - t) / n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--batches", default="1,2,4,8")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--corpus", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    packed = load_model(args.model, compute="cpu")
+    with (
+        mock.patch("streamasr.models.packed_linear.pack_fp16", lambda *a: None),
+        mock.patch("streamasr.models.whisper.pack_fp16", lambda *a: None),
+    ):
+        plain = load_model(args.model, compute="cpu")
+    reqs = requests(args.corpus, max(batches))
+    d = packed.config.d_model  # type: ignore[attr-defined]
+    print("command: python " + shlex.join(sys.argv))
+    print(f"machine: torch threads {args.threads}; model {args.model}; rows: 3 s windows\n")
+    print(
+        "| batch | step ms, fp16-packed | per row | step ms, float32 | per row "
+        "| vocab ms, packed / float32 |"
+    )
+    print("|--:|--:|--:|--:|--:|--:|")
+    for b in batches:
+        fast = min(step_ms(packed, reqs[:b]) for _ in range(args.repeats))
+        slow = min(step_ms(plain, reqs[:b]) for _ in range(args.repeats))
+        x = torch.randn(b, d)
+        vocab = [timed_ms(partial(m.logits, x)) for m in (packed, plain)]  # type: ignore[attr-defined]
+        print(
+            f"| {b} | {fast:.1f} | {fast / b:.1f} | {slow:.1f} | {slow / b:.1f} "
+            f"| {vocab[0]:.1f} / {vocab[1]:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
