@@ -17,7 +17,10 @@ for `--seconds` seconds, then sends session.end. Per N the markdown table gives:
   third (a server that falls behind real time shows a growing lag);
 - send lateness: how far behind its schedule a frame went out, at worst (the server pauses
   reading a session whose decode backlog is full, so a lagging server shows up here too);
-- decode busy: the server's decode seconds (from /metrics) over the round's wall time;
+- inference busy: the daemon's inference threads' time in model calls (from /metrics) over the
+  round's wall time times their number: how much of the compute it gives them was used; and
+  the mean batch, calls per batched pass (decoding step). Both read n/a against a daemon
+  without inference threads (`max_batch` 1);
 - WER of the finals against the corpus text.
 
 A round is *held* when p95 final latency <= `--max-latency`, the lag growth < 0.5 s and the
@@ -127,7 +130,8 @@ class Round:
     lateness_s: float = 0.0
     refs: list[str] = field(default_factory=list)
     hyps: list[str] = field(default_factory=list)
-    busy: float = 0.0
+    busy: float | None = None  # inference threads' utilisation
+    mean_batch: float | None = None
     failures: int = 0
 
     def add(self, run: ClientRun) -> None:
@@ -177,8 +181,9 @@ def pct(xs: list[float], q: float) -> str:
 
 HEADER = (
     "| clients | finals | final p50 s | final p95 s | partial gap p50 s | partial gap p95 s "
-    "| partial lat p50 s | lag growth s | send late s | decode busy | WER | held |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| partial lat p50 s | lag growth s | send late s | inference busy | mean batch | WER "
+    "| held |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -194,30 +199,42 @@ def row(r: Round, max_latency: float) -> str:
         pct(partial_lat, 50),
         f"{r.lag_growth:+.2f}",
         f"{r.lateness_s:.2f}",
-        f"{r.busy:.0%}",
+        "n/a" if r.busy is None else f"{r.busy:.0%}",
+        "n/a" if r.mean_batch is None else f"{r.mean_batch:.2f}",
         f"{wer(r.refs, r.hyps):.1%}",
         "yes" if r.held(max_latency) else "NO",
     ]
     return "| " + " | ".join(cells) + " |"
 
 
-def decode_seconds(url: str, headers: dict[str, str]) -> float:
-    """streamasr_decode_seconds_sum from the daemon's /metrics."""
+INFERENCE = ("busy_seconds", "passes", "rows", "threads")
+
+
+def inference_counters(url: str, headers: dict[str, str]) -> dict[str, float]:
+    """The daemon's streamasr_inference_* counters from its /metrics ({} without them)."""
     http = re.sub(r"^ws", "http", url).split("/v1/")[0] + "/metrics"
     with urllib.request.urlopen(urllib.request.Request(http, headers=headers), timeout=10) as r:
         text = r.read().decode()
-    match = re.search(r"^streamasr_decode_seconds_sum (\S+)$", text, re.MULTILINE)
-    return float(match[1]) if match else 0.0
+    found = {}
+    for name in INFERENCE:
+        match = re.search(rf"^streamasr_inference_{name}(?:_total)? (\S+)$", text, re.MULTILINE)
+        if match:
+            found[name] = float(match[1])
+    return found
 
 
 async def run_round(
     url: str, headers: dict[str, str], clips: list[Clip], n: int, seconds: float
 ) -> Round:
     programs = [program(clips, i * 3, seconds) for i in range(n)]
-    busy0, t0 = await asyncio.to_thread(decode_seconds, url, headers), time.monotonic()
+    before, t0 = await asyncio.to_thread(inference_counters, url, headers), time.monotonic()
     runs = await asyncio.gather(*(run_client(url, headers, audio) for audio, _ in programs))
-    busy1, t1 = await asyncio.to_thread(decode_seconds, url, headers), time.monotonic()
-    result = Round(n, busy=(busy1 - busy0) / (t1 - t0))
+    after, t1 = await asyncio.to_thread(inference_counters, url, headers), time.monotonic()
+    result = Round(n)
+    if len(before) == len(after) == len(INFERENCE):
+        delta = {k: after[k] - before[k] for k in INFERENCE}
+        result.busy = delta["busy_seconds"] / ((t1 - t0) * after["threads"])
+        result.mean_batch = delta["rows"] / max(delta["passes"], 1)
     for run, (_, refs) in zip(runs, programs, strict=True):
         run.refs = refs
         result.add(run)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -99,6 +99,11 @@ class Scheduler:
             self._queue.append((request, future, time.monotonic()))
             self._cv.notify()
         return future
+
+    def snapshot(self) -> SchedulerStats:
+        """A consistent copy of the statistics."""
+        with self._stats_lock:
+            return replace(self.stats)
 
     @property
     def queued(self) -> int:

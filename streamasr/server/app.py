@@ -140,6 +140,7 @@ class Server:
             budget = self.config.batch_budget_ms
             scheduling = SchedulerConfig(self.config.max_batch, budget, self.config.workers)
             self._scheduler = Scheduler(model, scheduling)
+            self.metrics.watch(self._scheduler)
             shared = self._scheduler.model_proxy()
         self._ctx = ServerContext(
             self.config, shared, self._session_config, self._pool, self.metrics, self._scheduler

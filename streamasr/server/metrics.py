@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -10,6 +13,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from streamasr.engine.scheduler import Scheduler
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # seconds; decode calls run 1 ms (fake model) .. a few s (a long final on a busy CPU)
@@ -69,6 +77,42 @@ class ServerMetrics:
             registry=r,
         )
 
+    def watch(self, scheduler: Scheduler) -> None:
+        """Export the inference threads' counters, read from `scheduler` at each scrape."""
+        self.registry.register(_SchedulerCollector(scheduler))
+
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric of this server."""
         return generate_latest(self.registry)
+
+
+class _SchedulerCollector(Collector):
+    """The shared scheduler's statistics as Prometheus metrics. busy / (threads x wall time) is
+    how much of its compute the daemon uses; rows / passes is the mean batch."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.scheduler.snapshot()
+        for name, doc, value in (
+            (
+                "busy_seconds",
+                "Time the inference threads spent in model calls, summed",
+                stats.busy_s,
+            ),
+            ("calls", "Model calls answered", stats.calls),
+            ("passes", "Batched model passes (decoding steps)", stats.passes),
+            ("rows", "Calls summed over the passes: rows / passes is the mean batch", stats.rows),
+        ):
+            yield CounterMetricFamily(f"streamasr_inference_{name}", doc, value=value)
+        yield GaugeMetricFamily(
+            "streamasr_inference_queued",
+            "Model calls waiting to join a batch",
+            value=self.scheduler.queued,
+        )
+        yield GaugeMetricFamily(
+            "streamasr_inference_threads",
+            "Inference threads, each running its own batch",
+            value=self.scheduler.config.workers,
+        )

@@ -51,6 +51,9 @@ async def test_health_is_503_until_the_model_is_warm(make_server: Any) -> None:
 
 
 async def test_metrics_parse_and_count(server: Server, speech_clips: list[np.ndarray]) -> None:
+    assert server._scheduler is not None
+    model = server._scheduler.model
+    warm_up_calls = len(model.calls)  # type: ignore[attr-defined]
     await stream_session(server, pcm16(speech_clips[2]), speed=8.0)
     await session(server, ["{bad json", '{"type": "session.end"}'])
     reply = await http_get(server, "/metrics")
@@ -69,6 +72,14 @@ async def test_metrics_parse_and_count(server: Server, speech_clips: list[np.nda
     assert samples[("streamasr_final_latency_seconds_count", ())] == 1
     assert samples[("streamasr_partial_latency_seconds_count", ())] >= 1
     assert samples[("streamasr_decode_seconds_count", ())] >= 2
+    # Every model call after the warm-up went through the inference threads.
+    calls = len(model.calls) - warm_up_calls  # type: ignore[attr-defined]
+    assert calls >= 2 and samples[("streamasr_inference_calls_total", ())] == calls
+    assert samples[("streamasr_inference_rows_total", ())] == calls  # whole batches
+    assert 1 <= samples[("streamasr_inference_passes_total", ())] <= calls
+    assert samples[("streamasr_inference_busy_seconds_total", ())] > 0
+    assert samples[("streamasr_inference_queued", ())] == 0
+    assert samples[("streamasr_inference_threads", ())] == server.config.workers
     other = Server(ServerConfig())  # each server has its own registry
     assert b"streamasr_sessions_total 0.0" in other.metrics.exposition()
 
