@@ -3,11 +3,11 @@
     python bench/steps.py [--model tiny.en] [--batches 1,2,4,8] [--threads 1] [--repeats 3]
                           [--corpus DIR]
 
-Loads the model on the CPU twice: once as the engine runs it (decoder weights that fp16 holds
-exactly packed for FBGEMM's fp16-weight GEMM, models/packed_linear.py) and once with packing
-off (MKL's float32 GEMM). For each batch size B, B held-out corpus utterances (their first 3 s,
-each its own window) join one `StepBatch`; the table gives the median time of the steps while
-all B rows are decoding (the best of `--repeats` runs), the time per row, and the vocabulary
+Runs the model on the CPU as the engine does (decoder weights that fp16 holds exactly packed
+for FBGEMM's fp16-weight GEMM, models/packed_linear.py) and with that off (`use_fp16_gemm`:
+MKL's float32 GEMM). For each batch size B, B held-out corpus utterances (their first 3 s, each
+its own window) join one `StepBatch`; the table gives the median time of the steps while all B
+rows are decoding (the best of `--repeats` runs), the time per row, and the vocabulary
 projection alone for B rows.
 """
 
@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from streamasr.config import DecodeConfig
 from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.base import AsrModel, TranscribeRequest
 from streamasr.models.loader import load_model
+from streamasr.models.packed_linear import use_fp16_gemm
 
 
 def requests(corpus: Path, n: int) -> list[TranscribeRequest]:
@@ -75,14 +75,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    packed = load_model(args.model, compute="cpu")
-    with (
-        mock.patch("streamasr.models.packed_linear.pack_fp16", lambda *a: None),
-        mock.patch("streamasr.models.whisper.pack_fp16", lambda *a: None),
-    ):
-        plain = load_model(args.model, compute="cpu")
+    model = load_model(args.model, compute="cpu")
     reqs = requests(args.corpus, max(batches))
-    d = packed.config.d_model  # type: ignore[attr-defined]
+    d = model.config.d_model  # type: ignore[attr-defined]
     print("command: python " + shlex.join(sys.argv))
     print(f"machine: torch threads {args.threads}; model {args.model}; rows: 3 s windows\n")
     print(
@@ -91,13 +86,15 @@ def main() -> None:
     )
     print("|--:|--:|--:|--:|--:|--:|")
     for b in batches:
-        fast = min(step_ms(packed, reqs[:b]) for _ in range(args.repeats))
-        slow = min(step_ms(plain, reqs[:b]) for _ in range(args.repeats))
         x = torch.randn(b, d)
-        vocab = [timed_ms(partial(m.logits, x)) for m in (packed, plain)]  # type: ignore[attr-defined]
+        fast, slow, vocab = [], [], []
+        for on, times in ((True, fast), (False, slow)):
+            with use_fp16_gemm(on):
+                times += [step_ms(model, reqs[:b]) for _ in range(args.repeats)]
+                vocab.append(timed_ms(partial(model.logits, x)))  # type: ignore[attr-defined]
         print(
-            f"| {b} | {fast:.1f} | {fast / b:.1f} | {slow:.1f} | {slow / b:.1f} "
-            f"| {vocab[0]:.1f} / {vocab[1]:.1f} |"
+            f"| {b} | {min(fast):.1f} | {min(fast) / b:.1f} | {min(slow):.1f} "
+            f"| {min(slow) / b:.1f} | {vocab[0]:.1f} / {vocab[1]:.1f} |"
         )
 
 

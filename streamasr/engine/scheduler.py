@@ -5,12 +5,12 @@ through `ScheduledModel`, which queues the call and blocks until an inference th
 it. A session has at most one call in flight, so arrival order is round-robin between sessions.
 
 With a model that has a continuous batch (`StepBatch`), an inference thread admits queued calls
-between decoding steps, up to `max_batch` rows: a call's window is encoded and its prompt
-prefilled when it joins, every step feeds one token to every row, and a row leaves with its
-result as soon as it ends. A short partial never waits for another stream's long final to
-finish decoding, and no step is spent on finished rows. When the batch is empty, the first call
-waits at most `budget_ms` for others to join it. Other models get whole batches: up to
-`max_batch` queued calls run as one `transcribe_many`.
+between decoding steps, up to `max_batch` rows: the windows of the calls that join together
+are encoded in one pass and each prompt is prefilled, every step feeds one token to every row,
+and a row leaves with its result as soon as it ends. A short partial never waits for another
+stream's long final to finish decoding, and no step is spent on finished rows. When the batch
+is empty, the first call waits at most `budget_ms` for others to join it. Other models get
+whole batches: up to `max_batch` queued calls run as one `transcribe_many`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from streamasr.errors import ModelFormatError
 from streamasr.kernels import chunk_attention, cross_attention
 from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
 from streamasr.models.encoder_cache import EncoderCache, Tail
-from streamasr.models.packed_linear import linear_fp16, pack_fp16, pack_linears
+from streamasr.models.packed_linear import LazyPack, linear_fp16, pack_linears
 from streamasr.models.whisper_decode import CrossKV, DecodeRow, WhisperStepBatch, greedy_batch
 from streamasr.models.whisper_tokens import alignment_heads, special_tokens
 
@@ -56,17 +56,18 @@ class WhisperModel:
         """Derive what follows the weights' placement: the vocabulary projection, and the
         decoder's fp16-packed CPU weights (models/packed_linear.py; steps run a few rows)."""
         embed = self.decoder.embed_tokens.weight.detach()
-        self.vocab_packed = pack_fp16(embed)
-        # The projection is the tied embedding transposed. Unpacked, it is stored contiguous:
-        # through the transposed view MKL takes a 3x slower path on the CPU.
-        self.vocab_projection = embed.T if self.vocab_packed is not None else embed.T.contiguous()
+        # The projection is the tied embedding transposed, stored contiguous: through the
+        # transposed view MKL takes a 3x slower path on the CPU.
+        self.vocab_projection = embed.T.contiguous()
+        self.vocab_pack = LazyPack(embed)
         pack_linears(self.decoder)
         self.device, self.dtype = embed.device, embed.dtype
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder outputs (..., d), after the final layer norm -> vocabulary logits."""
-        if self.vocab_packed is not None:  # float32 weights on the CPU, and so is `x`
-            return linear_fp16(x, self.vocab_packed)
+        packed = self.vocab_pack.get(x)
+        if packed is not None:
+            return linear_fp16(x, packed)
         out: torch.Tensor = x @ self.vocab_projection
         return out
 

@@ -1,10 +1,11 @@
 """Greedy Whisper decoding of a batch of windows from different streams, in shared model calls.
 
-Each row has its own prompt, forced prefix, encoder length and budget. Prompts are prefilled
-one row at a time (each is a matrix product already); then every generation step runs all rows
-at once: one token per row against its own ragged self-attention cache (`decode_attention`) and
-its own encoder states (`cross_attention`). A finished row rides along until the last one ends;
-on CPU and GPU alike a step's cost is the weight reads, which the extra rows share.
+Each row has its own prompt, forced prefix, encoder length and budget. Rows that join together
+were encoded in one pass (`WhisperModel.encode_tails`); each prompt is prefilled on its own (a
+matrix product already). Then every generation step runs all rows at once: one token per row
+against its own ragged self-attention cache (`decode_attention`) and its own encoder states
+(`cross_attention`), and the greedy picks of all rows are read back at once. A row leaves as
+soon as it ends; a step's cost is mostly the weight reads, which the rows share.
 """
 
 from __future__ import annotations

@@ -43,7 +43,9 @@ async def test_lagging_session_is_warned_and_sheds_partials(
 async def test_a_session_that_keeps_up_gets_no_warning(
     make_server: Any, speech_clips: list[np.ndarray]
 ) -> None:
-    server = await make_server(lag_warning_s=0.6)
+    # FakeModel keeps up with ease; the margin is for a CI machine shared with other jobs,
+    # where a 0.6 s threshold was once crossed.
+    server = await make_server(lag_warning_s=2.0)
     result = await stream_session(server, pcm16(speech_clips[3]), speed=2.0)
     assert result.of("warning") == []
     assert result.of("transcript.partial")
