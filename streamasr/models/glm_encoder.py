@@ -244,8 +244,10 @@ class GlmAudioEncoder:
         self._check_mel(mel)
         total = encoder_frames(mel.shape[-1])
         if cache is None:
-            if mel.shape[0] != 1:
-                raise ValueError(f"expected one window's mel, got {tuple(mel.shape)}")
+            if mel.shape[0] != 1 or total == 0:
+                raise ValueError(
+                    f"expected one window's mel of 1 frame or more, got {tuple(mel.shape)}"
+                )
             return 0, total, 0
         c = cache.length
         if mel.shape[0] != 1 or c > total or total > cache.max_frames:

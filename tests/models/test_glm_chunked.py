@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from streamasr.kernels import chunk_attention, use_backend
 
+from streamasr.models.encoder_cache import Tail
 from streamasr.models.glm_encoder import GlmAudioEncoder, apply_rope
 
 ATOL = 1e-5
@@ -153,6 +154,10 @@ def test_encode_tail_rejects_bad_input(encoder: GlmAudioEncoder) -> None:
         encoder.encode_tail(cache, torch.zeros(2, 128, 120), commit_frames=0)
     with pytest.raises(ValueError, match="log-mel"):
         encoder.encode_tail(cache, torch.zeros(1, 80, 120), commit_frames=0)
+    # A window without a cache, in a shared pass: an empty or batched mel is refused alone.
+    for bad in (torch.zeros(1, 128, 0), torch.zeros(2, 128, 120)):
+        with pytest.raises(ValueError, match="one window"):
+            encoder.encode_tails([Tail(random_mel(120)), Tail(bad)])
 
 
 def test_tail_attention_on_both_kernel_backends(encoder: GlmAudioEncoder) -> None:
