@@ -170,8 +170,11 @@ class AudioLlmAdapter:
         count equals the processor's when `num_frames` is its mask count, ceil(samples / 160)
         (`glm_encoder.mel_frames_for`); samples // 160 is one token short for some lengths.
         """
-        mel = self._mel(features, num_frames)  # (1, n_mels, T)
-        states = self.encoder.forward(mel)  # (1, ceil(T/2), d_enc)
+        states = self.encoder.forward(self._mel(features, num_frames))  # (1, ceil(T/2), d_enc)
+        return self._window_tokens(states, num_frames)
+
+    def _window_tokens(self, states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The audio tokens (n, d_lm) of a window's encoder states (1, S, d_enc)."""
         tokens = self.projector(stack_frames(states))  # (1, groups, d_lm)
         return tokens[0, : audio_token_count(num_frames)]
 
@@ -330,7 +333,7 @@ class AudioLlmAdapter:
             if s is not None:
                 rows.append(self._stream_row(r, self._stream_tokens(s, states, g0, r.num_frames)))
                 continue
-            audio = self.projector(stack_frames(states))[0, : audio_token_count(r.num_frames)]
+            audio = self._window_tokens(states, r.num_frames)
             rows.append(
                 LlmRow(
                     self.prompt_embeddings(audio),

@@ -47,8 +47,9 @@ class CausalLm:
         self.place()
 
     def place(self) -> None:
-        """After the weights moved: take their device and dtype, and pack the linear layers'
-        weights for the CPU where that is exact (models/packed_linear.py)."""
+        """After the weights moved: take their device and dtype; the linear layers (`lm_head`
+        too) become `PackedLinear`s, which pack on their first float32 CPU call where fp16
+        holds the weights exactly (models/packed_linear.py)."""
         pack_linears(self.base)
         if isinstance(self.lm_head, PackedLinear):
             self.lm_head.repack()

@@ -54,7 +54,8 @@ class WhisperModel:
 
     def _place(self) -> None:
         """Derive what follows the weights' placement: the vocabulary projection, and the
-        decoder's fp16-packed CPU weights (models/packed_linear.py; steps run a few rows)."""
+        decoder's linear layers as `PackedLinear`s, which pack on their first float32 CPU call
+        where fp16 holds the weights exactly (models/packed_linear.py; steps run a few rows)."""
         embed = self.decoder.embed_tokens.weight.detach()
         # The projection is the tied embedding transposed, stored contiguous: through the
         # transposed view MKL takes a 3x slower path on the CPU.
