@@ -4,8 +4,9 @@ Each row is a prompt in embeddings, optionally after a prefix whose keys and val
 keeps in its own one-row cache (the chat prompt up to its last committed audio token), then a
 forced prefix and a draft. Rows are prefilled one at a time (each is a matrix product already);
 then every generation step feeds one token per row at its own position (`CausalLm.step`, whose
-attention is `decode_attention` over the grouped KV heads of a ragged batch). A finished row
-rides along until the last one ends: a step's cost is the weight reads, which the rows share.
+attention is `decode_attention` over the grouped KV heads of a ragged batch). In `greedy_rows`
+a finished row rides along until the last one ends (a step's cost is the weight reads, which
+the rows share); in `LlmStepBatch` (continuous batching) it leaves at once.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def greedy_rows(
             _prefill(lm, r, d, _row_cache(cache, b, r, own), eos_ids)
             for b, (r, d) in enumerate(zip(rows, drafts, strict=True))
         ]
-        _steps(lm, rows, states, cache, eos_ids)
+        while not all(s.done for s in states):  # a done row feeds its last token again
+            _step(lm, rows, states, cache, eos_ids)
     finally:
         cache.trim(keep)
     return [_result(st, detokenize) for st in states]
@@ -169,18 +171,6 @@ def _choose(st: _State, pick: tuple[int, float], row: LlmRow, eos_ids: Collectio
         return
     st.done = st.chosen == st.budget  # its successor would never be read: do not feed it
     st.next_token = token
-
-
-def _steps(
-    lm: CausalLm,
-    rows: list[LlmRow],
-    states: list[_State],
-    cache: KVCache,
-    eos_ids: Collection[int],
-) -> None:
-    """One token per unfinished row per step until every row is done."""
-    while not all(s.done for s in states):
-        _step(lm, rows, states, cache, eos_ids)  # a done row feeds its last token again
 
 
 def _step(

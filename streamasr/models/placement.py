@@ -21,7 +21,7 @@ DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
 
 def check_compute(spec: str) -> str:
-    """`spec` if it names a compute device we can place a model on; ConfigError if not."""
+    """`spec` if it names a compute device we can place a model on; InputError if not."""
     base, colon, index = spec.partition(":")
     if base not in COMPUTE_CHOICES or (colon and (base != "cuda" or not index.isdigit())):
         raise InputError(f"compute must be auto, cpu, cuda or cuda:N; not {spec!r}")

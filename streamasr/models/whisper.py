@@ -404,8 +404,8 @@ class WhisperModel:
     def transcribe_many(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
         """Many `transcribe`/`transcribe_chunked` calls (of different streams) at once.
 
-        Each window is encoded on its own (a chunk is already a matrix product); the decoding
-        steps of all of them run batched. Result i equals calling the model with request i.
+        The windows and tails are encoded in one pass (`encode_tails`); the decoding steps of
+        all of them run batched. Result i equals calling the model with request i.
         """
         return greedy_batch(self, self.decode_rows(requests))
 
@@ -413,13 +413,10 @@ class WhisperModel:
         """A continuous batch: calls join and leave between decoding steps (`StepBatch`)."""
         return WhisperStepBatch(self, capacity)
 
-    def decode_row(self, r: TranscribeRequest) -> DecodeRow:
-        """Encode request `r`'s window (over its stream's cache, if any): a row to decode."""
-        return self.decode_rows([r])[0]
-
     @torch.inference_mode()
     def decode_rows(self, requests: list[TranscribeRequest]) -> list[DecodeRow]:
-        """`decode_row` of many requests, their windows or tails encoded in one pass."""
+        """The rows to decode of many requests: their windows (or streams' tails, over their
+        caches) encoded in one pass."""
         tails = [Tail(self.mel(r.features), r.cache, r.commit_frames) for r in requests]
         encoded = self.encode_tails(tails)
         return [
