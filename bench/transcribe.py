@@ -17,6 +17,10 @@ markdown table gives:
 - the WER of each segment's last partial (what a live caption showed just before the final),
   streamed and offline WER (`streamasr.textnorm`) and the streamed WER's relative difference
   from the offline one;
+- defects: single utterances whose streamed finals, against the offline decode of the same
+  file, are empty, truncated (at least max(3, 40%) of its words fewer) or doubled (as many
+  more); in long files, each final against the reference sentences it overlaps in time, and
+  sentences that no final overlaps (lost); and the finals marked `fallback`;
 
 then the process's peak RSS. `--speed 1` paces the chunks in real time on an absolute schedule
 (chunk k is fed at t0 + its end sample / 16000, so sleeps never accumulate drift); `--speed max`
@@ -28,18 +32,19 @@ on a small shared machine, fewer threads than cores can be much faster than the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shlex
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from corpus import DEFAULT_OUT, build
+from corpus import DEFAULT_OUT, load_manifest
 
 from streamasr import SAMPLE_RATE
 from streamasr.audio.files import load_audio
@@ -50,9 +55,10 @@ from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
 from streamasr.models.placement import add_placement_args
-from streamasr.textnorm import wer
+from streamasr.textnorm import normalize, wer
 
 CHUNK = SAMPLE_RATE * 50 // 1000  # 50 ms
+DEFECTS = ("empty", "truncated", "doubled", "lost", "fallback")
 
 
 @dataclass
@@ -68,6 +74,8 @@ class Stats:
     streamed: list[str] = field(default_factory=list)
     partial: list[str] = field(default_factory=list)  # each segment's last partial, joined
     offline: list[str] = field(default_factory=list)
+    finals: list[TranscriptFinal] = field(default_factory=list)
+    defects: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: Stats) -> None:
         self.audio_s += other.audio_s
@@ -79,6 +87,7 @@ class Stats:
         self.streamed += other.streamed
         self.partial += other.partial
         self.offline += other.offline
+        self.defects += other.defects
 
 
 def stream(
@@ -95,6 +104,7 @@ def stream(
         for ev in events:
             if isinstance(ev, TranscriptFinal):
                 finals.append(ev.text)
+                st.finals.append(ev)
                 st.final_latency_s.append(now - (t0 + ev.end_sample / SAMPLE_RATE))
             elif isinstance(ev, TranscriptPartial):
                 if ev.segment_id in last_partial:
@@ -126,6 +136,39 @@ def stream(
     return st
 
 
+def defect(got: str, want: str) -> str | None:
+    """How `got` falls short of `want`: "empty", "truncated", "doubled" or None."""
+    n_got, n_want = len(normalize(got)), len(normalize(want))
+    margin = max(3, 0.4 * n_want)
+    if n_want and not n_got:
+        return "empty"
+    if n_want - n_got >= margin:
+        return "truncated"
+    if n_got - n_want >= margin:
+        return "doubled"
+    return None
+
+
+def count_defects(st: Stats, entry: dict[str, Any]) -> None:
+    """Single file: streamed against offline text. Long file: each final against the reference
+    sentences it overlaps in time, and the sentences no final overlaps."""
+    st.defects["fallback"] += sum(1 for f in st.finals if getattr(f, "fallback", False))
+    if entry["kind"] == "single":
+        kind = defect(st.streamed[0], st.offline[0])
+        if kind:
+            st.defects[kind] += 1
+        return
+    covered: set[int] = set()
+    for f in st.finals:
+        start, end = f.start_sample / SAMPLE_RATE, f.end_sample / SAMPLE_RATE
+        hit = [i for i, s in enumerate(entry["sentences"]) if s["start"] < end and start < s["end"]]
+        covered.update(hit)
+        kind = defect(f.text, " ".join(entry["sentences"][i]["text"] for i in hit))
+        if kind:
+            st.defects[kind] += 1
+    st.defects["lost"] += len(entry["sentences"]) - len(covered)
+
+
 def percentile(xs: list[float], q: float, paced: bool) -> str:
     return f"{np.percentile(xs, q):.2f}" if paced and xs else "n/a"
 
@@ -148,14 +191,16 @@ def row(name: str, files: int, st: Stats, paced: bool) -> str:
         f"{w_stream:.1%}",
         f"{w_off:.1%}",
         rel,
+        " ".join(f"{k} {st.defects[k]}" for k in DEFECTS if st.defects[k]) or "none",
     ]
     return "| " + " | ".join(cells) + " |"
 
 
 HEADER = (
     "| group | files | audio s | RTF | final lat p50 s | final lat p95 s | partial gap p50 s "
-    "| partial gap p95 s | WER last partials | WER stream | WER offline | stream vs offline |\n"
-    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    "| partial gap p95 s | WER last partials | WER stream | WER offline | stream vs offline "
+    "| defects |\n"
+    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
 )
 
 
@@ -173,9 +218,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="torch intra-op threads (default: torch's own choice)",
     )
-    p.add_argument("--final-window", choices=["utterance", "full"], default="full")
-    p.add_argument("--window-pad-ms", type=int, default=1000, help="silence after the utterance")
+    p.add_argument(
+        "--final-window", choices=["utterance", "full"], default=SessionConfig.final_window
+    )
+    p.add_argument(
+        "--window-pad-ms",
+        type=int,
+        default=SessionConfig.window_pad_ms,
+        help="silence after the utterance in partials",
+    )
+    p.add_argument(
+        "--final-pad-ms",
+        type=int,
+        default=SessionConfig.final_pad_ms,
+        help="silence after the utterance in finals",
+    )
     p.add_argument("--only", default=None, help="only manifest entries whose file contains this")
+    p.add_argument("--groups", default=None, help="only these groups (comma-separated prefixes)")
     p.add_argument("--encoder", choices=list(ENCODERS), default=SessionConfig.encoder)
     p.add_argument("--chunk-ms", type=int, default=1000, help="chunked: commit block")
     p.add_argument("--lookahead-ms", type=int, default=500, help="chunked: right context")
@@ -187,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SessionConfig(
         final_window=args.final_window,
         window_pad_ms=args.window_pad_ms,
+        final_pad_ms=args.final_pad_ms,
         encoder=args.encoder,
         chunk_ms=args.chunk_ms,
         lookahead_ms=args.lookahead_ms,
@@ -196,12 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     paced = args.speed == "1"
 
-    manifest = args.corpus / "manifest.jsonl"
-    if not manifest.exists():
-        print(f"building the corpus in {args.corpus}", file=sys.stderr)
-        build(args.corpus)
-    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
-    entries = [e for e in entries if args.only is None or args.only in e["file"]][: args.limit]
+    entries = load_manifest(args.corpus)
+    entries = [e for e in entries if args.only is None or args.only in e["file"]]
+    if args.groups:
+        entries = [e for e in entries if e["group"].startswith(tuple(args.groups.split(",")))]
+    entries = entries[: args.limit]
     model = load_model(args.model, compute=args.compute, dtype=args.dtype)
     stream(model, load_audio(args.corpus / entries[0]["file"])[: 3 * SAMPLE_RATE], paced=False)
 
@@ -212,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         st = stream(model, audio, paced, config)
         st.refs.append(e["text"])
         st.offline.append(" ".join(f.text for f in transcribe_offline(model, audio)))
+        count_defects(st, e)
         groups.setdefault(e["group"], Stats()).add(st)
         counts[e["group"]] = counts.get(e["group"], 0) + 1
         print(
@@ -233,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(HEADER)
     for name, st in groups.items():
-        print(row("single utterances" if name == "single" else name, counts[name], st, paced))
+        print(row(name, counts[name], st, paced))
     print(row("**overall**", len(entries), overall, paced))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(f"\npeak RSS: {peak_mib:.0f} MiB")

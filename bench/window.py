@@ -10,12 +10,11 @@ Whisper was trained on. The table gives WER and the mean decode time per utteran
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
-from corpus import DEFAULT_OUT, build
+from corpus import DEFAULT_OUT, load_manifest
 
 from streamasr.audio.files import load_audio
 from streamasr.config import DecodeConfig
@@ -23,7 +22,7 @@ from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.loader import load_model
 from streamasr.textnorm import wer
 
-PADS_MS: tuple[int | None, ...] = (0, 1000, 3000, None)  # None: the full 30 s window
+PADS_MS: tuple[int | None, ...] = (0, 1000, 3000, 10000, None)  # None: the full 30 s window
 
 
 def main() -> None:
@@ -32,13 +31,16 @@ def main() -> None:
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--groups", default="single", help="groups with these prefixes (a,b,...)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not (args.corpus / "manifest.jsonl").exists():
-        build(args.corpus, "heldout")
-    entries = [json.loads(line) for line in (args.corpus / "manifest.jsonl").open()]
-    entries = [e for e in entries if e["group"] == "single"]
+    prefixes = tuple(args.groups.split(","))
+    entries = [
+        e
+        for e in load_manifest(args.corpus)
+        if e["kind"] == "single" and e["group"].startswith(prefixes)
+    ]
     entries = entries[: args.limit] if args.limit else entries
     model = load_model(args.model)
     spec = model.features

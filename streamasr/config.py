@@ -43,9 +43,8 @@ class DecodeConfig:
     no_speech_threshold: float = 0.6  # drop a window whose no-speech probability is above this ...
     logprob_threshold: float = -1.0  # ... and whose mean token log-probability is below this
     compression_ratio_threshold: float = 2.4  # above this the text is a repetition loop: drop it
-    max_repeat_ngram: int = (
-        16  # stop decoding at a loop of an n-gram up to this size (see whisper.py)
-    )
+    max_repeat_ngram: int | None = None  # stop decoding at a loop of an n-gram up to this size
+    # (None: any size, 0: no loop guard); the first copy is kept (models/guards.py)
     word_timestamps: bool = True  # cross-attention DTW word timing on finals
     boost_peak_dbfs: float | None = -6.0  # boost a final's audio toward this peak (None: off)
     max_boost_db: float = 24.0  # ... by at most this much (-30 dBFS speech reaches -6 dBFS)
@@ -61,10 +60,12 @@ class SessionConfig:
     encode_window: str = "utterance"  # "utterance": encode the utterance plus `window_pad_ms` of
     # silence (fast); "full": pad every window to 30 s as Whisper was trained (offline-exact, slow)
     window_pad_ms: int = 1000  # silence after the utterance in "utterance" mode
-    final_window: str = "utterance"  # the same choice for the final decode of an utterance:
-    # on held-out speech both give the same WER overall (better on some files, worse on
-    # others), and "full" costs a 30 s encode per utterance, which cuts the streams a CPU
-    # serves from three to one (docs/engine.md)
+    final_window: str = "utterance"  # the same choice for the final decode of an utterance,
+    # padded with `final_pad_ms` of silence: "full" costs a 30 s encode per utterance, which
+    # cuts the streams a CPU serves (docs/engine.md)
+    final_pad_ms: int = 10_000  # silence after the utterance in its final's "utterance" window:
+    # with 1 s, tiny.en often does not see where the audio ends, and says the sentence again or
+    # misreads its end; with 10 s its finals score as the full window's (docs/engine.md)
     encoder: str = "auto"  # "window": re-encode the utterance window at every update (exact);
     # "chunked": encode only audio not yet committed, attending the cached states of the
     # committed prefix (block-causal; cost per update does not grow with the utterance);

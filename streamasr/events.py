@@ -74,6 +74,8 @@ class TranscriptFinal:
     start_sample: int
     end_sample: int
     words: tuple[Word, ...] = ()
+    fallback: bool = False  # every decode was rejected by the hallucination gate: the text is
+    # what the partials had shown (their committed text), with no word timings
     type: str = field(default="transcript.final", init=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +86,7 @@ class TranscriptFinal:
             "start": seconds(self.start_sample),
             "end": seconds(self.end_sample),
             "words": [w.to_dict() for w in self.words],
+            "fallback": self.fallback,
         }
 
 

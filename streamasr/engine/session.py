@@ -41,8 +41,9 @@ class _Utterance:
     stabilizer: Stabilizer
     decoded_at: int = -1  # mel_end at the last partial decode
     partial_text: str = ""  # text of the last partial sent
+    shown: str = ""  # the last partial text that had words: a final never erases it
     hypothesis: tuple[int, ...] = ()  # tokens of the last partial decode: the next one's draft
-    speculative: tuple[int, DecodeResult] | None = None  # (end_sample, final decoded early)
+    speculative: tuple[int, DecodeResult | None] | None = None  # (end_sample, early final)
 
 
 class Session:
@@ -177,6 +178,7 @@ class Session:
         if not self.config.partials or (not text and not utt.partial_text):
             return []
         utt.partial_text = text
+        utt.shown = text or utt.shown
         return [
             TranscriptPartial(
                 segment_id=utt.segment_id,
@@ -190,34 +192,58 @@ class Session:
     def _too_short(self, utt: _Utterance, end: int) -> bool:
         return end - utt.start_sample < self.config.min_utterance_ms * SAMPLE_RATE // 1000
 
-    def _final_result(self, utt: _Utterance, end: int) -> DecodeResult:
-        """The final decode of the utterance's audio [start, end), reused if speculated."""
+    def _final_result(self, utt: _Utterance, end: int) -> DecodeResult | None:
+        """The final decode of the utterance's audio [start, end), reused if speculated; None
+        when every decode the policy allows was rejected by the hallucination gate.
+
+        A rejected decode on a shorter window is decoded once more on the full window, the one
+        Whisper was trained on: a rejection there means a loop the guard missed, the token cap
+        or noise, which the short window's missing end of audio causes far more often. So is
+        an empty decode of an utterance whose partials showed words.
+        """
         if utt.speculative is not None and utt.speculative[0] == end:
             return utt.speculative[1]
+        window = self.config.final_window
         if self._encoder_cache is not None and not self.config.polish_final:
             # The final reuses the stream's cached encoder states: its mel runs up to the
             # newest audio (the VAD's hangover after `end`), which is silence.
             self._advance_mel(utt, self._ring.end_sample)
+            window = self.config.encode_window
             result = self._decode(
                 self._mel,
                 prefix=[],
                 words=True,
-                window=self.config.encode_window,
+                window=window,
                 chunked=True,
                 hypothesis=utt.hypothesis,
             )
         else:
-            mel = LogMelBuffer(n_mels=self.model.features.n_mels)
-            mel.append(final_audio(self._ring.slice(utt.start_sample, end), self.config.decode))
-            committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
-            result = self._decode(
-                mel,
-                prefix=list(committed),
-                words=True,
-                window=self.config.final_window,
-                hypothesis=utt.hypothesis,
-            )
-        return result if self._keep(result) else DecodeResult((), "", 0.0, 1.0, 0.0)
+            result = self._decode_window(utt, end, window)
+        if self._final_ok(utt, result):
+            return result
+        if window != "full":
+            result = self._decode_window(utt, end, "full")
+            if self._final_ok(utt, result):
+                return result
+        return None
+
+    def _final_ok(self, utt: _Utterance, result: DecodeResult) -> bool:
+        """A final passes the gate, and says something if the partials did."""
+        return self._keep(result) and bool(result.tokens or not utt.shown)
+
+    def _decode_window(self, utt: _Utterance, end: int, window: str) -> DecodeResult:
+        """A final decode of the utterance's audio up to `end`, re-encoded on `window`."""
+        mel = LogMelBuffer(n_mels=self.model.features.n_mels)
+        mel.append(final_audio(self._ring.slice(utt.start_sample, end), self.config.decode))
+        committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
+        return self._decode(
+            mel,
+            prefix=list(committed),
+            words=True,
+            window=window,
+            pad_ms=self.config.final_pad_ms,
+            hypothesis=utt.hypothesis,
+        )
 
     def _finish(self, end_sample: int) -> list[Event]:
         utt = self._utt
@@ -229,8 +255,17 @@ class Session:
         if self._too_short(utt, end):
             return events
         result = self._final_result(utt, end)
+        if result is None:
+            # No decode passed the gate. Speech the partials showed is never erased: the final
+            # is their committed text (else the last partial), marked as a fallback.
+            if utt.shown:
+                text = self._text(utt.stabilizer.committed) or utt.shown
+                events.append(
+                    TranscriptFinal(utt.segment_id, text, utt.start_sample, end, fallback=True)
+                )
+            return events
         text = self._text(result.tokens)
-        if text or utt.partial_text:
+        if text:
             words = tuple(
                 Word(
                     w.word,
@@ -241,7 +276,6 @@ class Session:
                 for w in result.words
             )
             events.append(TranscriptFinal(utt.segment_id, text, utt.start_sample, end, words))
-        if text:
             self._context = (self._context + list(result.tokens))[
                 -self.config.decode.prompt_tokens :
             ]
@@ -254,6 +288,7 @@ class Session:
         prefix: list[int],
         words: bool,
         window: str,
+        pad_ms: int | None = None,
         chunked: bool = False,
         hypothesis: tuple[int, ...] = (),
     ) -> DecodeResult:
@@ -262,7 +297,8 @@ class Session:
         if window == "full":
             pad_to = spec.window_frames
         else:
-            pad_to = mel.covered_frames + self.config.window_pad_ms // 10
+            pad = self.config.window_pad_ms if pad_ms is None else pad_ms
+            pad_to = mel.covered_frames + pad // 10
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
         features = mel.features(pad_to_frames=pad_to)
         words = words and self.config.decode.word_timestamps

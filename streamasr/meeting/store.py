@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,11 @@ def _shifted(final: TranscriptFinal, origin: int) -> TranscriptFinal:
         Word(w.word, w.start_sample - origin, w.end_sample - origin, w.probability)
         for w in final.words
     )
-    return TranscriptFinal(
-        final.segment_id, final.text, final.start_sample - origin, final.end_sample - origin, words
+    return replace(
+        final,
+        start_sample=final.start_sample - origin,
+        end_sample=final.end_sample - origin,
+        words=words,
     )
 
 
@@ -105,7 +109,12 @@ def final_from_dict(d: Mapping[str, Any]) -> TranscriptFinal:
         for w in d.get("words", ())
     )
     return TranscriptFinal(
-        int(d["segment_id"]), str(d["text"]), _samples(d["start"]), _samples(d["end"]), words
+        int(d["segment_id"]),
+        str(d["text"]),
+        _samples(d["start"]),
+        _samples(d["end"]),
+        words,
+        fallback=bool(d.get("fallback", False)),
     )
 
 

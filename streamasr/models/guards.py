@@ -11,21 +11,26 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def loop_excess(tokens: list[int], max_n: int) -> int:
+def loop_excess(tokens: list[int], max_n: int | None = None) -> int:
     """How many tokens at the end of `tokens` are extra copies of a looping n-gram, else 0.
 
     A loop is an n-gram repeated back to back: 4 times for n = 1 ("no no no" is speech),
-    3 times for n <= 4, twice for longer n-grams (a whole phrase said twice in a row is
-    Whisper's classic failure on short or noisy windows, rarely real speech). Dropping the
-    excess keeps one copy.
+    3 times for n <= 4, twice for longer n-grams of any length up to `max_n` (None: any). A
+    whole phrase said twice in a row is Whisper's classic failure when it does not see where
+    the audio ends, and rarely real speech. Dropping the excess keeps the first copy.
+
+    Checked after every new token, so only n-grams ending in it count; an n is tried only if
+    the token n places back is the same (cheap: a few comparisons per step for most n).
     """
-    for n in range(1, max_n + 1):
+    size = len(tokens)
+    limit = size // 2 if max_n is None else min(max_n, size // 2)
+    for n in range(1, limit + 1):
+        if tokens[-1 - n] != tokens[-1]:  # copies of the n-gram end with the same token
+            continue
         times = 4 if n == 1 else 3 if n <= 4 else 2
-        if len(tokens) < n * times:
+        if size < n * times:
             continue
         tail = tokens[-n:]
-        if all(
-            tokens[len(tokens) - (k + 1) * n : len(tokens) - k * n] == tail for k in range(1, times)
-        ):
+        if all(tokens[size - (k + 1) * n : size - k * n] == tail for k in range(1, times)):
             return (times - 1) * n
     return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
 import pytest
 import speech
@@ -17,6 +20,7 @@ from streamasr.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
+from streamasr.models.base import DecodeResult
 
 
 def feed_all(session: Session, audio: np.ndarray, chunk: int = 800) -> list[Event]:
@@ -109,6 +113,7 @@ def test_event_json_uses_seconds() -> None:
         "start": 1.0,
         "end": 1.5,
         "words": [],
+        "fallback": False,
     }
     assert SpeechStarted(8000).to_dict() == {"type": "speech.started", "t": 0.5}
 
@@ -131,3 +136,56 @@ def test_models_are_told_every_frame_that_holds_audio() -> None:
 def test_auto_encoder_follows_the_model_preference() -> None:
     assert Session(FakeModel()).encoder == "window"  # no chunked encoder: the window one
     assert Session(FakeModel(), SessionConfig(encoder="window")).encoder == "window"
+
+
+class GatedFinals(FakeModel):
+    """Partials as FakeModel's; every final decode (word timings on) comes back as a loop that
+    the gate rejects, on the windows listed in `rejected` ("utterance", "full")."""
+
+    def __init__(self, rejected: tuple[str, ...], empty: bool = False) -> None:
+        super().__init__()
+        self.rejected, self.empty = rejected, empty
+        self.final_windows: list[str] = []
+
+    def transcribe(self, features: np.ndarray, **kw: Any) -> DecodeResult:
+        result = super().transcribe(features, **kw)
+        if not kw["word_timestamps"]:
+            return result
+        window = "full" if features.shape[1] == self.features.window_frames else "utterance"
+        self.final_windows.append(window)
+        if window not in self.rejected:
+            return result
+        if self.empty:  # passes the gate, says nothing
+            return DecodeResult((), "", -0.1, 0.01, 0.0)
+        return replace(result, compression_ratio=3.0)
+
+
+def test_a_rejected_final_is_decoded_again_on_the_full_window(speech_audio: np.ndarray) -> None:
+    model = GatedFinals(rejected=("utterance",))
+    events = feed_all(Session(model), speech_audio)
+    finals = [e for e in events if isinstance(e, TranscriptFinal)]
+    assert model.final_windows == ["utterance", "full"]
+    assert len(finals) == 1 and finals[0].text.startswith("w0 w1") and not finals[0].fallback
+    assert finals[0].words
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_a_final_rejected_everywhere_keeps_what_the_partials_showed(
+    speech_audio: np.ndarray, empty: bool
+) -> None:
+    model = GatedFinals(rejected=("utterance", "full"), empty=empty)
+    events = feed_all(Session(model), speech_audio)
+    partials = [e for e in events if isinstance(e, TranscriptPartial)]
+    finals = [e for e in events if isinstance(e, TranscriptFinal)]
+    assert model.final_windows == ["utterance", "full"]
+    assert len(finals) == 1 and finals[0].fallback
+    assert finals[0].text == partials[-1].stable_text != ""  # the committed text
+    assert finals[0].words == ()
+    assert finals[0].to_dict()["fallback"] is True
+
+
+def test_a_rejected_final_without_partials_is_dropped(speech_audio: np.ndarray) -> None:
+    model = GatedFinals(rejected=("utterance", "full"))
+    events = feed_all(Session(model, SessionConfig(partials=False)), speech_audio)
+    assert not any(isinstance(e, TranscriptPartial | TranscriptFinal) for e in events)
+    assert model.final_windows == ["utterance", "full"]

@@ -1,7 +1,7 @@
 """GPU benchmark of the attention kernels against a device copy and torch SDPA (markdown table).
 
-    python bench/kernels.py [--op decode|chunk|cross|all] [--dtype fp16|bf16|all] [--quick]
-                            [--warmup N] [--iters N]
+    python bench/attention_kernels.py [--op decode|chunk|cross|all] [--dtype fp16|bf16|all]
+                                      [--quick] [--warmup N] [--iters N]
 
 For each shape, on one GPU, in one run:
 
@@ -331,12 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile_only:
         return compile_only(args.compile_only)
     if not torch.cuda.is_available():
-        print("bench/kernels.py times Triton kernels on a CUDA GPU; none is available here.")
+        print(
+            "bench/attention_kernels.py times Triton kernels on a CUDA GPU; none is available here."
+        )
         return 0
     try:
         import triton
     except ImportError:
-        print("bench/kernels.py needs triton: pip install 'streamasr[gpu]'", file=sys.stderr)
+        print(
+            "bench/attention_kernels.py needs triton: pip install 'streamasr[gpu]'", file=sys.stderr
+        )
         return 1
     dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
