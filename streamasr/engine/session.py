@@ -197,9 +197,9 @@ class Session:
         when every decode the policy allows was rejected by the hallucination gate.
 
         A rejected decode on a shorter window is decoded once more on the full window, the one
-        Whisper was trained on: a rejection there means a loop the guard missed, the token cap
-        or noise, which the short window's missing end of audio causes far more often. So is
-        an empty decode of an utterance whose partials showed words.
+        Whisper was trained on: a rejection there means a loop the guard missed or noise,
+        which the short window's missing end of audio causes far more often. So is an empty
+        decode of an utterance whose partials showed words.
         """
         if utt.speculative is not None and utt.speculative[0] == end:
             return utt.speculative[1]

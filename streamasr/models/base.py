@@ -28,7 +28,7 @@ class DecodeResult:
     compression_ratio: float  # len(text bytes) / len(zlib(text bytes)); loops compress well
     words: tuple[WordTiming, ...] = ()
     stop: str = "end"  # why decoding ended: "end" (the end token), "loop" (the loop guard cut a
-    # repeated phrase, keeping its first copy) or "budget" (the token cap: a loop it missed)
+    # repeated phrase, keeping its first copy) or "budget" (the token cap)
 
     @property
     def is_empty(self) -> bool:
@@ -171,11 +171,9 @@ def supports_chunked(model: AsrModel) -> bool:
 
 
 def looks_like_hallucination(result: DecodeResult, options: DecodeConfig) -> bool:
-    """Whisper's own gate: silence-like (no-speech and low confidence) or looping text; and
-    a decode that ran into the token cap, a loop the guard did not recognise."""
+    """Whisper's own gate: silence-like (no-speech and low confidence) or looping text."""
     silent = (
         result.no_speech_prob > options.no_speech_threshold
         and result.avg_logprob < options.logprob_threshold
     )
-    looping = result.compression_ratio > options.compression_ratio_threshold
-    return silent or looping or result.stop == "budget"
+    return silent or result.compression_ratio > options.compression_ratio_threshold

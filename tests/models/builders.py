@@ -320,6 +320,7 @@ def run_cli(*args: str) -> Any:
     import os
     import subprocess
     import sys
+    import tempfile
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run(
@@ -328,6 +329,7 @@ def run_cli(*args: str) -> Any:
         text=True,
         timeout=300,
         env=env,
+        cwd=tempfile.gettempdir(),  # not the checkout: its kernels/ folder must not be importable
     )
 
 
