@@ -24,6 +24,7 @@ def run(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
         env=env,
+        cwd=cache,  # not the checkout: its kernels/ folder must not be importable
     )
 
 
