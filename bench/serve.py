@@ -37,6 +37,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -241,7 +242,8 @@ async def run_round(
 
 
 async def start_daemon(args: argparse.Namespace, max_clients: int) -> tuple[Any, str]:
-    argv = ["--port", "0", "--model", args.model, "--max-sessions", str(max_clients)]
+    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    argv = ["--port", "0", "--model", model, "--max-sessions", str(max_clients)]
     argv += ["--workers", str(args.workers)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
@@ -254,6 +256,7 @@ async def start_daemon(args: argparse.Namespace, max_clients: int) -> tuple[Any,
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=log,
+        cwd=tempfile.gettempdir(),  # not the checkout: its kernels/ folder must not be importable
     )
     assert proc.stdout is not None
     line = (await asyncio.wait_for(proc.stdout.readline(), 300)).decode()

@@ -75,6 +75,7 @@ async def test_sigterm_mid_utterance_sends_the_final_and_exits_0(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        cwd=tiny_en_dir,  # not the checkout: its kernels/ folder must not be importable
     )
     try:
         assert proc.stdout is not None
