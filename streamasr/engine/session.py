@@ -204,6 +204,7 @@ class Session:
         if utt.speculative is not None and utt.speculative[0] == end:
             return utt.speculative[1]
         window = self.config.final_window
+        mel: LogMelBuffer | None = None  # the utterance's own log-mel, computed once
         if self._encoder_cache is not None and not self.config.polish_final:
             # The final reuses the stream's cached encoder states: its mel runs up to the
             # newest audio (the VAD's hangover after `end`), which is silence.
@@ -218,11 +219,12 @@ class Session:
                 hypothesis=utt.hypothesis,
             )
         else:
-            result = self._decode_window(utt, end, window)
+            mel = self._final_mel(utt, end)
+            result = self._decode_final(utt, mel, window)
         if self._final_ok(utt, result):
             return result
         if window != "full":
-            result = self._decode_window(utt, end, "full")
+            result = self._decode_final(utt, mel or self._final_mel(utt, end), "full")
             if self._final_ok(utt, result):
                 return result
         return None
@@ -231,10 +233,14 @@ class Session:
         """A final passes the gate, and says something if the partials did."""
         return self._keep(result) and bool(result.tokens or not utt.shown)
 
-    def _decode_window(self, utt: _Utterance, end: int, window: str) -> DecodeResult:
-        """A final decode of the utterance's audio up to `end`, re-encoded on `window`."""
+    def _final_mel(self, utt: _Utterance, end: int) -> LogMelBuffer:
+        """The log-mel of the utterance's audio up to `end`, as a final decodes it."""
         mel = LogMelBuffer(n_mels=self.model.features.n_mels)
         mel.append(final_audio(self._ring.slice(utt.start_sample, end), self.config.decode))
+        return mel
+
+    def _decode_final(self, utt: _Utterance, mel: LogMelBuffer, window: str) -> DecodeResult:
+        """A final decode of the utterance's log-mel, re-encoded on `window`."""
         committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
         return self._decode(
             mel,
