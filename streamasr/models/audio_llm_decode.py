@@ -46,7 +46,6 @@ class _State:
     sum_logprob: float = 0.0
     chosen: int = 0
     done: bool = False
-    stop: str = "end"  # DecodeResult.stop
     next_token: int = 0
     fed: int = 0  # cache positions holding valid keys and values
 
@@ -156,7 +155,7 @@ def _pick(lp: torch.Tensor) -> list[tuple[int, float]]:
 def _choose(st: _State, pick: tuple[int, float], row: LlmRow, eos_ids: Collection[int]) -> None:
     """Take the row's next token from its `_pick`, or end the row."""
     if st.chosen == st.budget:
-        st.done, st.stop = True, "budget"
+        st.done = True
         return
     token, token_lp = pick
     st.sum_logprob += token_lp
@@ -168,10 +167,9 @@ def _choose(st: _State, pick: tuple[int, float], row: LlmRow, eos_ids: Collectio
     excess = loop_excess(st.out[len(row.prefix) :], row.options.max_repeat_ngram)
     if excess:
         del st.out[-excess:]  # keep one copy of the looping n-gram
-        st.done, st.stop = True, "loop"
+        st.done = True
         return
-    if st.chosen == st.budget:  # its successor would never be read: do not feed it
-        st.done, st.stop = True, "budget"
+    st.done = st.chosen == st.budget  # its successor would never be read: do not feed it
     st.next_token = token
 
 
@@ -264,5 +262,4 @@ def _result(st: _State, detokenize: Callable[[list[int]], str]) -> DecodeResult:
         avg_logprob=st.sum_logprob / (len(st.out) + 1),
         no_speech_prob=0.0,  # these models have no no-speech token
         compression_ratio=compression_ratio(text),
-        stop=st.stop,
     )

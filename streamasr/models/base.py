@@ -27,8 +27,6 @@ class DecodeResult:
     no_speech_prob: float  # probability of the no-speech token at the start of the transcript
     compression_ratio: float  # len(text bytes) / len(zlib(text bytes)); loops compress well
     words: tuple[WordTiming, ...] = ()
-    stop: str = "end"  # why decoding ended: "end" (the end token), "loop" (the loop guard cut a
-    # repeated phrase, keeping its first copy) or "budget" (the token cap)
 
     @property
     def is_empty(self) -> bool:

@@ -61,7 +61,6 @@ class _State:
     fed: int = 0  # positions in the self-attention cache that hold valid keys and values
     enc_len: int = 0  # encoder frames of the row's window
     done: bool = False
-    stop: str = "end"  # DecodeResult.stop
     next_token: int = 0
 
 
@@ -289,8 +288,6 @@ def _accept(
     tk = model.tokens
     token, lp, eot_lp = pick
     if st.step == len(row.prefix) + st.budget:  # out of room: the end token, whatever won
-        if token != tk.eot:
-            st.stop = "budget"
         token, lp = tk.eot, eot_lp
     st.sum_logprob += lp
     if token == tk.eot:
@@ -302,7 +299,7 @@ def _accept(
     if excess:
         del st.out[-excess:]  # keep one copy of the looping n-gram
         del st.logprobs[-excess:]
-        st.done, st.stop = True, "loop"
+        st.done = True
         return
     st.step += 1
     st.next_token = token
@@ -366,7 +363,6 @@ def _result(model: WhisperModel, row: DecodeRow, st: _State) -> DecodeResult:
         no_speech_prob=st.no_speech_prob,
         compression_ratio=compression_ratio(text),
         words=words,
-        stop=st.stop,
     )
 
 
