@@ -53,7 +53,8 @@ class DecodeConfig:
 @dataclass(frozen=True)
 class SessionConfig:
     step_ms: int = 500  # re-decode the hypothesis after this much new speech audio
-    min_first_ms: int = 600  # audio needed before the first partial (shorter ones hallucinate)
+    min_first_ms: int = 900  # audio, pre-roll included, before the first partial: with less,
+    # one first partial in seven is a misheard word ("China" for "Jane Eyre"; docs/engine.md)
     min_utterance_ms: int = 250  # shorter utterances (pre-roll included) are never decoded:
     # webrtcvad calls the first 120-180 ms of any non-silent stream speech, and tiny.en turns
     # such a blip into "you"; a real word plus the 300 ms pre-roll is always longer
@@ -61,11 +62,15 @@ class SessionConfig:
     # silence (fast); "full": pad every window to 30 s as Whisper was trained (offline-exact, slow)
     window_pad_ms: int = 1000  # silence after the utterance in "utterance" mode
     final_window: str = "utterance"  # the same choice for the final decode of an utterance,
-    # padded with `final_pad_ms` of silence: "full" costs a 30 s encode per utterance, which
-    # cuts the streams a CPU serves (docs/engine.md)
+    # padded with `final_pad_ms` of silence: "full" decodes it as offline decoding does and
+    # scores as offline, but costs twice as much per final, too much for 5 streams on 2 cores
+    # (docs/engine.md)
     final_pad_ms: int = 10_000  # silence after the utterance in its final's "utterance" window:
-    # with 1 s, tiny.en often does not see where the audio ends, and says the sentence again or
-    # misreads its end; with 10 s its finals score as the full window's (docs/engine.md)
+    # with 1 s, tiny.en often does not see where the audio ends, and says the sentence again
+    final_lead_ms: int = 0  # audio before the utterance (after the previous one) that its
+    # final also decodes: with "full" finals, 700 (1 s before the first voiced frame, as in a
+    # recording) makes them score as offline decoding; with 10 s padded ones it helps Piper's
+    # voice and hurts some espeak-ng ones, so it is off (docs/engine.md)
     encoder: str = "auto"  # "window": re-encode the utterance window at every update (exact);
     # "chunked": encode only audio not yet committed, attending the cached states of the
     # committed prefix (block-causal; cost per update does not grow with the utterance);
@@ -78,7 +83,8 @@ class SessionConfig:
     final_keeps_stable: bool = False  # True: the final continues the committed prefix (cheaper);
     # False: the final is a free decode of the whole utterance (more accurate, may revise it)
     partials: bool = True  # emit transcript.partial events
-    agreement: int = 2  # LocalAgreement-n: a word is stable once n consecutive hypotheses agree
+    agreement: int = 3  # LocalAgreement-n: a word is stable once n consecutive hypotheses agree
+    # (3: the final takes back stable words in 16% of utterances, against 28% with 2)
     vad: VadConfig = field(default_factory=VadConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
@@ -87,6 +93,13 @@ class SessionConfig:
             raise ValueError(f"step_ms must be at least 50, got {self.step_ms}")
         if self.agreement < 1:
             raise ValueError("agreement must be at least 1")
+        if self.final_lead_ms < 0:
+            raise ValueError(f"final_lead_ms must not be negative, got {self.final_lead_ms}")
+        if self.vad.max_utterance_ms + self.vad.preroll_ms + self.final_lead_ms > 30_000:
+            raise ValueError(
+                "VAD max_utterance_ms + preroll_ms + final_lead_ms must not exceed 30000: "
+                "one model window holds a final's audio"
+            )
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
         if self.chunk_ms < 20 or self.chunk_ms % 20:

@@ -33,6 +33,14 @@ from streamasr.vad.segmenter import UtteranceEnd, UtteranceStart, VadSegmenter
 RING_SECONDS = 40  # > longest utterance (30 s) + pre-roll + the VAD's decision lag
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """A final decode, and the sample its audio starts at (its word timings count from there)."""
+
+    result: DecodeResult
+    origin: int
+
+
 @dataclass
 class _Utterance:
     segment_id: int
@@ -42,8 +50,9 @@ class _Utterance:
     decoded_at: int = -1  # mel_end at the last partial decode
     partial_text: str = ""  # text of the last partial sent
     shown: str = ""  # the last partial text that had words: a final never erases it
+    lead_start: int = 0  # a final decodes the audio from here (`final_lead_ms` before the start)
     hypothesis: tuple[int, ...] = ()  # tokens of the last partial decode: the next one's draft
-    speculative: tuple[int, DecodeResult | None] | None = None  # (end_sample, early final)
+    speculative: tuple[int, _Decoded | None] | None = None  # (end_sample, early final)
 
 
 class Session:
@@ -61,6 +70,7 @@ class Session:
         self._mel = LogMelBuffer(n_mels=model.features.n_mels)
         self._utt: _Utterance | None = None
         self._next_segment = 0
+        self._prev_end = 0  # end sample of the previous utterance: a final's lead starts after it
         self._context: list[int] = []  # tokens of previous finals, the decoder prompt
         self._closed = False
         self.partials_paused = False  # set by a host that is behind real time: finals only
@@ -120,12 +130,14 @@ class Session:
 
     def _open(self, start_sample: int) -> list[Event]:
         start = max(start_sample, self._ring.start_sample)
+        lead = self.config.final_lead_ms * SAMPLE_RATE // 1000
         self._mel.reset()
         if self._encoder_cache is not None:
             self._encoder_cache.reset()
         self._utt = _Utterance(
             segment_id=self._next_segment,
             start_sample=start,
+            lead_start=max(start - lead, self._prev_end, self._ring.start_sample),
             mel_end=start,
             stabilizer=Stabilizer(self.config.agreement, self._starts_word),
         )
@@ -192,7 +204,7 @@ class Session:
     def _too_short(self, utt: _Utterance, end: int) -> bool:
         return end - utt.start_sample < self.config.min_utterance_ms * SAMPLE_RATE // 1000
 
-    def _final_result(self, utt: _Utterance, end: int) -> DecodeResult | None:
+    def _final_result(self, utt: _Utterance, end: int) -> _Decoded | None:
         """The final decode of the utterance's audio [start, end), reused if speculated; None
         when every decode the policy allows was rejected by the hallucination gate.
 
@@ -218,15 +230,16 @@ class Session:
                 chunked=True,
                 hypothesis=utt.hypothesis,
             )
+            origin = utt.start_sample
         else:
             mel = self._final_mel(utt, end)
-            result = self._decode_final(utt, mel, window)
+            result, origin = self._decode_final(utt, mel, window), utt.lead_start
         if self._final_ok(utt, result):
-            return result
+            return _Decoded(result, origin)
         if window != "full":
             result = self._decode_final(utt, mel or self._final_mel(utt, end), "full")
             if self._final_ok(utt, result):
-                return result
+                return _Decoded(result, utt.lead_start)
         return None
 
     def _final_ok(self, utt: _Utterance, result: DecodeResult) -> bool:
@@ -234,9 +247,9 @@ class Session:
         return self._keep(result) and bool(result.tokens or not utt.shown)
 
     def _final_mel(self, utt: _Utterance, end: int) -> LogMelBuffer:
-        """The log-mel of the utterance's audio up to `end`, as a final decodes it."""
+        """The log-mel of the audio a final decodes: the utterance up to `end`, after its lead."""
         mel = LogMelBuffer(n_mels=self.model.features.n_mels)
-        mel.append(final_audio(self._ring.slice(utt.start_sample, end), self.config.decode))
+        mel.append(final_audio(self._ring.slice(utt.lead_start, end), self.config.decode))
         return mel
 
     def _decode_final(self, utt: _Utterance, mel: LogMelBuffer, window: str) -> DecodeResult:
@@ -258,10 +271,11 @@ class Session:
         self._utt = None
         end = max(end_sample, utt.start_sample)
         events: list[Event] = [SpeechStopped(end)]
+        self._prev_end = end
         if self._too_short(utt, end):
             return events
-        result = self._final_result(utt, end)
-        if result is None:
+        decoded = self._final_result(utt, end)
+        if decoded is None:
             # No decode passed the gate. Speech the partials showed is never erased: the final
             # is their committed text (else the last partial), marked as a fallback.
             if utt.shown:
@@ -270,13 +284,14 @@ class Session:
                     TranscriptFinal(utt.segment_id, text, utt.start_sample, end, fallback=True)
                 )
             return events
+        result, origin = decoded.result, decoded.origin
         text = self._text(result.tokens)
         if text:
             words = tuple(
                 Word(
                     w.word,
-                    utt.start_sample + w.start_sample,
-                    min(end, utt.start_sample + w.end_sample),
+                    min(max(utt.start_sample, origin + w.start_sample), end),
+                    min(max(utt.start_sample, origin + w.end_sample), end),
                     w.probability,
                 )
                 for w in result.words

@@ -32,7 +32,14 @@ class FakeModel:
     ) -> DecodeResult:
         if features.shape[0] != 80 or features.shape[1] < num_frames:
             raise ValueError(f"bad features {features.shape} for {num_frames} frames")
-        self.calls.append({"frames": num_frames, "prompt": list(prompt), "prefix": prefix})
+        self.calls.append(
+            {
+                "frames": num_frames,
+                "prompt": list(prompt),
+                "prefix": prefix,
+                "words": word_timestamps,
+            }
+        )
         n = num_frames // FRAMES_PER_WORD
         tokens = tuple(range(n))
         words = (

@@ -160,9 +160,12 @@ class GatedFinals(FakeModel):
         return replace(result, compression_ratio=3.0)
 
 
+SHORT_FINALS = SessionConfig(final_window="utterance")  # a rejection there is retried on "full"
+
+
 def test_a_rejected_final_is_decoded_again_on_the_full_window(speech_audio: np.ndarray) -> None:
     model = GatedFinals(rejected=("utterance",))
-    events = feed_all(Session(model), speech_audio)
+    events = feed_all(Session(model, SHORT_FINALS), speech_audio)
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
     assert model.final_windows == ["utterance", "full"]
     assert len(finals) == 1 and finals[0].text.startswith("w0 w1") and not finals[0].fallback
@@ -174,7 +177,7 @@ def test_a_final_rejected_everywhere_keeps_what_the_partials_showed(
     speech_audio: np.ndarray, empty: bool
 ) -> None:
     model = GatedFinals(rejected=("utterance", "full"), empty=empty)
-    events = feed_all(Session(model), speech_audio)
+    events = feed_all(Session(model, SHORT_FINALS), speech_audio)
     partials = [e for e in events if isinstance(e, TranscriptPartial)]
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
     assert model.final_windows == ["utterance", "full"]
@@ -186,6 +189,36 @@ def test_a_final_rejected_everywhere_keeps_what_the_partials_showed(
 
 def test_a_rejected_final_without_partials_is_dropped(speech_audio: np.ndarray) -> None:
     model = GatedFinals(rejected=("utterance", "full"))
-    events = feed_all(Session(model, SessionConfig(partials=False)), speech_audio)
+    config = SessionConfig(final_window="utterance", partials=False)
+    events = feed_all(Session(model, config), speech_audio)
     assert not any(isinstance(e, TranscriptPartial | TranscriptFinal) for e in events)
     assert model.final_windows == ["utterance", "full"]
+
+
+def test_a_rejected_full_window_final_falls_back_at_once(speech_audio: np.ndarray) -> None:
+    model = GatedFinals(rejected=("full",))
+    events = feed_all(Session(model, SessionConfig(final_window="full")), speech_audio)
+    finals = [e for e in events if isinstance(e, TranscriptFinal)]
+    assert model.final_windows == ["full"]
+    assert len(finals) == 1 and finals[0].fallback and finals[0].text
+
+
+def test_a_final_decodes_a_lead_in_that_stops_at_the_previous_utterance(
+    sentences: list[np.ndarray],
+) -> None:
+    model = FakeModel()
+    config = SessionConfig(partials=False, final_speculation_ms=0, final_lead_ms=700)
+    session = Session(model, config)
+    audio = np.concatenate(
+        [speech.silence(2.0), sentences[0], speech.silence(0.6), sentences[1], speech.silence(1)]
+    )
+    events = feed_all(session, audio)
+    starts = [e.sample for e in events if isinstance(e, SpeechStarted)]
+    stops = [e.sample for e in events if isinstance(e, SpeechStopped)]
+    assert len(starts) == len(stops) == 2
+    frames = [c["frames"] for c in model.calls if c["words"]]  # the finals: one decode each
+    hop = model.features.hop_samples
+    lead = session.config.final_lead_ms * SAMPLE_RATE // 1000
+    assert frames[0] == pytest.approx((stops[0] - starts[0] + lead) / hop, abs=2)
+    assert frames[1] == pytest.approx((stops[1] - stops[0]) / hop, abs=2)
+    assert starts[1] - stops[0] < lead  # so the second lead was cut at the first one's end

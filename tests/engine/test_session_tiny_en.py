@@ -10,6 +10,8 @@ import pytest
 import speech
 
 from streamasr import SAMPLE_RATE
+from streamasr.audio.files import load_audio
+from streamasr.config import DecodeConfig, SessionConfig
 from streamasr.engine.offline import transcribe_offline
 from streamasr.engine.session import Session
 from streamasr.events import Event, SpeechStarted, SpeechStopped, TranscriptFinal, TranscriptPartial
@@ -27,6 +29,9 @@ UTTERANCES = (
 )
 
 
+DATA = Path(__file__).parent / "data"
+
+
 @pytest.fixture(scope="module")
 def model(tiny_en_dir: Path) -> WhisperModel:
     return WhisperModel.from_dir(tiny_en_dir, name="tiny.en")
@@ -38,8 +43,10 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
     return [speech.espeak(text, d, voice=voice) for voice, text in UTTERANCES]
 
 
-def stream(model: Any, audio: np.ndarray, chunk_ms: int = 50) -> list[Event]:
-    session = Session(model)
+def stream(
+    model: Any, audio: np.ndarray, chunk_ms: int = 50, config: SessionConfig | None = None
+) -> list[Event]:
+    session = Session(model, config)
     size = chunk_ms * SAMPLE_RATE // 1000
     events: list[Event] = []
     for i in range(0, len(audio), size):
@@ -147,3 +154,50 @@ def test_quiet_speech_is_transcribed(model: WhisperModel, clips: list[np.ndarray
     got = " ".join(f.text for f in finals(stream(model, with_gaps(quiet))))
     ref = " ".join(text for _, text in UTTERANCES[:3])
     assert wer([ref], [got]) <= 0.15, got
+
+
+# Piper's en_US-joe-medium at length_scale 0.85, 0.5 s of silence before and 0.8 s after. With
+# the finals of an earlier release (a 1 s window after the utterance, a loop guard of phrases up
+# to 16 tokens, no lead-in before the utterance) tiny.en said each sentence two and a half times.
+LOOPING = (
+    (
+        "joe_grace.flac",
+        "Grace was twelve when she was sent to live with her grandparents in a "
+        "quiet town by the coast.",
+    ),
+    (
+        "joe_madrid.flac",
+        "The flight to Madrid takes off at 6:05 and lands a few minutes after nine.",
+    ),
+)
+EARLIER_FINALS = SessionConfig(
+    final_window="utterance",
+    final_pad_ms=1000,
+    final_lead_ms=0,
+    decode=DecodeConfig(max_repeat_ngram=16),
+)
+
+
+def repeats_a_phrase(text: str, n: int = 5) -> bool:
+    """Whether some run of `n` words occurs twice without overlapping."""
+    words = normalize(text)
+    seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        if gram in seen and i - seen[gram] >= n:
+            return True
+        seen.setdefault(gram, i)
+    return False
+
+
+@pytest.mark.parametrize("name,text", LOOPING)
+def test_a_natural_voice_final_says_the_sentence_once(
+    model: WhisperModel, name: str, text: str
+) -> None:
+    audio = load_audio(DATA / name)
+    earlier = " ".join(f.text for f in finals(stream(model, audio, config=EARLIER_FINALS)))
+    assert repeats_a_phrase(earlier), earlier  # the recording still shows the old failure
+    (final,) = finals(stream(model, audio))
+    offline = " ".join(f.text for f in transcribe_offline(model, audio))
+    assert not final.fallback and not repeats_a_phrase(final.text), final.text
+    assert wer([text], [final.text]) <= wer([text], [offline]), (final.text, offline)
