@@ -205,8 +205,9 @@ class Session:
         return end - utt.start_sample < self.config.min_utterance_ms * SAMPLE_RATE // 1000
 
     def _final_result(self, utt: _Utterance, end: int) -> _Decoded | None:
-        """The final decode of the utterance's audio [start, end), reused if speculated; None
-        when every decode the policy allows was rejected by the hallucination gate.
+        """The final decode of the utterance's audio up to `end` (from `lead_start`, or from its
+        start on the cached encoder states), reused if speculated; None when every decode the
+        policy allows was rejected by the hallucination gate.
 
         A rejected decode on a shorter window is decoded once more on the full window, the one
         Whisper was trained on: a rejection there means a loop the guard missed or noise,
