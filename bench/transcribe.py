@@ -137,16 +137,31 @@ def stream(
 
 
 def defect(got: str, want: str) -> str | None:
-    """How `got` falls short of `want`: "empty", "truncated", "doubled" or None."""
-    n_got, n_want = len(normalize(got)), len(normalize(want))
-    margin = max(3, 0.4 * n_want)
-    if n_want and not n_got:
+    """How `got` falls short of `want`: "empty", "truncated", "doubled" or None.
+
+    Doubled: at least max(3, 40%) more words than `want`, and a run of three words said more
+    often than `want` says it (the sentence, or part of it, again). More words without a
+    repeat are misheard words, which the WER counts.
+    """
+    g, w = normalize(got), normalize(want)
+    margin = max(3, 0.4 * len(w))
+    if w and not g:
         return "empty"
-    if n_want - n_got >= margin:
+    if len(w) - len(g) >= margin:
         return "truncated"
-    if n_got - n_want >= margin:
+    if len(g) - len(w) >= margin and _repeats(g, w):
         return "doubled"
     return None
+
+
+def _repeats(got: list[str], want: list[str], n: int = 3) -> bool:
+    """`got` holds a run of `n` words more than once, and more often than `want` does."""
+    said, meant = Counter(_ngrams(got, n)), Counter(_ngrams(want, n))
+    return any(count > max(1, meant[gram]) for gram, count in said.items())
+
+
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def count_defects(st: Stats, entry: dict[str, Any]) -> None:

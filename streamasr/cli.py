@@ -99,8 +99,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     s.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds (30)")
     s.add_argument("--max-session", dest="max_session_s", type=float, help="seconds (14400)")
     s.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (10)")
-    s.add_argument("--workers", type=int, help="inference threads shared by all sessions (2)")
-    s.add_argument("--threads", type=int, help="torch intra-op threads (1)")
+    s.add_argument("--workers", type=int, help="inference threads shared by all sessions (1)")
+    s.add_argument("--threads", type=int, help="torch intra-op threads (one per core)")
     add_placement_args(s, defaults=False)  # None: the config file, env or default decides
     s.add_argument("--max-batch", type=int, help="calls of different sessions batched (8)")
     s.add_argument(

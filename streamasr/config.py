@@ -61,16 +61,16 @@ class SessionConfig:
     encode_window: str = "utterance"  # "utterance": encode the utterance plus `window_pad_ms` of
     # silence (fast); "full": pad every window to 30 s as Whisper was trained (offline-exact, slow)
     window_pad_ms: int = 1000  # silence after the utterance in "utterance" mode
-    final_window: str = "utterance"  # the same choice for the final decode of an utterance,
-    # padded with `final_pad_ms` of silence: "full" decodes it as offline decoding does and
-    # scores as offline, but costs twice as much per final, too much for 5 streams on 2 cores
-    # (docs/engine.md)
+    final_window: str = "full"  # the window of an utterance's final decode: "full" pads it to
+    # 30 s, as offline decoding and Whisper's training do, and scores as offline; "utterance"
+    # pads it with `final_pad_ms` of silence: half the cost, 1.2-1.4x the WER on natural voices
+    # (docs/engine.md, "Lead-in")
     final_pad_ms: int = 10_000  # silence after the utterance in its final's "utterance" window:
     # with 1 s, tiny.en often does not see where the audio ends, and says the sentence again
-    final_lead_ms: int = 0  # audio before the utterance (after the previous one) that its
-    # final also decodes: with "full" finals, 700 (1 s before the first voiced frame, as in a
-    # recording) makes them score as offline decoding; with 10 s padded ones it helps Piper's
-    # voice and hurts some espeak-ng ones, so it is off (docs/engine.md)
+    final_lead_ms: int = 700  # audio before the utterance (after the previous one) that its
+    # final also decodes: 700 puts 1 s of audio before the first voiced frame, as in a
+    # recording, and makes "full" finals score as offline (with "utterance" finals it helps
+    # Piper's voice and hurts some espeak-ng ones; docs/engine.md)
     encoder: str = "auto"  # "window": re-encode the utterance window at every update (exact);
     # "chunked": encode only audio not yet committed, attending the cached states of the
     # committed prefix (block-causal; cost per update does not grow with the utterance);

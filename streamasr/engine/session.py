@@ -70,7 +70,7 @@ class Session:
         self._mel = LogMelBuffer(n_mels=model.features.n_mels)
         self._utt: _Utterance | None = None
         self._next_segment = 0
-        self._prev_end = 0  # end sample of the previous utterance: a final's lead starts after it
+        self._cut_at = 0  # where the VAD last cut speech at its length limit: no lead before it
         self._context: list[int] = []  # tokens of previous finals, the decoder prompt
         self._closed = False
         self.partials_paused = False  # set by a host that is behind real time: finals only
@@ -125,6 +125,8 @@ class Session:
             if isinstance(ev, UtteranceStart):
                 events += self._open(ev.start_sample)
             else:
+                if ev.cut:
+                    self._cut_at = ev.end_sample
                 events += self._finish(ev.end_sample)
         return events
 
@@ -137,7 +139,11 @@ class Session:
         self._utt = _Utterance(
             segment_id=self._next_segment,
             start_sample=start,
-            lead_start=max(start - lead, self._prev_end, self._ring.start_sample),
+            # The lead may reach into the end of the previous utterance: the prompt holds its
+            # text, and on the long held-out files such finals scored better than ones whose
+            # lead stops there (docs/engine.md, "Lead-in"). After a cut at the length limit
+            # the speech goes on, and the audio before the cut is the previous final's.
+            lead_start=max(start - lead, self._cut_at, self._ring.start_sample),
             mel_end=start,
             stabilizer=Stabilizer(self.config.agreement, self._starts_word),
         )
@@ -272,7 +278,6 @@ class Session:
         self._utt = None
         end = max(end_sample, utt.start_sample)
         events: list[Event] = [SpeechStopped(end)]
-        self._prev_end = end
         if self._too_short(utt, end):
             return events
         decoded = self._final_result(utt, end)

@@ -37,11 +37,11 @@ class ServerConfig:
     idle_timeout_s: float = 30.0  # no audio for this long: finalise, close 1000 "idle"
     max_session_s: float = 14_400.0  # session length limit (4 h): finalise, close 1008
     drain_timeout_s: float = 10.0  # on SIGTERM: time for open sessions to send their finals
-    workers: int = 2  # inference threads shared by all sessions, each with its own continuous
-    # batch (with max_batch 1: plain decode threads); two one-thread workers use both cores of
-    # a 2-core CPU where one two-thread worker does not (bench/streams.py, docs/engine.md)
-    threads: int | None = 1  # torch intra-op threads (None: torch's default, one per core); one
-    # thread per decode worker is far more robust when the cores are shared (docs/engine.md)
+    workers: int = 1  # inference threads shared by all sessions, each with its own continuous
+    # batch (with max_batch 1: plain decode threads)
+    threads: int | None = None  # torch intra-op threads (None: torch's default, one per core):
+    # a final's 30 s window encodes on every core, where two one-thread workers held no round of
+    # 5 real-time clients on 2 cores (docs/engine.md, "Measured")
     max_batch: int = 8  # rows of a continuous batch: calls of different sessions decoded together;
     # 1: no scheduler, each call runs alone on the `workers` threads
     batch_budget_ms: float = 5.0  # how long a first call waits for others to join an empty batch

@@ -11,7 +11,7 @@ import speech
 from fake_model import FakeModel
 
 from streamasr import SAMPLE_RATE
-from streamasr.config import SessionConfig
+from streamasr.config import SessionConfig, VadConfig
 from streamasr.engine.session import Session
 from streamasr.events import (
     Event,
@@ -203,22 +203,45 @@ def test_a_rejected_full_window_final_falls_back_at_once(speech_audio: np.ndarra
     assert len(finals) == 1 and finals[0].fallback and finals[0].text
 
 
-def test_a_final_decodes_a_lead_in_that_stops_at_the_previous_utterance(
-    sentences: list[np.ndarray],
-) -> None:
+def final_frames(model: FakeModel) -> list[int]:
+    """The mel frames of each final decode (the decodes with word timings)."""
+    return [c["frames"] for c in model.calls if c["words"]]
+
+
+def test_a_final_decodes_a_lead_in_before_its_utterance(sentences: list[np.ndarray]) -> None:
     model = FakeModel()
     config = SessionConfig(partials=False, final_speculation_ms=0, final_lead_ms=700)
     session = Session(model, config)
     audio = np.concatenate(
-        [speech.silence(2.0), sentences[0], speech.silence(0.6), sentences[1], speech.silence(1)]
+        [speech.silence(0.4), sentences[0], speech.silence(0.6), sentences[1], speech.silence(1)]
     )
     events = feed_all(session, audio)
     starts = [e.sample for e in events if isinstance(e, SpeechStarted)]
     stops = [e.sample for e in events if isinstance(e, SpeechStopped)]
     assert len(starts) == len(stops) == 2
-    frames = [c["frames"] for c in model.calls if c["words"]]  # the finals: one decode each
     hop = model.features.hop_samples
-    lead = session.config.final_lead_ms * SAMPLE_RATE // 1000
+    lead = config.final_lead_ms * SAMPLE_RATE // 1000
+    assert starts[0] < lead  # the first lead is cut at the stream's start ...
+    assert starts[1] - stops[0] < lead  # ... the second reaches into the first utterance
+    assert final_frames(model) == [
+        pytest.approx(stops[0] / hop, abs=2),
+        pytest.approx((stops[1] - starts[1] + lead) / hop, abs=2),
+    ]
+
+
+def test_an_utterance_cut_at_the_length_limit_has_no_lead_in(
+    sentences: list[np.ndarray],
+) -> None:
+    model = FakeModel()
+    vad = VadConfig(max_utterance_ms=3000, min_cut_ms=1500)
+    config = SessionConfig(partials=False, final_speculation_ms=0, final_lead_ms=700, vad=vad)
+    audio = np.concatenate([speech.silence(1.0), *sentences[:3], speech.silence(1)])
+    events = feed_all(Session(model, config), audio)
+    starts = [e.sample for e in events if isinstance(e, SpeechStarted)]
+    stops = [e.sample for e in events if isinstance(e, SpeechStopped)]
+    assert len(starts) >= 2 and starts[1] == stops[0]  # cut, not a pause
+    hop = model.features.hop_samples
+    lead = config.final_lead_ms * SAMPLE_RATE // 1000
+    frames = final_frames(model)
     assert frames[0] == pytest.approx((stops[0] - starts[0] + lead) / hop, abs=2)
-    assert frames[1] == pytest.approx((stops[1] - stops[0]) / hop, abs=2)
-    assert starts[1] - stops[0] < lead  # so the second lead was cut at the first one's end
+    assert frames[1] == pytest.approx((stops[1] - starts[1]) / hop, abs=2)

@@ -334,7 +334,8 @@ def run_cli(*args: str) -> Any:
 
 
 def stream_finals(model: Any, audio: Any, chunk: int = 800) -> list[Any]:
-    """The finals of a full-window `Session` fed `audio` in `chunk`-sample pieces.
+    """The finals of a full-window `Session` fed `audio` in `chunk`-sample pieces, each
+    decoding its utterance's audio alone (no lead-in).
 
     Partials every 2 s keep the test fast; the final is a free decode that does not use them.
     """
@@ -342,7 +343,7 @@ def stream_finals(model: Any, audio: Any, chunk: int = 800) -> list[Any]:
     from streamasr.engine.session import Session
     from streamasr.events import TranscriptFinal
 
-    config = SessionConfig(encode_window="full", final_window="full", step_ms=2000)
+    config = SessionConfig(encode_window="full", final_window="full", final_lead_ms=0, step_ms=2000)
     session = Session(model, config)
     events = []
     for i in range(0, len(audio), chunk):
