@@ -202,7 +202,7 @@ def row(name: str, files: int, st: Stats, paced: bool) -> str:
         percentile(st.final_latency_s, 95, paced),
         percentile(st.partial_gap_s, 50, paced),
         percentile(st.partial_gap_s, 95, paced),
-        f"{wer(st.refs, st.partial):.1%}",
+        f"{wer(st.refs, st.partial):.1%}" if any(st.partial) else "n/a",
         f"{w_stream:.1%}",
         f"{w_off:.1%}",
         rel,
@@ -256,9 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-polish", action="store_true", help="chunked: finals from the cached states too"
     )
+    p.add_argument(
+        "--no-partials",
+        action="store_true",
+        help="finals only, as meeting transcription runs (the partial columns read n/a)",
+    )
     add_placement_args(p)
     args = p.parse_args(argv)
     config = SessionConfig(
+        partials=not args.no_partials,
         final_window=args.final_window,
         window_pad_ms=args.window_pad_ms,
         final_pad_ms=args.final_pad_ms,

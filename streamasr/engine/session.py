@@ -172,8 +172,8 @@ class Session:
             ):
                 utt.speculative = (pending_end, self._final_result(utt, pending_end))
                 return []
-        if self.partials_paused:
-            return []
+        if self.partials_paused or not self.config.partials:
+            return []  # a final does not need the partial decodes
         step = self.config.step_ms * self.step_scale * SAMPLE_RATE // 1000
         min_first = self.config.min_first_ms * SAMPLE_RATE // 1000
         if utt.mel_end - utt.start_sample < min_first:
@@ -193,7 +193,7 @@ class Session:
         utt.hypothesis = tuple(tokens)
         committed = utt.stabilizer.update(tokens)
         text = self._text(tokens)
-        if not self.config.partials or (not text and not utt.partial_text):
+        if not text and not utt.partial_text:
             return []
         utt.partial_text = text
         utt.shown = text or utt.shown

@@ -90,10 +90,12 @@ def test_close_is_final_and_bad_input_is_rejected(speech_audio: np.ndarray) -> N
 
 
 def test_partials_can_be_turned_off(speech_audio: np.ndarray) -> None:
-    session = Session(FakeModel(), SessionConfig(partials=False))
+    model = FakeModel()
+    session = Session(model, SessionConfig(partials=False))
     events = feed_all(session, speech_audio) + session.close()
     assert not any(isinstance(e, TranscriptPartial) for e in events)
     assert sum(isinstance(e, TranscriptFinal) for e in events) == 1
+    assert [c["words"] for c in model.calls] == [True]  # the final's decode, and no partial's
 
 
 def test_silence_never_calls_the_model() -> None:
