@@ -183,12 +183,12 @@ def single(model: AsrModel, clips: list, seconds: float) -> None:
     audio, refs = program(clips, 0, seconds)
     modes = {
         "window, 30 s window every step": SessionConfig(encoder="window", encode_window="full"),
-        "window, utterance + 1 s": SessionConfig(encoder="window"),
-        "chunked, final re-encoded (30 s)": SessionConfig(encoder="chunked"),
-        "chunked, final re-encoded (utterance + 1 s)": SessionConfig(
+        "window, partials on the utterance + 1 s": SessionConfig(encoder="window"),
+        "chunked, finals re-encoded (30 s)": SessionConfig(encoder="chunked"),
+        "chunked, finals re-encoded (utterance + 10 s)": SessionConfig(
             encoder="chunked", final_window="utterance"
         ),
-        "chunked, final from the cache": SessionConfig(encoder="chunked", polish_final=False),
+        "chunked, finals from the cache": SessionConfig(encoder="chunked", polish_final=False),
     }
     print("| mode | audio s | compute s per audio s | vs 30 s window | WER |")
     print("|---|--:|--:|--:|--:|")
