@@ -1,6 +1,6 @@
 """Where the daemon's time and its GIL go under N real-time clients: py-spy on `bench/serve.py`.
 
-    python bench/profile.py [--clients 6] [--seconds 45] [--sample-s 25] [--rate 100]
+    python bench/hotspots.py [--clients 6] [--seconds 45] [--sample-s 25] [--rate 100]
                             [--mode gil|cpu|none] [--out DIR]
 
 Runs `bench/serve.py --clients N` (which starts a daemon with its defaults), waits until the
@@ -81,7 +81,7 @@ def main() -> int:
     p.add_argument("--mode", choices=["gil", "cpu", "none"], default="gil")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()))
     args = p.parse_args()
-    log = args.out / "profile-serve.log"
+    log = args.out / "hotspots-serve.log"
     log.unlink(missing_ok=True)
     serve = subprocess.Popen(
         [sys.executable, str(HERE / "serve.py"), "--clients", str(args.clients)]
@@ -91,7 +91,7 @@ def main() -> int:
     )
     pid = daemon_pid(serve, log)
     time.sleep(12)  # the clients connect and reach their steady state
-    raw = args.out / f"profile-{args.mode}-{args.clients}.txt"
+    raw = args.out / f"hotspots-{args.mode}-{args.clients}.txt"
     cpu0, wall0 = cpu_seconds(pid), time.monotonic()
     if args.mode == "none":
         time.sleep(args.sample_s)
