@@ -1,7 +1,7 @@
 """Where the daemon's time and its GIL go under N real-time clients: py-spy on `bench/serve.py`.
 
     python bench/hotspots.py [--clients 6] [--seconds 45] [--sample-s 25] [--rate 100]
-                            [--mode gil|cpu|none] [--out DIR]
+                             [--mode gil|cpu|none] [--out DIR]
 
 Runs `bench/serve.py --clients N` (which starts a daemon with its defaults), waits until the
 clients stream, then for `--sample-s` seconds reads the daemon's CPU time from /proc and, with
