@@ -67,10 +67,11 @@ class SessionConfig:
     # (docs/engine.md, "Lead-in")
     final_pad_ms: int = 10_000  # silence after the utterance in its final's "utterance" window:
     # with 1 s, tiny.en often does not see where the audio ends, and says the sentence again
-    final_lead_ms: int = 700  # audio before the utterance (after the previous one) that its
-    # final also decodes: 700 puts 1 s of audio before the first voiced frame, as in a
-    # recording, and makes "full" finals score as offline (with "utterance" finals it helps
-    # Piper's voice and hurts some espeak-ng ones; docs/engine.md)
+    final_lead_ms: int = 700  # audio before the utterance that its final also decodes, which
+    # may reach into the previous utterance (not before a cut at `max_utterance_ms`): 700 puts
+    # 1 s of audio before the first voiced frame, as in a recording, and makes "full" finals
+    # score as offline (with "utterance" finals it helps Piper's voice and hurts some espeak-ng
+    # ones; docs/engine.md)
     encoder: str = "auto"  # "window": re-encode the utterance window at every update (exact);
     # "chunked": encode only audio not yet committed, attending the cached states of the
     # committed prefix (block-causal; cost per update does not grow with the utterance);
