@@ -21,6 +21,9 @@ for `--seconds` seconds, then sends session.end. Per N the markdown table gives:
   round's wall time times their number: how much of the compute it gives them was used; and
   the mean batch, calls per batched pass (decoding step). Both read n/a against a daemon
   without inference threads (`max_batch` 1);
+- daemon cores and peak RSS, for a daemon this script started: its CPU time (user + system, all
+  threads) over the round's wall time, and the largest resident set sampled every 100 ms in the
+  round (n/a with `--url`);
 - WER of the finals against the corpus text.
 
 A round is *held* when p95 final latency <= `--max-latency`, the lag growth < 0.5 s and the
@@ -132,6 +135,8 @@ class Round:
     hyps: list[str] = field(default_factory=list)
     busy: float | None = None  # inference threads' utilisation
     mean_batch: float | None = None
+    cores: float | None = None  # the daemon's CPU time over the round's wall time
+    peak_rss: int | None = None  # bytes
     failures: int = 0
 
     def add(self, run: ClientRun) -> None:
@@ -181,9 +186,9 @@ def pct(xs: list[float], q: float) -> str:
 
 HEADER = (
     "| clients | finals | final p50 s | final p95 s | partial gap p50 s | partial gap p95 s "
-    "| partial lat p50 s | lag growth s | send late s | inference busy | mean batch | WER "
-    "| held |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| partial lat p50 s | lag growth s | send late s | inference busy | mean batch "
+    "| daemon cores | peak RSS GiB | WER | held |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -201,6 +206,8 @@ def row(r: Round, max_latency: float) -> str:
         f"{r.lateness_s:.2f}",
         "n/a" if r.busy is None else f"{r.busy:.0%}",
         "n/a" if r.mean_batch is None else f"{r.mean_batch:.2f}",
+        "n/a" if r.cores is None else f"{r.cores:.2f}",
+        "n/a" if r.peak_rss is None else f"{r.peak_rss / 2**30:.2f}",
         f"{wer(r.refs, r.hyps):.1%}",
         "yes" if r.held(max_latency) else "NO",
     ]
@@ -223,14 +230,53 @@ def inference_counters(url: str, headers: dict[str, str]) -> dict[str, float]:
     return found
 
 
+class ProcessWatch:
+    """CPU time and the peak resident set of a local process, from /proc, over one round."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self.cpu0 = self.cpu_seconds()
+        self.t0 = time.monotonic()
+        self.task = asyncio.create_task(self._sample())
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def rss(self) -> int:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        return int(match[1]) * 1024 if match else 0
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.rss())
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> tuple[float, int]:
+        """(cores used, peak RSS in bytes) since the start."""
+        self.task.cancel()
+        self.peak = max(self.peak, self.rss())
+        return (self.cpu_seconds() - self.cpu0) / (time.monotonic() - self.t0), self.peak
+
+
 async def run_round(
-    url: str, headers: dict[str, str], clips: list[Clip], n: int, seconds: float
+    url: str,
+    headers: dict[str, str],
+    clips: list[Clip],
+    n: int,
+    seconds: float,
+    pid: int | None = None,
 ) -> Round:
     programs = [program(clips, i * 3, seconds) for i in range(n)]
     before, t0 = await asyncio.to_thread(inference_counters, url, headers), time.monotonic()
+    watch = None if pid is None else ProcessWatch(pid)
     runs = await asyncio.gather(*(run_client(url, headers, audio) for audio, _ in programs))
     after, t1 = await asyncio.to_thread(inference_counters, url, headers), time.monotonic()
     result = Round(n)
+    if watch is not None:
+        result.cores, result.peak_rss = watch.stop()
     if len(before) == len(after) == len(INFERENCE):
         delta = {k: after[k] - before[k] for k in INFERENCE}
         result.busy = delta["busy_seconds"] / ((t1 - t0) * after["threads"])
@@ -277,7 +323,8 @@ async def main_async(args: argparse.Namespace) -> int:
     best = 0
     try:
         for n in ns:
-            result = await run_round(url, headers, clips, n, args.seconds)
+            pid = None if proc is None else proc.pid
+            result = await run_round(url, headers, clips, n, args.seconds, pid)
             print(row(result, args.max_latency), flush=True)
             if not result.held(args.max_latency):
                 break

@@ -94,7 +94,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="ORIGIN",
         help="a browser origin allowed besides same-origin, e.g. https://example.org; repeatable",
     )
-    s.add_argument("--max-sessions", type=int, help="concurrent sessions (4)")
+    s.add_argument(
+        "--max-sessions",
+        type=int,
+        help="concurrent sessions (0: derived from the measured cost of a final at start-up)",
+    )
     s.add_argument("--max-frame-bytes", type=int, help="largest binary frame (1048576)")
     s.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds (30)")
     s.add_argument("--max-session", dest="max_session_s", type=float, help="seconds (14400)")
@@ -118,7 +122,9 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
     from streamasr.server.app import Server
     from streamasr.server.config import load_config
+    from streamasr.server.worker import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before any thread allocates
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     if flags.get("allow_origins") is not None:
         flags["allow_origins"] = tuple(flags["allow_origins"])

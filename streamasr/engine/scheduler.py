@@ -20,12 +20,12 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 
-from streamasr.config import DecodeConfig
 from streamasr.models.base import (
     AsrModel,
     DecodeResult,
@@ -35,6 +35,7 @@ from streamasr.models.base import (
     step_batch,
     supports_chunked,
 )
+from streamasr.models.slots import attempt
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class SchedulerStats:
     busy_s: float = 0.0  # wall time spent inside model calls, summed over the threads
     rows: int = 0  # calls summed over the passes: rows / passes is the mean batch
     largest_batch: int = 0  # most calls in one pass
+    cancelled: int = 0  # calls dropped before they ran (early finals the speaker made useless)
 
 
 class Scheduler:
@@ -84,6 +86,7 @@ class Scheduler:
         self._cv = threading.Condition()
         self._closed = False
         self._stats_lock = threading.Lock()
+        self.threads = self.config.workers  # inference threads running (encoders included)
         self._threads = [
             threading.Thread(target=self._run, name=f"streamasr-infer-{i}", daemon=True)
             for i in range(self.config.workers)
@@ -143,8 +146,14 @@ class Scheduler:
                     left = deadline - time.monotonic()
                     if left <= 0 or not self._cv.wait(left):
                         break
-            n = min(room, len(self._queue))
-            taken = [self._queue.popleft() for _ in range(n)]
+            taken: list[tuple[TranscribeRequest, Future[DecodeResult], float]] = []
+            while self._queue and len(taken) < room:
+                call = self._queue.popleft()
+                if call[1].set_running_or_notify_cancel():  # False: cancelled while queued
+                    taken.append(call)
+                else:
+                    with self._stats_lock:
+                        self.stats.cancelled += 1
             now = time.monotonic()
             for _, _, queued_at in taken:
                 self.wait_s += WAIT_SMOOTHING * (now - queued_at - self.wait_s)
@@ -169,16 +178,63 @@ class Scheduler:
             self._record(time.perf_counter() - t0, 1, len(batch_calls), len(batch_calls))
 
     def _run_continuous(self, batch: StepBatch) -> None:
-        """Admit queued calls between decoding steps; answer each as soon as it is done."""
+        """Two threads per batch: this one admits encoded rows and steps them, a second one
+        encodes the queued calls meanwhile. A 30 s window's encoder pass (a quarter of a
+        second for tiny.en on two cores) then never stalls the steps of the other rows, and
+        the steps' small matrix products leave cores to the encoder."""
+        lane = _Lane()
+        encoder = threading.Thread(
+            target=self._encode_loop,
+            args=(batch, lane),
+            name=f"{threading.current_thread().name}-encode",
+            daemon=True,
+        )
+        with self._stats_lock:
+            self.threads += 1
+        encoder.start()
+        try:
+            self._step_loop(batch, lane)
+        finally:
+            encoder.join()
+
+    def _encode_loop(self, batch: StepBatch, lane: _Lane) -> None:
+        """Take queued calls while the batch has room for them, encode them in one pass, and
+        hand the rows (or each call's error) to the stepping thread."""
+        try:
+            while True:
+                with lane.cv:
+                    while lane.waiting + batch.size >= batch.capacity and not self._closed:
+                        lane.cv.wait()
+                    room = max(1, batch.capacity - batch.size - lane.waiting)
+                calls = self._take(room, wait=True)
+                if not calls:
+                    return  # closed and drained
+                t0 = time.perf_counter()
+                encoded = _encode_each(batch, [r for r, _ in calls])
+                self._record(time.perf_counter() - t0, 0, 0, 0)
+                with lane.cv:
+                    lane.ready.extend((e, f) for e, (_, f) in zip(encoded, calls, strict=True))
+                    lane.cv.notify_all()
+        finally:
+            with lane.cv:
+                lane.encoder_done = True
+                lane.cv.notify_all()
+
+    def _step_loop(self, batch: StepBatch, lane: _Lane) -> None:
+        """Admit encoded rows between decoding steps; answer each call as soon as it is done."""
         while True:
-            joining = self._take(batch.capacity - batch.size, wait=batch.size == 0)
-            if not joining and batch.size == 0:
-                return  # closed, and nothing queued or decoding
+            with lane.cv:
+                while not lane.ready and batch.size == 0:
+                    if lane.encoder_done:
+                        return  # closed, and nothing queued, encoding or decoding
+                    lane.cv.wait()
+                n = min(len(lane.ready), batch.capacity - batch.size)
+                joining = [lane.ready.popleft() for _ in range(n)]
             t0 = time.perf_counter()
             answered = 0
-            # A call that cannot be encoded or prefilled fails alone.
-            added = batch.add_many([(r, f) for r, f in joining]) if joining else []
-            for (_, future), outcome in zip(joining, added, strict=True):
+            for outcome, future in joining:
+                if not isinstance(outcome, Exception):  # a call that cannot prefill fails alone
+                    outcome = attempt(partial(batch.add_row, outcome, future))
                 if isinstance(outcome, Exception):
                     future.set_exception(outcome)
                 elif outcome is not None:
@@ -197,6 +253,9 @@ class Scheduler:
                 for future, result in done:
                     future.set_result(result)
                 answered += len(done)
+            if joining or answered:
+                with lane.cv:
+                    lane.cv.notify_all()  # rows joined or left: room for the encoder
             self._record(time.perf_counter() - t0, 1 if rows else 0, answered, rows)
 
     def _execute(self, batch: list[tuple[TranscribeRequest, Future[DecodeResult]]]) -> None:
@@ -216,6 +275,36 @@ class Scheduler:
                 future.set_result(_call_one(self.model, request))
             except Exception as exc:
                 future.set_exception(exc)
+
+
+class _Lane:
+    """Encoded rows on their way from a batch's encoding thread to its stepping thread."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.ready: deque[tuple[Any, Future[DecodeResult]]] = deque()  # (row or error, future)
+        self.encoder_done = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self.ready)
+
+
+def _encode_each(batch: StepBatch, requests: list[TranscribeRequest]) -> list[Any]:
+    """The rows of `requests` encoded in one pass; if that pass fails (it committed no
+    stream's state), each request encoded alone: a row, or the error that failed it alone."""
+    try:
+        return list(batch.encode(requests))
+    except Exception as exc:
+        if len(requests) == 1:
+            return [exc]
+    out: list[Any] = []
+    for r in requests:
+        try:
+            out.append(batch.encode([r])[0])
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 def _call_one(model: Any, r: TranscribeRequest) -> DecodeResult:
@@ -250,27 +339,34 @@ class ScheduledModel:
     def encode_text(self, text: str) -> list[int]:
         return list(self._model.encode_text(text))
 
-    def transcribe(
-        self,
-        features: np.ndarray,
-        *,
-        num_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int] | None = None,
-        draft: list[int] | None = None,
-    ) -> DecodeResult:
-        request = TranscribeRequest(
-            features,
-            num_frames,
-            list(prompt),
-            options,
-            word_timestamps,
-            list(prefix or []),
-            draft=draft,
-        )
-        return self._scheduler.submit(request).result()
+    def transcribe(self, features: np.ndarray, **call: Any) -> DecodeResult:
+        """The model's `transcribe` (same keyword arguments), run by an inference thread."""
+        return self.transcribe_later(features, **call).result()
+
+    def transcribe_later(self, features: np.ndarray, **call: Any) -> Future[DecodeResult]:
+        """`transcribe` in the background: its future, which may be cancelled until it runs."""
+        return self._scheduler.submit(_request(features, call))
+
+
+_CALL_ARGS = frozenset(f.name for f in fields(TranscribeRequest)) - {"features"}
+
+
+def _request(features: np.ndarray, call: dict[str, Any]) -> TranscribeRequest:
+    """The request of a `transcribe` (or, with `cache`, `transcribe_chunked`) call's arguments."""
+    unknown = set(call) - _CALL_ARGS
+    if unknown:
+        raise TypeError(f"unexpected arguments of a model call: {', '.join(sorted(unknown))}")
+    return TranscribeRequest(
+        features,
+        call["num_frames"],
+        list(call["prompt"]),
+        call["options"],
+        call["word_timestamps"],
+        list(call.get("prefix") or []),
+        call.get("cache"),
+        call.get("commit_frames", 0),
+        call.get("draft"),
+    )
 
 
 class ScheduledChunkedModel(ScheduledModel):
@@ -279,28 +375,6 @@ class ScheduledChunkedModel(ScheduledModel):
     def new_encoder_cache(self) -> Any:
         return self._model.new_encoder_cache()
 
-    def transcribe_chunked(
-        self,
-        cache: Any,
-        features: np.ndarray,
-        *,
-        num_frames: int,
-        commit_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int] | None = None,
-        draft: list[int] | None = None,
-    ) -> DecodeResult:
-        request = TranscribeRequest(
-            features,
-            num_frames,
-            list(prompt),
-            options,
-            word_timestamps,
-            list(prefix or []),
-            cache,
-            commit_frames,
-            draft,
-        )
-        return self._scheduler.submit(request).result()
+    def transcribe_chunked(self, cache: Any, features: np.ndarray, **call: Any) -> DecodeResult:
+        """The model's `transcribe_chunked` over `cache`, run by an inference thread."""
+        return self._scheduler.submit(_request(features, {**call, "cache": cache})).result()

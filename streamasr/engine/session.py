@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -41,6 +43,34 @@ class _Decoded:
     origin: int
 
 
+class _Speculation:
+    """A final decoded early, at `end`: done in place, or in flight on a shared model that
+    decodes in the background (then cancelled if the speaker goes on before it ran)."""
+
+    def __init__(
+        self,
+        end: int,
+        *,
+        decoded: _Decoded | None = None,
+        pending: Future[DecodeResult] | None = None,
+        settle: Callable[[DecodeResult], _Decoded | None] | None = None,
+    ) -> None:
+        self.end = end
+        self._decoded = decoded
+        self._pending, self._settle = pending, settle
+
+    def outcome(self) -> _Decoded | None:
+        """The final: waits for a decode in flight."""
+        if self._pending is not None and self._settle is not None:
+            return self._settle(self._pending.result())
+        return self._decoded
+
+    def cancel(self) -> None:
+        """Drop the decode if it has not started; a running one finishes unused."""
+        if self._pending is not None:
+            self._pending.cancel()
+
+
 @dataclass
 class _Utterance:
     segment_id: int
@@ -52,7 +82,7 @@ class _Utterance:
     shown: str = ""  # the last partial text that had words: a final never erases it
     lead_start: int = 0  # a final decodes the audio from here (`final_lead_ms` before the start)
     hypothesis: tuple[int, ...] = ()  # tokens of the last partial decode: the next one's draft
-    speculative: tuple[int, _Decoded | None] | None = None  # (end_sample, early final)
+    speculative: _Speculation | None = None  # the early final
 
 
 class Session:
@@ -160,17 +190,20 @@ class Session:
         if utt is None:
             return []
         self._advance_mel(utt, self._ring.end_sample)
-        pending_end = self._vad.pending_end
         speculate_ms = self.config.final_speculation_ms
-        if pending_end is not None and speculate_ms > 0:
+        pending_end = self._vad.pending_end if speculate_ms > 0 else None
+        if utt.speculative is not None and utt.speculative.end != pending_end:
+            utt.speculative.cancel()  # the speaker went on: that early final is of no use
+            utt.speculative = None
+        if pending_end is not None:
             # The speaker paused: decode the final now, inside the VAD's stop hangover, so it
             # is ready the moment the utterance closes. Partials wait while the pause lasts.
-            if utt.speculative is not None and utt.speculative[0] == pending_end:
+            if utt.speculative is not None:
                 return []
             if self._vad.trailing_unvoiced_ms >= speculate_ms and not self._too_short(
                 utt, pending_end
             ):
-                utt.speculative = (pending_end, self._final_result(utt, pending_end))
+                utt.speculative = self._speculate(utt, pending_end)
                 return []
         if self.partials_paused or not self.config.partials:
             return []  # a final does not need the partial decodes
@@ -214,33 +247,62 @@ class Session:
         """The final decode of the utterance's audio up to `end` (from `lead_start`, or from its
         start on the cached encoder states), reused if speculated; None when every decode the
         policy allows was rejected by the hallucination gate.
+        """
+        if utt.speculative is not None and utt.speculative.end == end:
+            return utt.speculative.outcome()
+        if self._encoder_cache is not None and not self.config.polish_final:
+            # The final reuses the stream's cached encoder states: its mel runs up to the
+            # newest audio (the VAD's hangover after `end`), which is silence.
+            self._advance_mel(utt, self._ring.end_sample)
+            result = self._decode(
+                self._mel,
+                prefix=[],
+                words=True,
+                window=self.config.encode_window,
+                chunked=True,
+                hypothesis=utt.hypothesis,
+            )
+            return self._settle(utt, end, result, utt.start_sample, self.config.encode_window)
+        mel = self._final_mel(utt, end)
+        window = self.config.final_window
+        result = self._decode_final(utt, mel, window)
+        return self._settle(utt, end, result, utt.lead_start, window, mel)
+
+    def _speculate(self, utt: _Utterance, end: int) -> _Speculation:
+        """The final of the audio up to `end`, started now. On a model that decodes in the
+        background (the daemon's scheduler) the session goes on meanwhile, and a decode the
+        speaker made useless is dropped before it runs; elsewhere it is decoded in place."""
+        later = getattr(self.model, "transcribe_later", None)
+        chunked_final = self._encoder_cache is not None and not self.config.polish_final
+        if later is None or chunked_final:  # a chunked final would share the stream's cache
+            return _Speculation(end, decoded=self._final_result(utt, end))
+        mel = self._final_mel(utt, end)
+        window = self.config.final_window
+        features, kwargs = self._window_call(
+            mel, **self._final_args(utt), window=window, pad_ms=self.config.final_pad_ms
+        )
+        return _Speculation(
+            end,
+            pending=later(features, **kwargs),
+            settle=lambda r: self._settle(utt, end, r, utt.lead_start, window, mel),
+        )
+
+    def _settle(
+        self,
+        utt: _Utterance,
+        end: int,
+        result: DecodeResult,
+        origin: int,
+        window: str,
+        mel: LogMelBuffer | None = None,
+    ) -> _Decoded | None:
+        """The final from a first decode, which starts at sample `origin`.
 
         A rejected decode on a shorter window is decoded once more on the full window, the one
         Whisper was trained on: a rejection there means a loop the guard missed or noise,
         which the short window's missing end of audio causes far more often. So is an empty
         decode of an utterance whose partials showed words.
         """
-        if utt.speculative is not None and utt.speculative[0] == end:
-            return utt.speculative[1]
-        window = self.config.final_window
-        mel: LogMelBuffer | None = None  # the utterance's own log-mel, computed once
-        if self._encoder_cache is not None and not self.config.polish_final:
-            # The final reuses the stream's cached encoder states: its mel runs up to the
-            # newest audio (the VAD's hangover after `end`), which is silence.
-            self._advance_mel(utt, self._ring.end_sample)
-            window = self.config.encode_window
-            result = self._decode(
-                self._mel,
-                prefix=[],
-                words=True,
-                window=window,
-                chunked=True,
-                hypothesis=utt.hypothesis,
-            )
-            origin = utt.start_sample
-        else:
-            mel = self._final_mel(utt, end)
-            result, origin = self._decode_final(utt, mel, window), utt.lead_start
         if self._final_ok(utt, result):
             return _Decoded(result, origin)
         if window != "full":
@@ -259,16 +321,15 @@ class Session:
         mel.append(final_audio(self._ring.slice(utt.lead_start, end), self.config.decode))
         return mel
 
+    def _final_args(self, utt: _Utterance) -> dict[str, Any]:
+        """What a final decode continues and is offered: committed prefix, draft, word timings."""
+        committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
+        return {"prefix": list(committed), "words": True, "hypothesis": utt.hypothesis}
+
     def _decode_final(self, utt: _Utterance, mel: LogMelBuffer, window: str) -> DecodeResult:
         """A final decode of the utterance's log-mel, re-encoded on `window`."""
-        committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
         return self._decode(
-            mel,
-            prefix=list(committed),
-            words=True,
-            window=window,
-            pad_ms=self.config.final_pad_ms,
-            hypothesis=utt.hypothesis,
+            mel, **self._final_args(utt), window=window, pad_ms=self.config.final_pad_ms
         )
 
     def _finish(self, end_sample: int) -> list[Event]:
@@ -320,6 +381,30 @@ class Session:
         hypothesis: tuple[int, ...] = (),
     ) -> DecodeResult:
         """Decode `mel`, continuing `prefix`; the latest `hypothesis` is offered as a draft."""
+        features, kwargs = self._window_call(
+            mel, prefix=prefix, words=words, window=window, pad_ms=pad_ms, hypothesis=hypothesis
+        )
+        if not chunked:
+            return self.model.transcribe(features, **kwargs)
+        # Commit whole chunks of encoder frames (20 ms each) that have `lookahead_ms` of real
+        # audio after them; the rest of the window is recomputed on the next update.
+        chunk, ahead = self.config.chunk_ms // 20, self.config.lookahead_ms // 20
+        commit = (mel.num_frames // 2 - ahead) // chunk * chunk
+        return cast(ChunkedAsrModel, self.model).transcribe_chunked(
+            self._encoder_cache, features, commit_frames=commit, **kwargs
+        )
+
+    def _window_call(
+        self,
+        mel: LogMelBuffer,
+        *,
+        prefix: list[int],
+        words: bool,
+        window: str,
+        pad_ms: int | None,
+        hypothesis: tuple[int, ...],
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The features of `mel` padded for `window`, and the model call's other arguments."""
         spec = self.model.features
         if window == "full":
             pad_to = spec.window_frames
@@ -327,35 +412,15 @@ class Session:
             pad = self.config.window_pad_ms if pad_ms is None else pad_ms
             pad_to = mel.covered_frames + pad // 10
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
-        features = mel.features(pad_to_frames=pad_to)
-        words = words and self.config.decode.word_timestamps
         agrees = hypothesis[: len(prefix)] == tuple(prefix)
-        draft = list(hypothesis[len(prefix) :]) if agrees else []
-        if not chunked:
-            return self.model.transcribe(
-                features,
-                num_frames=mel.covered_frames,
-                prompt=self._context,
-                options=self.config.decode,
-                word_timestamps=words,
-                prefix=prefix,
-                draft=draft,
-            )
-        # Commit whole chunks of encoder frames (20 ms each) that have `lookahead_ms` of real
-        # audio after them; the rest of the window is recomputed on the next update.
-        chunk, ahead = self.config.chunk_ms // 20, self.config.lookahead_ms // 20
-        commit = (mel.num_frames // 2 - ahead) // chunk * chunk
-        return cast(ChunkedAsrModel, self.model).transcribe_chunked(
-            self._encoder_cache,
-            features,
-            num_frames=mel.covered_frames,
-            commit_frames=commit,
-            prompt=self._context,
-            options=self.config.decode,
-            word_timestamps=words,
-            prefix=prefix,
-            draft=draft,
-        )
+        return mel.features(pad_to_frames=pad_to), {
+            "num_frames": mel.covered_frames,
+            "prompt": self._context,
+            "options": self.config.decode,
+            "word_timestamps": words and self.config.decode.word_timestamps,
+            "prefix": prefix,
+            "draft": list(hypothesis[len(prefix) :]) if agrees else [],
+        }
 
     def _keep(self, r: DecodeResult) -> bool:
         return not looks_like_hallucination(r, self.config.decode)

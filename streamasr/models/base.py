@@ -142,6 +142,15 @@ class StepBatch(Protocol):
         """Start decoding `request`; its result when it is done at once (else from `step`)."""
         ...
 
+    def encode(self, requests: list[TranscribeRequest]) -> list[Any]:
+        """The rows of `requests`, encoded in one pass; touches no row of the batch, so it may
+        run on another thread while the batch steps. A pass that fails commits no state."""
+        ...
+
+    def add_row(self, row: Any, tag: Any) -> DecodeResult | None:
+        """Prefill an encoded row into a free slot; its result when it is done at once."""
+        ...
+
     def add_many(self, calls: list[tuple[TranscribeRequest, Any]]) -> list[Added]:
         """`add` of each (request, tag), in shared model calls where the batch can; per call,
         its result, None (decoding) or the exception that failed it alone."""

@@ -10,7 +10,7 @@ import torch
 
 from streamasr.errors import ModelFormatError
 from streamasr.models.base import AsrModel
-from streamasr.models.placement import resolve_compute, resolve_dtype
+from streamasr.models.placement import resolve_compute, resolve_dtype, resolve_encoder_dtype
 from streamasr.models.resolve import resolve_model_dir
 
 if TYPE_CHECKING:
@@ -43,7 +43,8 @@ def load_model(
         from streamasr.models.whisper import WhisperModel
 
         whisper = WhisperModel.from_dir(model_dir, name=spec)
-        return whisper.to(device, resolve_dtype(dtype, device, half=torch.float16))
+        placed = resolve_dtype(dtype, device, half=torch.float16)
+        return whisper.to(device, placed, resolve_encoder_dtype(dtype, device))
     if family == "glmasr":
         from streamasr.models.glmasr import GlmAsrAdapter
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
 from streamasr.models.encoder_cache import EncoderCache, Tail
 from streamasr.models.packed_linear import LazyPack, linear_fp16, pack_linears
 from streamasr.models.whisper_decode import CrossKV, DecodeRow, WhisperStepBatch, greedy_batch
+from streamasr.models.whisper_net import WhisperNet
 from streamasr.models.whisper_tokens import alignment_heads, special_tokens
 
 
@@ -28,14 +30,14 @@ class WhisperModel:
     # as accurate, and an update costs less (measured on held-out speech: docs/engine.md).
     preferred_encoder = "chunked"
 
-    def __init__(self, hf_model: Any, tokenizer: Any, gen_config: Any, name: str) -> None:
+    def __init__(self, net: WhisperNet, tokenizer: Any, gen_config: Any, name: str) -> None:
         self.name = name
-        self.hf = hf_model.eval()
+        self.net = net.eval()
         self.tokenizer = tokenizer
-        cfg = hf_model.config
+        cfg = net.config
         self.config = cfg
-        self.encoder = hf_model.model.encoder
-        self.decoder = hf_model.model.decoder
+        self.encoder: Any = net.model.encoder  # typed loosely: layers are reached by name
+        self.decoder: Any = net.model.decoder
         self.n_heads_dec = cfg.decoder_attention_heads
         self.n_heads_enc = cfg.encoder_attention_heads
         self.features = FeatureSpec(
@@ -46,9 +48,17 @@ class WhisperModel:
         self.alignment_heads = alignment_heads(gen_config, cfg.decoder_layers, self.n_heads_dec)
         self._place()
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> WhisperModel:
-        """Move the weights (and every tensor made per call from now on) to `device`, `dtype`."""
-        self.hf.to(device=device, dtype=dtype)
+    def to(
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        encoder_dtype: torch.dtype | None = None,
+    ) -> WhisperModel:
+        """Move the weights (and every tensor made per call from now on) to `device`, `dtype`;
+        the encoder's layers may run in `encoder_dtype` (its output is `dtype` all the same)."""
+        self.net.to(device=device, dtype=dtype)
+        if encoder_dtype is not None:
+            self.encoder.to(dtype=encoder_dtype)
         self._place()
         return self
 
@@ -57,12 +67,11 @@ class WhisperModel:
         decoder's linear layers as `PackedLinear`s, which pack on their first float32 CPU call
         where fp16 holds the weights exactly (models/packed_linear.py; steps run a few rows)."""
         embed = self.decoder.embed_tokens.weight.detach()
-        # The projection is the tied embedding transposed, stored contiguous: through the
-        # transposed view MKL takes a 3x slower path on the CPU.
-        self.vocab_projection = embed.T.contiguous()
+        self._vocab_projection: torch.Tensor | None = None  # made on the first call needing it
         self.vocab_pack = LazyPack(embed)
         pack_linears(self.decoder)
         self.device, self.dtype = embed.device, embed.dtype
+        self.encoder_dtype = self.encoder.conv1.weight.dtype
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder outputs (..., d), after the final layer norm -> vocabulary logits."""
@@ -72,25 +81,28 @@ class WhisperModel:
         out: torch.Tensor = x @ self.vocab_projection
         return out
 
+    @property
+    def vocab_projection(self) -> torch.Tensor:
+        """The tied embedding transposed, stored contiguous (through the transposed view MKL
+        takes a 3x slower path on the CPU). Made when first used: with the fp16 GEMM the CPU
+        never needs these 80 MB (tiny.en)."""
+        if self._vocab_projection is None:
+            self._vocab_projection = self.decoder.embed_tokens.weight.detach().T.contiguous()
+        return self._vocab_projection
+
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_dir(cls, model_dir: Path, *, name: str | None = None) -> WhisperModel:
-        from transformers import AutoTokenizer, GenerationConfig, WhisperForConditionalGeneration
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoTokenizer
 
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        net = WhisperNet.from_dir(model_dir)
         try:
-            hf = WhisperForConditionalGeneration.from_pretrained(
-                str(model_dir), dtype=torch.float32
-            )
             tok = AutoTokenizer.from_pretrained(str(model_dir))
         except (OSError, ValueError) as exc:
-            raise ModelFormatError(f"cannot load a Whisper model from {model_dir}: {exc}") from exc
-        try:
-            gen = GenerationConfig.from_pretrained(str(model_dir))
-        except OSError:
-            gen = hf.generation_config
-        return cls(hf, tok, gen, name or model_dir.name)
+            raise ModelFormatError(
+                f"cannot load a Whisper tokenizer from {model_dir}: {exc}"
+            ) from exc
+        return cls(net, tok, generation_config(model_dir), name or model_dir.name)
 
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -114,9 +126,20 @@ class WhisperModel:
         v = attn.v_proj(x).view(b, t, heads, -1).transpose(1, 2)
         return q, k, v
 
+    def _encoder_qkv(self, attn: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """An encoder layer's queries, keys and values, in the model's dtype: with a bfloat16
+        encoder the attention itself runs in float32, which on the CPU is also the faster
+        (flash attention over 1500 frames: 23 ms a layer against 27 in bfloat16)."""
+        return tuple(m.to(self.dtype) for m in self._attend(attn, x, self.n_heads_enc))
+
+    def _encoder_out(self, attn: Any, a: torch.Tensor) -> torch.Tensor:
+        """The output projection of an encoder layer's attention (B, H, T, D)."""
+        out: torch.Tensor = attn.out_proj(a.transpose(1, 2).flatten(2).to(self.encoder_dtype))
+        return out
+
     def _stem(self, mel: torch.Tensor) -> torch.Tensor:
         """The two convolutions: log-mel (B, n_mels, T) -> (B, T/2, d), positions not added."""
-        x = F.gelu(self.encoder.conv1(mel))
+        x = F.gelu(self.encoder.conv1(mel.to(self.encoder_dtype)))
         return F.gelu(self.encoder.conv2(x)).permute(0, 2, 1)
 
     def _check_frames(self, t: int) -> None:
@@ -134,12 +157,12 @@ class WhisperModel:
         x = x + enc.embed_positions.weight[: x.shape[1]]
         for layer in enc.layers:
             h = layer.self_attn_layer_norm(x)
-            q, k, v = self._attend(layer.self_attn, h, self.n_heads_enc)
+            q, k, v = self._encoder_qkv(layer.self_attn, h)
             a = chunk_attention(q, k, v, mask="none", scale=1.0)
-            x = x + layer.self_attn.out_proj(a.transpose(1, 2).flatten(2))
+            x = x + self._encoder_out(layer.self_attn, a)
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
-        out: torch.Tensor = enc.layer_norm(x)
+        out: torch.Tensor = enc.layer_norm(x).to(self.dtype)
         return out
 
     # ---------------------------------------------------------------- chunked encoding
@@ -189,7 +212,7 @@ class WhisperModel:
         sizes = [n for _, n, _ in spans]
         for i, layer in enumerate(enc.layers):
             h = layer.self_attn_layer_norm(x)
-            q, k, v = self._attend(layer.self_attn, h, self.n_heads_enc)  # (1, H, N, D)
+            q, k, v = self._encoder_qkv(layer.self_attn, h)  # (1, H, N, D)
             parts = []
             for t, (c, _, n_commit), qr, kr, vr in zip(
                 tails, spans, *(torch.split(m, sizes, 2) for m in (q, k, v)), strict=True
@@ -202,11 +225,10 @@ class WhisperModel:
                 parts.append(chunk_attention(qr.contiguous(), k_all, v_all, mask="none", scale=1.0))
                 if t.cache is not None and n_commit:
                     t.cache.commit_layer(i, kr, vr, n_commit)
-            a = torch.cat(parts, dim=2)
-            x = x + layer.self_attn.out_proj(a.transpose(1, 2).flatten(2))
+            x = x + self._encoder_out(layer.self_attn, torch.cat(parts, dim=2))
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
-        out = enc.layer_norm(x)
+        out = enc.layer_norm(x).to(self.dtype)
         cross_all = [
             (torch.split(k, sizes, 2), torch.split(v, sizes, 2)) for k, v in self.cross_kv(out)
         ]  # per decoder layer, per tail
@@ -431,6 +453,21 @@ class WhisperModel:
             )
             for r, (_, cross) in zip(requests, encoded, strict=True)
         ]
+
+
+def generation_config(model_dir: Path) -> SimpleNamespace:
+    """The dir's generation_config.json as attributes (special tokens, alignment heads); without
+    one, the suppression lists older Whisper configs keep in config.json."""
+    path = model_dir / "generation_config.json"
+    if not path.is_file():
+        path = model_dir / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{path} is unreadable or not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path} is not a JSON object")
+    return SimpleNamespace(**data)
 
 
 def load_whisper(model_dir: Path, name: str | None = None) -> WhisperModel:

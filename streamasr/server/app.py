@@ -32,7 +32,15 @@ from streamasr.server.protocol import (
 )
 from streamasr.server.routes import Routes
 from streamasr.server.static import PACKAGE_STATIC, StaticFiles
-from streamasr.server.worker import DecodePool, set_torch_threads, warm_up
+from streamasr.server.worker import (
+    TRIM_INTERVAL_S,
+    DecodePool,
+    estimate_capacity,
+    set_torch_threads,
+    time_final,
+    trim_heap,
+    warm_up,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +70,18 @@ class Server:
             load_model, compute=config.compute, dtype=config.dtype
         )
         self._session_config = session_config or SessionConfig(encoder=config.encoder)
-        # With the scheduler, pool threads run each session's VAD and features and wait for its
-        # batched model calls: one per session (and one for the model load) keeps none waiting.
-        batching = config.max_batch > 1
-        self._pool = DecodePool(config.max_sessions + 1 if batching else config.workers)
+        self.capacity = config.max_sessions  # sessions taken; when 0, derived in `startup`
+        self._pool = DecodePool(1)  # loads the model; replaced by the sessions' pool in `startup`
         self._scheduler: Scheduler | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         static = Path(config.static_dir) if config.static_dir else PACKAGE_STATIC
-        self._routes = Routes(config, self.metrics, StaticFiles(static), lambda: self.state)
+        self._routes = Routes(
+            config,
+            self.metrics,
+            StaticFiles(static),
+            lambda: self.state,
+            lambda: (len(self._connections), self.capacity),
+        )
         self._ctx: ServerContext | None = None
         self._ws: WsServer | None = None
         self._connections: set[Connection] = set()
@@ -135,6 +148,19 @@ class Server:
         await self._pool.run(set_torch_threads, self.config.threads)
         model, load_s = await self._pool.run(self._model_factory, self.config.model)
         _, warm_s = await self._pool.run(warm_up, model)
+        if not self.capacity:
+            final_s, _ = await self._pool.run(time_final, model)
+            self.capacity = estimate_capacity(final_s, self.config.workers)
+            log.info(
+                "capacity: %d sessions (a 30 s-window final took %.2f s)", self.capacity, final_s
+            )
+        self.metrics.sessions_max.set(self.capacity)
+        # With the scheduler, pool threads run each session's VAD and features and wait for its
+        # batched model calls: one per session keeps none waiting.
+        loader = self._pool
+        batching = self.config.max_batch > 1
+        self._pool = DecodePool(self.capacity + 1 if batching else self.config.workers)
+        loader.shutdown()
         shared: AsrModel = model
         if self.config.max_batch > 1:
             budget = self.config.batch_budget_ms
@@ -145,6 +171,7 @@ class Server:
         self._ctx = ServerContext(
             self.config, shared, self._session_config, self._pool, self.metrics, self._scheduler
         )
+        self._trimmer = asyncio.create_task(self._trim_heap())
         self.state = "ready"
         self.metrics.ready.set(1)
         notify("READY=1")
@@ -175,12 +202,19 @@ class Server:
         if self._ws is not None:
             await self._ws.wait_closed()
         self._pool.shutdown()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.close)  # after the calls already queued
         self.state = "stopped"
         log.info("stopped")
 
     # ---------------------------------------------------------------- internals
+    async def _trim_heap(self) -> None:
+        """Every `TRIM_INTERVAL_S`, hand freed heap pages back (`trim_heap`), off the loop."""
+        while await asyncio.to_thread(trim_heap):
+            await asyncio.sleep(TRIM_INTERVAL_S)
+
     async def wait_idle(self, timeout_s: float) -> bool:
         """True once no session is open; False after `timeout_s` or a forced stop."""
         if not self._connections:
@@ -203,7 +237,7 @@ class Server:
         if self._ctx is None or self.state != "ready":
             await _close(ws, CloseCode.TRY_AGAIN, "server not ready")
             return
-        if len(self._connections) >= self.config.max_sessions:
+        if len(self._connections) >= self.capacity:
             await self._reject_busy(ws)
             return
         conn = Connection(ws, self._ctx)
@@ -221,7 +255,7 @@ class Server:
     async def _reject_busy(self, ws: ServerConnection) -> None:
         self.metrics.rejected.labels(reason="busy").inc()
         self.metrics.errors.labels(code=ErrorCode.SERVER_BUSY.value).inc()
-        limit = self.config.max_sessions
+        limit = self.capacity
         message = f"the server is at its limit of {limit} sessions; try again later"
         frame = ServerProtocol(max_frame_bytes=0).event(error_event(ErrorCode.SERVER_BUSY, message))
         try:

@@ -32,7 +32,8 @@ class ServerConfig:
     token: str | None = None  # bearer token; required when host is not loopback
     allow_origins: tuple[str, ...] = ()  # extra browser origins; same-origin is always allowed,
     # "*" allows any origin
-    max_sessions: int = 4  # concurrent sessions; one more is accepted, then closed 1013
+    max_sessions: int = 0  # concurrent sessions; one more is accepted, then closed 1013.
+    # 0: derived at start-up from the measured time of one final (`estimate_capacity`)
     max_frame_bytes: int = 1_048_576  # largest binary frame (1 MiB: 32 s of 16 kHz s16 mono)
     idle_timeout_s: float = 30.0  # no audio for this long: finalise, close 1000 "idle"
     max_session_s: float = 14_400.0  # session length limit (4 h): finalise, close 1008
@@ -93,7 +94,6 @@ class ServerConfig:
 
 
 _POSITIVE = (
-    "max_sessions",
     "max_frame_bytes",
     "idle_timeout_s",
     "max_session_s",
@@ -111,6 +111,10 @@ def _check_positive(config: ServerConfig) -> None:
     for name in _POSITIVE:
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.max_sessions < 0:
+        raise ConfigError(
+            f"max_sessions must be 0 (derived) or positive, got {config.max_sessions}"
+        )
     if config.threads is not None and config.threads <= 0:
         raise ConfigError(f"threads must be positive, got {config.threads}")
 

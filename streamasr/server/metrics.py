@@ -35,6 +35,11 @@ class ServerMetrics:
         self.sessions_active = Gauge(
             "streamasr_sessions_active", "Open WebSocket sessions", registry=r
         )
+        self.sessions_max = Gauge(
+            "streamasr_sessions_max",
+            "Sessions this daemon takes at once (max_sessions, or derived at start-up)",
+            registry=r,
+        )
         self.sessions = Counter("streamasr_sessions", "Sessions accepted", registry=r)
         self.rejected = Counter(
             "streamasr_rejected_connections",
@@ -104,6 +109,11 @@ class _SchedulerCollector(Collector):
             ("calls", "Model calls answered", stats.calls),
             ("passes", "Batched model passes (decoding steps)", stats.passes),
             ("rows", "Calls summed over the passes: rows / passes is the mean batch", stats.rows),
+            (
+                "cancelled",
+                "Calls dropped before they ran: early finals made useless by more speech",
+                stats.cancelled,
+            ),
         ):
             yield CounterMetricFamily(f"streamasr_inference_{name}", doc, value=value)
         yield GaugeMetricFamily(
@@ -113,6 +123,6 @@ class _SchedulerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "streamasr_inference_threads",
-            "Inference threads, each running its own batch",
-            value=self.scheduler.config.workers,
+            "Inference threads: per batch, one encoding calls and one stepping rows",
+            value=self.scheduler.threads,
         )

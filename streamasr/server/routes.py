@@ -72,11 +72,13 @@ class Routes:
         metrics: ServerMetrics,
         static: StaticFiles,
         state: Callable[[], str],
+        sessions: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.static = static
         self.state = state  # "starting", "ready" or "stopping"
+        self.sessions = sessions  # (open, most taken at once)
 
     def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -85,9 +87,7 @@ class Routes:
         ):
             return self._reject(path, "origin", http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
         if path == HEALTH_PATH:
-            ready = self.state() == "ready"
-            status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
-            return response(status, "ok\n" if ready else f"{self.state()}\n")
+            return self._health(request)
         if path in (METRICS_PATH, STREAM_PATH) and not self._authorized(request):
             return self._reject(
                 path,
@@ -108,6 +108,28 @@ class Routes:
         if found is None:
             return response(http.HTTPStatus.NOT_FOUND, "not found\n")
         return response(http.HTTPStatus.OK, found.body, found.content_type)
+
+    def _health(self, request: Request) -> Response:
+        """200 `ok` when ready, else 503 with the state. Headers give the sessions open and
+        free; with `?free=N` (N 1 when empty) a ready daemon with fewer than N free is 503
+        `full`, so a load balancer's check sends new streams only where they fit."""
+        active, most = self.sessions()
+        free = max(0, most - active)
+        headers = {"X-Sessions-Active": str(active), "X-Sessions-Max": str(most)}
+        headers["X-Sessions-Free"] = str(free)
+        if self.state() != "ready":
+            return response(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.state()}\n", headers=headers
+            )
+        wanted = parse_qs(urlsplit(request.path).query, keep_blank_values=True).get("free")
+        if wanted is not None:
+            try:
+                need = int(wanted[0] or "1")
+            except ValueError:
+                return response(http.HTTPStatus.BAD_REQUEST, "free must be an integer\n")
+            if free < need:
+                return response(http.HTTPStatus.SERVICE_UNAVAILABLE, "full\n", headers=headers)
+        return response(http.HTTPStatus.OK, "ok\n", headers=headers)
 
     def _authorized(self, request: Request) -> bool:
         if self.config.token is None:

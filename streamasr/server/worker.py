@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import functools
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +47,48 @@ def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
     return result, time.perf_counter() - t0
 
 
+MALLOC_ARENAS = 2  # glibc malloc arenas of the daemon (`limit_malloc_arenas`)
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas, before the daemon starts its threads. By default every thread
+    that allocates gets an arena of its own (up to 8 per core), and each keeps the peak of what
+    its thread held: with a pool thread per session, 50-90 MB more resident memory at 4
+    streams (docs/engine.md, "Memory"). `MALLOC_ARENA_MAX` in the environment wins. False
+    where the C library is not glibc."""
+    libc = _glibc()
+    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, arenas))
+
+
+M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+TRIM_INTERVAL_S = 2.0  # how often the daemon hands freed heap pages back (`trim_heap`)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc has it, other C libraries do not
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def trim_heap() -> bool:
+    """Give the pages of freed memory in the middle of malloc's heaps back to the system.
+
+    glibc returns only the top of a heap on `free`; tensors and arrays of different sizes
+    freed below live ones stay resident. At 4 streams that was 0.84 against 0.77 GiB of
+    peak RSS, trimmed every 2 s (docs/engine.md, "Memory"). False where the C library is
+    not glibc: there is nothing to trim then."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def set_torch_threads(threads: int | None) -> None:
     """Set torch's intra-op threads (fewer than cores is often faster on a small shared CPU)."""
     if threads is not None:
@@ -64,3 +109,40 @@ def warm_up(model: AsrModel) -> None:
         options=DecodeConfig(),
         word_timestamps=True,
     )
+
+
+# Sessions times the time of one full-window final (as the daemon measures it after its warm-up):
+# with tiny.en on 2 cores, 8 real-time clients held a p95 final latency under 1.5 s where a
+# final took 0.20-0.21 s (bfloat16 encoder), and 5-6 where it took 0.31 s (float32), which
+# this puts at 5; docs/engine.md, "Capacity".
+SESSION_FINAL_BUDGET_S = 1.7
+MAX_DERIVED_SESSIONS = 256
+
+
+def time_final(model: AsrModel, tries: int = 3) -> float:
+    """Seconds of one final on a full window (encoder pass, a short decode, word timings): the
+    fastest of `tries`, so a busy moment of the machine does not count."""
+    spec = model.features
+    features = np.zeros((spec.n_mels, spec.window_frames), dtype=np.float32)
+    times = []
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        model.transcribe(
+            features,
+            num_frames=spec.window_frames // 10,
+            prompt=[],
+            options=DecodeConfig(),
+            word_timestamps=True,
+        )
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def estimate_capacity(final_s: float, workers: int = 1) -> int:
+    """Real-time streams the daemon can take when one full-window final costs `final_s`
+    seconds: the default of `max_sessions`. An estimate for Whisper-like models on the CPU;
+    measure with `bench/serve.py` and set `max_sessions` where it matters."""
+    if final_s <= 0:
+        return MAX_DERIVED_SESSIONS
+    streams = workers * SESSION_FINAL_BUDGET_S / final_s
+    return max(1, min(MAX_DERIVED_SESSIONS, int(streams + 1e-9)))  # 16.999.. is 17

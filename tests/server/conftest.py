@@ -23,13 +23,14 @@ MakeServer = Callable[..., Awaitable[Server]]
 
 @pytest.fixture
 async def make_server() -> AsyncIterator[MakeServer]:
-    """`await make_server(**config)`: a started server with FakeModel; shut down after the test."""
+    """`await make_server(**config)`: a started server with FakeModel (4 sessions unless
+    `max_sessions` says otherwise); shut down after the test."""
     servers: list[Server] = []
 
     async def make(
         *, model_factory: Callable[[str], Any] | None = None, start: bool = True, **overrides: Any
     ) -> Server:
-        config = ServerConfig(**{"port": 0, **overrides})
+        config = ServerConfig(**{"port": 0, "max_sessions": 4, **overrides})
         server = Server(config, model_factory=model_factory or (lambda _spec: FakeModel()))
         servers.append(server)
         if start:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from websockets.exceptions import InvalidStatus
 
 from streamasr.server.app import Server
 from streamasr.server.config import ServerConfig
+from streamasr.server.worker import estimate_capacity
 
 
 async def test_health_is_503_until_the_model_is_warm(make_server: Any) -> None:
@@ -148,3 +150,50 @@ async def test_origins_outside_the_allowlist_are_refused(make_server: Any) -> No
     assert (await http_get(server, "/metrics", rebinding)).status == 403
     assert server.metrics.rejected.labels(reason="origin")._value.get() == 3
     await assert_served(server)
+
+
+async def test_health_says_how_many_more_sessions_fit(make_server: Any) -> None:
+    server = await make_server(max_sessions=1)
+    idle = await http_get(server, "/healthz?free")
+    assert (idle.status, idle.body) == (200, b"ok\n")
+    assert (idle.headers["X-Sessions-Max"], idle.headers["X-Sessions-Free"]) == ("1", "1")
+    async with connect(ws_url(server)):
+        while not server.active_sessions:
+            await asyncio.sleep(0.01)
+        busy = await http_get(server, "/healthz")
+        assert busy.status == 200  # healthy, only full
+        assert (busy.headers["X-Sessions-Active"], busy.headers["X-Sessions-Free"]) == ("1", "0")
+        full = await http_get(server, "/healthz?free=1")
+        assert (full.status, full.body) == (503, b"full\n")
+        assert (await http_get(server, "/healthz?free=0")).status == 200
+        assert (await http_get(server, "/healthz?free=many")).status == 400
+    while server.active_sessions:
+        await asyncio.sleep(0.01)
+    assert (await http_get(server, "/healthz?free")).status == 200
+
+
+class SlowFinalModel(FakeModel):
+    """Every decode takes 0.1 s: the start-up measure of a final sees that."""
+
+    def transcribe(self, features: np.ndarray, **kwargs: Any) -> Any:
+        time.sleep(0.1)
+        return super().transcribe(features, **kwargs)
+
+
+async def test_max_sessions_0_is_derived_from_the_measured_cost_of_a_final(
+    make_server: Any,
+) -> None:
+    server = await make_server(max_sessions=0, model_factory=lambda _: SlowFinalModel())
+    # 1.7 s of finals over 0.1 s each: 17, a little fewer as the sleeps overrun.
+    assert 13 <= server.capacity <= estimate_capacity(0.1) == 17
+    reply = await http_get(server, "/healthz")
+    assert reply.headers["X-Sessions-Max"] == str(server.capacity)
+    assert server.metrics.sessions_max._value.get() == server.capacity
+
+
+def test_capacity_estimate_scales_with_the_final_and_the_workers() -> None:
+    assert estimate_capacity(0.21) == 8  # tiny.en on 2 cores, bfloat16 encoder
+    assert estimate_capacity(0.31) == 5  # float32 encoder
+    assert estimate_capacity(0.21, workers=2) == 16
+    assert estimate_capacity(100.0) == 1
+    assert estimate_capacity(1e-6) == estimate_capacity(0.0) == 256

@@ -92,7 +92,8 @@ def test_config_precedence_is_flags_over_env_over_file(tmp_path: Path) -> None:
         ("max_sessions = 1.5\n", "bad value"),
         ("port = true\n", "bad value"),
         ("port = [\n", "not valid TOML"),
-        ("max_sessions = 0\n", "must be positive"),
+        ("max_sessions = -1\n", "must be 0 \\(derived\\) or positive"),
+        ("workers = 0\n", "must be positive"),
         ("host = '0.0.0.0'\n", "without a token"),
     ],
 )
