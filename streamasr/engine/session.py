@@ -248,8 +248,10 @@ class Session:
         start on the cached encoder states), reused if speculated; None when every decode the
         policy allows was rejected by the hallucination gate.
         """
-        if utt.speculative is not None and utt.speculative.end == end:
-            return utt.speculative.outcome()
+        if utt.speculative is not None:
+            if utt.speculative.end == end:
+                return utt.speculative.outcome()
+            utt.speculative.cancel()  # an early final of other audio (a flush, a cut)
         if self._encoder_cache is not None and not self.config.polish_final:
             # The final reuses the stream's cached encoder states: its mel runs up to the
             # newest audio (the VAD's hangover after `end`), which is silence.
