@@ -203,14 +203,14 @@ class Scheduler:
         try:
             while True:
                 with lane.cv:
-                    while lane.waiting + batch.size >= batch.capacity and not self._closed:
+                    while len(lane.ready) + batch.size >= batch.capacity and not self._closed:
                         lane.cv.wait()
-                    room = max(1, batch.capacity - batch.size - lane.waiting)
+                    room = max(1, batch.capacity - batch.size - len(lane.ready))
                 calls = self._take(room, wait=True)
                 if not calls:
                     return  # closed and drained
                 t0 = time.perf_counter()
-                encoded = _encode_each(batch, [r for r, _ in calls])
+                encoded = batch.encode_each([r for r, _ in calls])
                 self._record(time.perf_counter() - t0, 0, 0, 0)
                 with lane.cv:
                     lane.ready.extend((e, f) for e, (_, f) in zip(encoded, calls, strict=True))
@@ -284,27 +284,6 @@ class _Lane:
         self.cv = threading.Condition()
         self.ready: deque[tuple[Any, Future[DecodeResult]]] = deque()  # (row or error, future)
         self.encoder_done = False
-
-    @property
-    def waiting(self) -> int:
-        return len(self.ready)
-
-
-def _encode_each(batch: StepBatch, requests: list[TranscribeRequest]) -> list[Any]:
-    """The rows of `requests` encoded in one pass; if that pass fails (it committed no
-    stream's state), each request encoded alone: a row, or the error that failed it alone."""
-    try:
-        return list(batch.encode(requests))
-    except Exception as exc:
-        if len(requests) == 1:
-            return [exc]
-    out: list[Any] = []
-    for r in requests:
-        try:
-            out.append(batch.encode([r])[0])
-        except Exception as exc:
-            out.append(exc)
-    return out
 
 
 def _call_one(model: Any, r: TranscribeRequest) -> DecodeResult:

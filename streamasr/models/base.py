@@ -142,9 +142,10 @@ class StepBatch(Protocol):
         """Start decoding `request`; its result when it is done at once (else from `step`)."""
         ...
 
-    def encode(self, requests: list[TranscribeRequest]) -> list[Any]:
-        """The rows of `requests`, encoded in one pass; touches no row of the batch, so it may
-        run on another thread while the batch steps. A pass that fails commits no state."""
+    def encode_each(self, requests: list[TranscribeRequest]) -> list[Any]:
+        """The rows of `requests` encoded in one pass, else each alone: per request its row or
+        the error that failed it alone. Touches no row of the batch, so it may run on another
+        thread while the batch steps."""
         ...
 
     def add_row(self, row: Any, tag: Any) -> DecodeResult | None:

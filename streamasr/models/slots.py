@@ -52,19 +52,30 @@ class SlotBatch(Generic[Row, State]):
     def add(self, request: TranscribeRequest, tag: Any) -> DecodeResult | None:
         return self.add_row(self.encode([request])[0], tag)
 
-    def add_many(self, calls: list[tuple[TranscribeRequest, Any]]) -> list[Added]:
-        """The calls encoded in one pass, then each row prefilled. A pass that fails has
-        committed no stream's state, so then each call is encoded alone: only a call that
-        fails alone fails."""
+    def encode_each(self, requests: list[TranscribeRequest]) -> list[Row | Exception]:
+        """The rows of `requests` encoded in one pass. A pass that fails has committed no
+        stream's state, so then each request is encoded alone: per request its row, or the
+        error that failed it alone."""
         try:
-            rows = self.encode([r for r, _ in calls])
+            return list(self.encode(requests))
         except Exception as exc:
-            if len(calls) == 1:
+            if len(requests) == 1:
                 return [exc]
-            return [attempt(partial(self.add, r, t)) for r, t in calls]
+        out: list[Row | Exception] = []
+        for r in requests:
+            try:
+                out.append(self.encode([r])[0])
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def add_many(self, calls: list[tuple[TranscribeRequest, Any]]) -> list[Added]:
+        """The calls encoded in one pass (`encode_each`), then each row prefilled: only a call
+        that fails alone fails."""
+        encoded = self.encode_each([r for r, _ in calls])
         return [
-            attempt(partial(self.add_row, row, tag))
-            for row, (_, tag) in zip(rows, calls, strict=True)
+            row if isinstance(row, Exception) else attempt(partial(self.add_row, row, tag))
+            for row, (_, tag) in zip(encoded, calls, strict=True)
         ]
 
     def _join(self, row: Row, state: State, tag: Any) -> None:

@@ -115,8 +115,11 @@ class Routes:
         `full`, so a load balancer's check sends new streams only where they fit."""
         active, most = self.sessions()
         free = max(0, most - active)
-        headers = {"X-Sessions-Active": str(active), "X-Sessions-Max": str(most)}
-        headers["X-Sessions-Free"] = str(free)
+        headers = {
+            "X-Sessions-Active": str(active),
+            "X-Sessions-Max": str(most),
+            "X-Sessions-Free": str(free),
+        }
         if self.state() != "ready":
             return response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.state()}\n", headers=headers
