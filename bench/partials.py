@@ -56,7 +56,7 @@ from transcribe import CHUNK
 from streamasr import SAMPLE_RATE
 from streamasr.audio.files import load_audio
 from streamasr.config import SessionConfig
-from streamasr.engine.session import Session
+from streamasr.engine.driver import LocalSession
 from streamasr.events import Event, SpeechStarted, TranscriptFinal, TranscriptPartial
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
@@ -89,7 +89,7 @@ class Run:
 
 def record(model: AsrModel, audio: np.ndarray, config: SessionConfig) -> Run:
     """Feed `audio` through a fresh Session in 50 ms chunks, as fast as it goes."""
-    session = Session(model, config)
+    session = LocalSession(model, config)
     run = Run()
     for start in range(0, len(audio), CHUNK):
         run.take(partial(session.feed, audio[start : start + CHUNK]))

@@ -1,15 +1,17 @@
 """N simulated real-time streams through the scheduler: latency, compute, the largest N held.
 
-    python bench/streams.py [--model tiny.en] [--encoder auto|window|chunked] [--streams 1,2,4,6,8]
-                            [--seconds 30] [--threads 1] [--max-batch 8] [--workers 1] [--no-polish]
-                            [--step-ms 500]
-                            [--final-window utterance|full]
-                            [--single] [--corpus DIR]
+    python bench/streams.py [--model tiny.en|random-glm-nano|DIR] [--encoder auto|window|chunked]
+                            [--streams 1,2,4,6,8] [--seconds 30] [--threads 1] [--max-batch 8]
+                            [--workers 1] [--no-polish] [--step-ms 500]
+                            [--final-window utterance|full] [--compute auto|cpu|cuda[:N]]
+                            [--dtype auto|float32|float16|bfloat16] [--no-stop] [--max-lag S]
+                            [--warm-streams N] [--single] [--corpus DIR]
 
 In-process, without sockets: one `Scheduler` (`--workers` inference threads, each with a
-continuous batch) serves N `Session`s, each on its own thread, fed 50 ms chunks of the
-held-out corpus's single utterances (bench/corpus.py; stream i starts at the i-th, 0.8 s of
-silence after each) on an absolute real-time schedule for `--seconds`. Per N the table gives:
+continuous batch) serves N `Session`s, driven as the daemon drives them (one asyncio task per
+stream, the sessions' own work on a pool of `SESSION_THREADS`, every model call awaited), fed
+50 ms chunks of the held-out corpus's single utterances (bench/corpus.py; stream i starts at the
+i-th, 0.8 s of silence after each) on an absolute real-time schedule for `--seconds`. Per N the table gives:
 
 - partial and final latency p50/p95: when `feed`/`close` returned the event minus the instant
   the event's `end` sample was due; the final's includes the endpointer's 450 ms silence wait;
@@ -21,7 +23,19 @@ silence after each) on an absolute real-time schedule for `--seconds`. Per N the
 
 A round is *held* when p95 final latency <= `--max-latency` (1.5 s) and every stream's last
 chunk was fed less than 1 s late (a stream may block for a moment while a final decodes, but
-must not build up a backlog); the ramp stops after the first round not held.
+must not build up a backlog); the ramp stops after the first round not held, unless
+`--no-stop` runs every N given. `--max-lag S` bounds an overloaded round: a stream that falls S
+seconds behind its schedule stops feeding and closes (the round is not held; "audio s" and the
+compute per audio second count the audio fed, the WER counts the unfed references as deletions,
+and the held column says how many streams gave up), so a round lasts at most its audio (whole
+utterances: `--seconds` and up to one more) plus S and the drain of the last calls.
+`--warm-streams N` first runs an unreported round of N streams of one utterance each (on CUDA
+it compiles the Triton kernels for the shapes of the rounds).
+
+`--compute`/`--dtype` place the model (models/placement.py; `auto`: CUDA when torch sees it).
+`--model random-glm-nano` builds (once, into the model cache) and loads a random-weight model of
+GLM-ASR-Nano-2512's size, offline (bench/random_models.py): its timings are the real model's
+shapes with decodes that run to the token budget; its WER is meaningless.
 
 `--single` instead streams one file as fast as possible in each encoder mode, to compare the
 compute per audio second of re-encoding a 30 s window every step (what Whisper streaming
@@ -31,27 +45,34 @@ servers commonly do), re-encoding the utterance window, and the chunked encoder.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shlex
 import sys
-import threading
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from corpus import DEFAULT_OUT
+from random_models import is_random_model, random_model_dir
 from serve import load_clips, program
 
 from streamasr import SAMPLE_RATE
 from streamasr.config import ENCODERS, SessionConfig
+from streamasr.engine.calls import Step
+from streamasr.engine.driver import LocalSession, Offload, SessionDriver
 from streamasr.engine.scheduler import Scheduler, SchedulerConfig
 from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
-from streamasr.models.placement import add_placement_args
+from streamasr.models.placement import add_placement_args, resolve_compute
+from streamasr.server.app import SESSION_THREADS
 from streamasr.textnorm import wer
 
 CHUNK = SAMPLE_RATE // 20  # 50 ms
@@ -65,14 +86,24 @@ class StreamRun:
     end_lateness_s: float = 0.0  # lateness of the last chunk: a backlog that never drained
     finals: list[str] = field(default_factory=list)
     refs: list[str] = field(default_factory=list)
-    audio_s: float = 0.0
+    audio_s: float = 0.0  # audio fed
+    gave_up: bool = False  # fell --max-lag behind its schedule and stopped feeding
 
 
-def run_stream(
-    model: AsrModel, config: SessionConfig, audio: np.ndarray, t0: float, run: StreamRun
+async def run_stream(
+    model: AsrModel,
+    config: SessionConfig,
+    audio: np.ndarray,
+    t0: float,
+    run: StreamRun,
+    scheduler: Scheduler,
+    offload: Offload,
+    max_lag: float = 0.0,
 ) -> None:
-    session = Session(model, config)
-    run.audio_s = audio.size / SAMPLE_RATE
+    """One stream, driven as the daemon drives a connection's session."""
+    driver = SessionDriver(Session(model, config), scheduler)
+    session = driver.session
+    fed = 0
 
     def handle(events: list[Event]) -> None:
         now = time.perf_counter()
@@ -90,11 +121,17 @@ def run_stream(
         due = t0 + end / SAMPLE_RATE
         delay = due - time.perf_counter()
         if delay > 0:
-            time.sleep(delay)
+            await asyncio.sleep(delay)
         run.lateness_s = max(run.lateness_s, -delay)
         run.end_lateness_s = max(0.0, -delay)
-        handle(session.feed(audio[start:end]))
-    handle(session.close())
+        if max_lag > 0 and -delay > max_lag:
+            run.gave_up = True
+            break
+        handle(await driver.run_async(offload, session.feed, audio[start:end]))
+        fed = end
+    run.audio_s = fed / SAMPLE_RATE
+    handle(await driver.run_async(offload, session.close))
+    driver.release()
 
 
 @dataclass
@@ -110,10 +147,13 @@ class Round:
     def held(self, max_latency: float) -> bool:
         finals = [x for r in self.runs for x in r.final_latency]
         late = max(r.end_lateness_s for r in self.runs)
+        if any(r.gave_up for r in self.runs):
+            return False
         return bool(finals) and float(np.percentile(finals, 95)) <= max_latency and late <= 1.0
 
     def row(self, max_latency: float) -> str:
-        audio = sum(r.audio_s for r in self.runs)
+        audio = max(sum(r.audio_s for r in self.runs), 1e-9)
+        gave_up = sum(r.gave_up for r in self.runs)
         partial = [x for r in self.runs for x in r.partial_latency]
         final = [x for r in self.runs for x in r.final_latency]
         refs = [t for r in self.runs for t in r.refs]
@@ -135,7 +175,8 @@ class Round:
             f"{max(r.lateness_s for r in self.runs):.2f}",
             f"{max(r.end_lateness_s for r in self.runs):.2f}",
             f"{wer([' '.join(refs)], [' '.join(hyps)]):.1%}",
-            "yes" if self.held(max_latency) else "no",
+            ("yes" if self.held(max_latency) else "no")
+            + (f" ({gave_up} gave up)" if gave_up else ""),
         ]
         return "| " + " | ".join(cells) + " |"
 
@@ -155,23 +196,31 @@ def run_round(
     n: int,
     seconds: float,
     scheduling: SchedulerConfig,
+    max_lag: float = 0.0,
 ) -> Round:
     scheduler = Scheduler(model, scheduling)
-    proxy = scheduler.model_proxy()
     runs = [StreamRun() for _ in range(n)]
     audios = []
     for i, run in enumerate(runs):
         audio, run.refs = program(clips, i * 3, seconds)
         audios.append(audio)
     cpu0, t0 = time.process_time(), time.perf_counter() + 0.2
-    threads = [
-        threading.Thread(target=run_stream, args=(proxy, config, a, t0, r))
-        for a, r in zip(audios, runs, strict=True)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+
+    async def streams() -> None:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(SESSION_THREADS, thread_name_prefix="session") as pool:
+
+            def offload(fn: Callable[..., Step], *args: object) -> Awaitable[Step]:
+                return loop.run_in_executor(pool, partial(fn, *args))
+
+            await asyncio.gather(
+                *(
+                    run_stream(model, config, a, t0, r, scheduler, offload, max_lag)
+                    for a, r in zip(audios, runs, strict=True)
+                )
+            )
+
+    asyncio.run(streams())
     wall = time.perf_counter() - t0
     scheduler.close()
     st = scheduler.stats
@@ -194,7 +243,7 @@ def single(model: AsrModel, clips: list, seconds: float) -> None:
     print("|---|--:|--:|--:|--:|")
     base = None
     for name, config in modes.items():
-        session = Session(model, config)
+        session = LocalSession(model, config)
         finals: list[str] = []
         t = time.process_time()
         for start in range(0, audio.size, CHUNK):
@@ -210,7 +259,9 @@ def single(model: AsrModel, clips: list, seconds: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--model", default="tiny.en")
+    p.add_argument(
+        "--model", default="tiny.en", help="a --model of streamasr, or random-glm-nano (offline)"
+    )
     p.add_argument("--encoder", choices=list(ENCODERS), default=SessionConfig.encoder)
     p.add_argument("--no-polish", action="store_true", help="chunked finals without re-encode")
     p.add_argument(
@@ -223,19 +274,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="inference threads")
     p.add_argument("--step-ms", type=int, default=SessionConfig.step_ms, help="partial interval")
     p.add_argument("--max-latency", type=float, default=1.5, help="p95 final latency to hold")
+    p.add_argument("--no-stop", action="store_true", help="run every N, held or not")
+    p.add_argument(
+        "--max-lag",
+        type=float,
+        default=0.0,
+        help="a stream this many seconds behind its schedule stops feeding (0: never)",
+    )
+    p.add_argument(
+        "--warm-streams", type=int, default=0, help="an unreported round of N streams first"
+    )
     p.add_argument("--single", action="store_true", help="single-stream compute per mode")
     p.add_argument("--corpus", type=Path, default=DEFAULT_OUT)
     add_placement_args(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, compute=args.compute, dtype=args.dtype)
+    device = resolve_compute(args.compute)
+    spec = args.model
+    if is_random_model(spec):
+        spec = str(random_model_dir(spec, build_on=device.type))
+    t_load = time.perf_counter()
+    model = load_model(spec, compute=args.compute, dtype=args.dtype)
+    load_s = time.perf_counter() - t_load
     clips = load_clips(args.corpus)
+    where = str(device)
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
     print(f"command: {shlex.join(['python', *sys.argv])}")
     print(
         f"machine: nproc {os.cpu_count()}, torch threads {torch.get_num_threads()}, "
-        f"device cpu; model {args.model}\n"
+        f"device {where}, dtype {args.dtype}; model {args.model} (loaded in {load_s:.1f} s)\n"
     )
-    warm = Session(model, SessionConfig(encoder=args.encoder))
+    warm = LocalSession(model, SessionConfig(encoder=args.encoder))
     warm.feed(clips[0].audio)
     warm.close()
     if args.single:
@@ -252,15 +322,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.final_window}, step {args.step_ms} ms, max batch {args.max_batch}, "
         f"inference threads {args.workers}\n"
     )
-    print(HEADER)
+    scheduling = SchedulerConfig(max_batch=args.max_batch, workers=args.workers)
+    if args.warm_streams > 0:
+        t = time.perf_counter()  # seconds 0: one utterance per stream
+        run_round(model, config, clips, args.warm_streams, 0.0, scheduling, args.max_lag)
+        wall = time.perf_counter() - t
+        print(f"warm-up round, {args.warm_streams} streams: {wall:.1f} s wall\n", flush=True)
+    print(HEADER, flush=True)
     largest = 0
     for n in (int(x) for x in args.streams.split(",")):
-        scheduling = SchedulerConfig(max_batch=args.max_batch, workers=args.workers)
-        rnd = run_round(model, config, clips, n, args.seconds, scheduling)
+        rnd = run_round(model, config, clips, n, args.seconds, scheduling, args.max_lag)
         print(rnd.row(args.max_latency), flush=True)
-        if not rnd.held(args.max_latency):
+        if rnd.held(args.max_latency):
+            largest = max(largest, n)
+        elif not args.no_stop:
             break
-        largest = n
     print(f"\nlargest N held at real time (p95 final <= {args.max_latency} s): {largest}")
     return 0
 

@@ -49,8 +49,8 @@ from corpus import DEFAULT_OUT, load_manifest
 from streamasr import SAMPLE_RATE
 from streamasr.audio.files import load_audio
 from streamasr.config import ENCODERS, SessionConfig
+from streamasr.engine.driver import LocalSession
 from streamasr.engine.offline import transcribe_offline
-from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
@@ -94,7 +94,7 @@ def stream(
     model: AsrModel, audio: np.ndarray, paced: bool, config: SessionConfig | None = None
 ) -> Stats:
     """Feed `audio` through a fresh Session in 50 ms chunks; time it and collect the finals."""
-    session = Session(model, config)
+    session = LocalSession(model, config)
     st = Stats(audio_s=len(audio) / SAMPLE_RATE)
     last_partial: dict[int, float] = {}  # segment_id -> wall time of its latest partial
     finals: list[str] = []

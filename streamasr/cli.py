@@ -169,9 +169,9 @@ def _emit(ev: Event, fmt: str, out: TextIO) -> None:
 def _stream(
     model: object, audio: np.ndarray, args: argparse.Namespace, out: TextIO
 ) -> tuple[list[TranscriptFinal], StreamStats]:
-    from streamasr.engine.session import Session
+    from streamasr.engine.driver import LocalSession
 
-    session = Session(model, SessionConfig(encoder=args.encoder))  # type: ignore[arg-type]
+    session = LocalSession(model, SessionConfig(encoder=args.encoder))  # type: ignore[arg-type]
     speed = float("inf") if args.speed == "max" else float(args.speed)
     chunk = args.chunk_ms * SAMPLE_RATE // 1000
     stats = StreamStats(t0=time.monotonic(), speed=speed)

@@ -1,8 +1,9 @@
 """Inference threads for every stream: the model calls of all sessions batched into shared ones.
 
-Sessions stay synchronous and sans-I/O. Each runs on its own caller thread and calls the model
-through `ScheduledModel`, which queues the call and blocks until an inference thread has run
-it. A session has at most one call in flight, so arrival order is round-robin between sessions.
+Sessions are sans-I/O toward the model: they return `ModelCall`s (`engine/calls.py`), and
+their drivers submit them here (`submit_call`), each answered through a future. The scheduler
+owns each stream's model-side state, its encoder cache. A session waits for at most one call
+at a time, so arrival order is round-robin between sessions; an early final runs beside it.
 
 With a model that has a continuous batch (`StepBatch`), an inference thread admits queued calls
 between decoding steps, up to `max_batch` rows: the windows of the calls that join together
@@ -20,20 +21,17 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
-import numpy as np
-
+from streamasr.engine.calls import ModelCall, StreamCaches, run_request
 from streamasr.models.base import (
     AsrModel,
     DecodeResult,
-    FeatureSpec,
     StepBatch,
     TranscribeRequest,
     step_batch,
-    supports_chunked,
 )
 from streamasr.models.slots import attempt
 
@@ -86,6 +84,7 @@ class Scheduler:
         self._cv = threading.Condition()
         self._closed = False
         self._stats_lock = threading.Lock()
+        self.caches = StreamCaches(model)
         self.threads = self.config.workers  # inference threads running (encoders included)
         self._threads = [
             threading.Thread(target=self._run, name=f"streamasr-infer-{i}", daemon=True)
@@ -102,6 +101,14 @@ class Scheduler:
             self._queue.append((request, future, time.monotonic()))
             self._cv.notify()
         return future
+
+    def submit_call(self, call: ModelCall) -> Future[DecodeResult]:
+        """A session's call, over its stream's encoder cache when it is chunked."""
+        return self.submit(self.caches.request(call))
+
+    def release(self, stream: int) -> None:
+        """The stream ended: drop its encoder cache."""
+        self.caches.release(stream)
 
     def snapshot(self) -> SchedulerStats:
         """A consistent copy of the statistics."""
@@ -120,12 +127,6 @@ class Scheduler:
         for thread in self._threads:
             thread.join()
 
-    def model_proxy(self) -> ScheduledModel:
-        """The shared model as sessions see it: every call goes through this scheduler."""
-        if supports_chunked(self.model):
-            return ScheduledChunkedModel(self)
-        return ScheduledModel(self)
-
     # ---------------------------------------------------------------- inference thread
     @property
     def congested(self) -> bool:
@@ -135,29 +136,38 @@ class Scheduler:
     def _take(
         self, room: int, *, wait: bool
     ) -> list[tuple[TranscribeRequest, Future[DecodeResult]]]:
-        """Up to `room` queued calls, oldest first. With `wait`, block for a first call (and
-        up to `budget_ms` for more to join it); [] then means closed and drained."""
+        """Up to `room` queued calls, oldest first; calls cancelled while queued are dropped.
+        With `wait`, block for a first live call (and up to `budget_ms` for more to join it);
+        [] then means closed and drained."""
         with self._cv:
-            if wait:
-                while not self._queue and not self._closed:
-                    self._cv.wait()
-                deadline = time.monotonic() + self.config.budget_ms / 1000
-                while self._queue and len(self._queue) < room and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._cv.wait(left):
-                        break
-            taken: list[tuple[TranscribeRequest, Future[DecodeResult], float]] = []
-            while self._queue and len(taken) < room:
-                call = self._queue.popleft()
-                if call[1].set_running_or_notify_cancel():  # False: cancelled while queued
-                    taken.append(call)
-                else:
-                    with self._stats_lock:
-                        self.stats.cancelled += 1
+            while True:
+                if wait:
+                    while not self._queue and not self._closed:
+                        self._cv.wait()
+                    deadline = time.monotonic() + self.config.budget_ms / 1000
+                    while self._queue and len(self._queue) < room and not self._closed:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or not self._cv.wait(left):
+                            break
+                taken = self._pop_live(room)
+                if taken or not wait or not self._queue and self._closed:
+                    break
             now = time.monotonic()
             for _, _, queued_at in taken:
                 self.wait_s += WAIT_SMOOTHING * (now - queued_at - self.wait_s)
             return [(r, f) for r, f, _ in taken]
+
+    def _pop_live(self, room: int) -> list[tuple[TranscribeRequest, Future[DecodeResult], float]]:
+        """Pop up to `room` queued calls that are not cancelled, marking them running."""
+        taken: list[tuple[TranscribeRequest, Future[DecodeResult], float]] = []
+        while self._queue and len(taken) < room:
+            call = self._queue.popleft()
+            if call[1].set_running_or_notify_cancel():  # False: cancelled while queued
+                taken.append(call)
+            else:
+                with self._stats_lock:
+                    self.stats.cancelled += 1
+        return taken
 
     def _record(self, seconds: float, passes: int, calls: int, rows: int) -> None:
         with self._stats_lock:
@@ -272,7 +282,7 @@ class Scheduler:
             if future.done():
                 continue
             try:
-                future.set_result(_call_one(self.model, request))
+                future.set_result(run_request(self.model, request))
             except Exception as exc:
                 future.set_exception(exc)
 
@@ -284,76 +294,3 @@ class _Lane:
         self.cv = threading.Condition()
         self.ready: deque[tuple[Any, Future[DecodeResult]]] = deque()  # (row or error, future)
         self.encoder_done = False
-
-
-def _call_one(model: Any, r: TranscribeRequest) -> DecodeResult:
-    args = dict(
-        num_frames=r.num_frames,
-        prompt=r.prompt,
-        options=r.options,
-        word_timestamps=r.word_timestamps,
-        prefix=r.prefix,
-        draft=r.draft,
-    )
-    if r.cache is None:
-        return model.transcribe(r.features, **args)  # type: ignore[no-any-return]
-    return model.transcribe_chunked(  # type: ignore[no-any-return]
-        r.cache, r.features, commit_frames=r.commit_frames, **args
-    )
-
-
-class ScheduledModel:
-    """The shared model as one session sees it: each call goes through the scheduler."""
-
-    def __init__(self, scheduler: Scheduler) -> None:
-        self._scheduler = scheduler
-        self._model: Any = scheduler.model
-        self.name: str = self._model.name
-        self.features: FeatureSpec = self._model.features
-        self.preferred_encoder: str = getattr(self._model, "preferred_encoder", "window")
-
-    def decode_tokens(self, tokens: list[int]) -> str:
-        return str(self._model.decode_tokens(tokens))
-
-    def encode_text(self, text: str) -> list[int]:
-        return list(self._model.encode_text(text))
-
-    def transcribe(self, features: np.ndarray, **call: Any) -> DecodeResult:
-        """The model's `transcribe` (same keyword arguments), run by an inference thread."""
-        return self.transcribe_later(features, **call).result()
-
-    def transcribe_later(self, features: np.ndarray, **call: Any) -> Future[DecodeResult]:
-        """`transcribe` in the background: its future, which may be cancelled until it runs."""
-        return self._scheduler.submit(_request(features, call))
-
-
-_CALL_ARGS = frozenset(f.name for f in fields(TranscribeRequest)) - {"features"}
-
-
-def _request(features: np.ndarray, call: dict[str, Any]) -> TranscribeRequest:
-    """The request of a `transcribe` (or, with `cache`, `transcribe_chunked`) call's arguments."""
-    unknown = set(call) - _CALL_ARGS
-    if unknown:
-        raise TypeError(f"unexpected arguments of a model call: {', '.join(sorted(unknown))}")
-    return TranscribeRequest(
-        features,
-        call["num_frames"],
-        list(call["prompt"]),
-        call["options"],
-        call["word_timestamps"],
-        list(call.get("prefix") or []),
-        call.get("cache"),
-        call.get("commit_frames", 0),
-        call.get("draft"),
-    )
-
-
-class ScheduledChunkedModel(ScheduledModel):
-    """`ScheduledModel` of a model with a chunked encoder."""
-
-    def new_encoder_cache(self) -> Any:
-        return self._model.new_encoder_cache()
-
-    def transcribe_chunked(self, cache: Any, features: np.ndarray, **call: Any) -> DecodeResult:
-        """The model's `transcribe_chunked` over `cache`, run by an inference thread."""
-        return self._scheduler.submit(_request(features, {**call, "cache": cache})).result()

@@ -1,17 +1,26 @@
-"""A sans-I/O streaming session: 16 kHz samples in, speech and transcript events out."""
+"""A sans-I/O streaming session: samples in; speech and transcript events, and model calls, out.
+
+The session never calls the model. Each operation (`feed`, `flush`, `close`) returns a `Step`
+with the events it produced and the model calls it needs (`engine/calls.py`); while it waits
+for the result of one of them (`awaiting`), the driver runs the calls and hands that result
+back with `on_result`, which returns the next step. `LocalSession` (`engine/driver.py`) drives a
+session in place; the daemon drives it on its event loop, the calls batched by the scheduler.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import Future
+import itertools
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import numpy as np
 
 from streamasr import SAMPLE_RATE
+from streamasr.audio.resample import StreamResampler
 from streamasr.audio.ring import SampleRing
 from streamasr.config import SessionConfig
+from streamasr.engine.calls import ModelCall, Step
 from streamasr.engine.offline import final_audio
 from streamasr.engine.stabilizer import Stabilizer
 from streamasr.events import (
@@ -25,14 +34,21 @@ from streamasr.events import (
 from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.base import (
     AsrModel,
-    ChunkedAsrModel,
     DecodeResult,
+    TranscribeRequest,
     looks_like_hallucination,
     supports_chunked,
 )
 from streamasr.vad.segmenter import UtteranceEnd, UtteranceStart, VadSegmenter
 
 RING_SECONDS = 40  # > longest utterance (30 s) + pre-roll + the VAD's decision lag
+
+T = TypeVar("T")
+# Session code that may wait for model calls: it yields the id of each call whose result it
+# waits for, is sent that result, and returns a T. An operation returns its events.
+Waits = Generator[int, DecodeResult, T]
+Op = Waits[list[Event]]
+_streams = itertools.count()  # stream ids, unique in the process: the runners' cache keys
 
 
 @dataclass(frozen=True)
@@ -43,32 +59,16 @@ class _Decoded:
     origin: int
 
 
+@dataclass
 class _Speculation:
-    """A final decoded early, at `end`: done in place, or in flight on a shared model that
-    decodes in the background (then cancelled if the speaker goes on before it ran)."""
+    """A final decoded early, at `end`: done already, or a background call still to settle
+    (dropped if the speaker goes on first)."""
 
-    def __init__(
-        self,
-        end: int,
-        *,
-        decoded: _Decoded | None = None,
-        pending: Future[DecodeResult] | None = None,
-        settle: Callable[[DecodeResult], _Decoded | None] | None = None,
-    ) -> None:
-        self.end = end
-        self._decoded = decoded
-        self._pending, self._settle = pending, settle
-
-    def outcome(self) -> _Decoded | None:
-        """The final: waits for a decode in flight."""
-        if self._pending is not None and self._settle is not None:
-            return self._settle(self._pending.result())
-        return self._decoded
-
-    def cancel(self) -> None:
-        """Drop the decode if it has not started; a running one finishes unused."""
-        if self._pending is not None:
-            self._pending.cancel()
+    end: int
+    decoded: _Decoded | None = None
+    call: int | None = None  # the background call's id
+    mel: LogMelBuffer | None = None  # what the call decodes, on the `window` encoder
+    window: str = "full"
 
 
 @dataclass
@@ -86,15 +86,19 @@ class _Utterance:
 
 
 class Session:
-    """One audio stream. Feed it 16 kHz float32 mono samples; it returns events.
+    """One audio stream. Feed it mono samples at `sample_rate`; each operation returns a `Step`.
 
-    The model is shared and stateless; everything per-stream lives here. Calls are synchronous:
-    a decode happens inside `feed` when enough new speech has arrived.
+    The model is shared and stateless; the session uses it for its tokenizer and geometry and
+    asks for decodes as `ModelCall`s. Its encoder caches are the runner's, keyed by `stream`.
     """
 
-    def __init__(self, model: AsrModel, config: SessionConfig | None = None) -> None:
+    def __init__(
+        self, model: AsrModel, config: SessionConfig | None = None, sample_rate: int = SAMPLE_RATE
+    ) -> None:
         self.model = model
         self.config = config or SessionConfig()
+        self.stream = next(_streams)
+        self._resampler = StreamResampler(sample_rate)
         self._vad = VadSegmenter(self.config.vad)
         self._ring = SampleRing(max_samples=RING_SECONDS * SAMPLE_RATE)
         self._mel = LogMelBuffer(n_mels=model.features.n_mels)
@@ -105,51 +109,106 @@ class Session:
         self._closed = False
         self.partials_paused = False  # set by a host that is behind real time: finals only
         self.step_scale = 1  # set by a host that is falling behind: partials this much rarer
-        self._encoder_cache: Any = None
+        self._op: Op | None = None  # the operation waiting for a call's result
+        self.awaiting: int | None = None  # the id of that call: `on_result` must come next
+        self._step = Step()  # what the running operation produced so far
+        self._next_call = 0
         self.encoder = self.config.encoder
         if self.encoder == "auto":
             preferred = getattr(model, "preferred_encoder", "window")
             self.encoder = preferred if supports_chunked(model) else "window"
-        if self.encoder == "chunked":
-            if not supports_chunked(model):
-                raise ValueError(
-                    f"model {model.name} has no chunked encoder; use the window encoder"
-                )
-            self._encoder_cache = cast(ChunkedAsrModel, model).new_encoder_cache()
+        if self.encoder == "chunked" and not supports_chunked(model):
+            raise ValueError(f"model {model.name} has no chunked encoder; use the window encoder")
+        self._chunked = self.encoder == "chunked"
 
     @property
     def position(self) -> int:
-        """Samples received so far: the stream clock."""
+        """Samples received so far: the stream clock (16 kHz)."""
         return self._ring.end_sample
 
     # ---------------------------------------------------------------- public
-    def feed(self, samples: np.ndarray) -> list[Event]:
+    def feed(self, samples: np.ndarray) -> Step:
         if self._closed:
             raise RuntimeError("session is closed")
         x = np.asarray(samples)
         if x.ndim != 1:
             raise ValueError(f"samples must be 1-D mono, got shape {x.shape}")
+        return self._begin(self._feed(self._resampler.process(x)))
+
+    def flush(self) -> Step:
+        """Finalise pending speech now; the session keeps going."""
+        return self._begin(self._flush())
+
+    def close(self) -> Step:
+        """The resampler's tail, then finalise for good."""
+        return self._begin(self._close())
+
+    def on_result(self, call: int, result: DecodeResult) -> Step:
+        """The result of call `call`, the one the session waits for: the operation goes on."""
+        if self._op is None or call != self.awaiting:
+            raise RuntimeError(f"the session waits for call {self.awaiting}, not {call}")
+        return self._advance(result)
+
+    # ---------------------------------------------------------------- driving
+    def _begin(self, op: Op) -> Step:
+        if self._op is not None:
+            op.close()
+            raise RuntimeError(f"the session waits for the result of call {self.awaiting}")
+        self._op = op
+        return self._advance(None)
+
+    def _advance(self, result: DecodeResult | None) -> Step:
+        assert self._op is not None
+        step = self._step = Step()
+        try:
+            self.awaiting = self._op.send(result)  # type: ignore[arg-type]  # None starts it
+        except StopIteration as done:
+            self._op, self.awaiting = None, None
+            step.events.extend(done.value)
+        except BaseException:
+            self._op, self.awaiting = None, None
+            raise
+        return step
+
+    def _call(self, request: TranscribeRequest, chunked: bool = False, later: bool = False) -> int:
+        """Ask for a decode; its id. The operation yields the id to wait for the result."""
+        assert self._utt is not None
+        call = ModelCall(
+            self._next_call, request, self.stream, self._utt.segment_id, chunked, later
+        )
+        self._next_call += 1
+        self._step.calls.append(call)
+        return call.id
+
+    def _cancel(self, spec: _Speculation | None) -> None:
+        if spec is not None and spec.call is not None:
+            self._step.cancelled.append(spec.call)
+
+    # ---------------------------------------------------------------- operations
+    def _feed(self, x: np.ndarray) -> Op:
         if x.size == 0:
             return []
         x = x.astype(np.float32, copy=False)
         self._ring.append(x)
-        events = self._on_vad(self._vad.feed(x))
-        events += self._maybe_partial()
+        events = yield from self._on_vad(self._vad.feed(x))
+        events += yield from self._maybe_partial()
         return events
 
-    def flush(self) -> list[Event]:
-        """Finalise pending speech now; the session keeps going."""
+    def _flush(self) -> Op:
         if self._closed:
             return []
-        return self._on_vad(self._vad.flush())
+        return (yield from self._on_vad(self._vad.flush()))
 
-    def close(self) -> list[Event]:
-        events = self.flush()
+    def _close(self) -> Op:
+        if self._closed:
+            return []
+        events = yield from self._feed(self._resampler.flush())
+        events += yield from self._flush()
         self._closed = True
         return events
 
     # ---------------------------------------------------------------- internals
-    def _on_vad(self, vad_events: list[UtteranceStart | UtteranceEnd]) -> list[Event]:
+    def _on_vad(self, vad_events: list[UtteranceStart | UtteranceEnd]) -> Op:
         events: list[Event] = []
         for ev in vad_events:
             if isinstance(ev, UtteranceStart):
@@ -157,15 +216,13 @@ class Session:
             else:
                 if ev.cut:
                     self._cut_at = ev.end_sample
-                events += self._finish(ev.end_sample)
+                events += yield from self._finish(ev.end_sample)
         return events
 
     def _open(self, start_sample: int) -> list[Event]:
         start = max(start_sample, self._ring.start_sample)
         lead = self.config.final_lead_ms * SAMPLE_RATE // 1000
         self._mel.reset()
-        if self._encoder_cache is not None:
-            self._encoder_cache.reset()
         self._utt = _Utterance(
             segment_id=self._next_segment,
             start_sample=start,
@@ -185,7 +242,7 @@ class Session:
             self._mel.append(self._ring.slice(utt.mel_end, end_sample))
             utt.mel_end = end_sample
 
-    def _maybe_partial(self) -> list[Event]:
+    def _maybe_partial(self) -> Op:
         utt = self._utt
         if utt is None:
             return []
@@ -193,7 +250,7 @@ class Session:
         speculate_ms = self.config.final_speculation_ms
         pending_end = self._vad.pending_end if speculate_ms > 0 else None
         if utt.speculative is not None and utt.speculative.end != pending_end:
-            utt.speculative.cancel()  # the speaker went on: that early final is of no use
+            self._cancel(utt.speculative)  # the speaker went on: that early final is of no use
             utt.speculative = None
         if pending_end is not None:
             # The speaker paused: decode the final now, inside the VAD's stop hangover, so it
@@ -203,7 +260,7 @@ class Session:
             if self._vad.trailing_unvoiced_ms >= speculate_ms and not self._too_short(
                 utt, pending_end
             ):
-                utt.speculative = self._speculate(utt, pending_end)
+                utt.speculative = yield from self._speculate(utt, pending_end)
                 return []
         if self.partials_paused or not self.config.partials:
             return []  # a final does not need the partial decodes
@@ -214,12 +271,12 @@ class Session:
         if utt.decoded_at >= 0 and utt.mel_end - utt.decoded_at < step:
             return []
         utt.decoded_at = utt.mel_end
-        result = self._decode(
+        result = yield from self._decode(
             self._mel,
             prefix=list(utt.stabilizer.committed),
             words=False,
             window=self.config.encode_window,
-            chunked=self._encoder_cache is not None,
+            chunked=self._chunked,
             hypothesis=utt.hypothesis,
         )
         tokens = result.tokens if self._keep(result) else utt.stabilizer.committed
@@ -243,20 +300,26 @@ class Session:
     def _too_short(self, utt: _Utterance, end: int) -> bool:
         return end - utt.start_sample < self.config.min_utterance_ms * SAMPLE_RATE // 1000
 
-    def _final_result(self, utt: _Utterance, end: int) -> _Decoded | None:
+    def _final_result(self, utt: _Utterance, end: int) -> Waits[_Decoded | None]:
         """The final decode of the utterance's audio up to `end` (from `lead_start`, or from its
         start on the cached encoder states), reused if speculated; None when every decode the
         policy allows was rejected by the hallucination gate.
         """
-        if utt.speculative is not None:
-            if utt.speculative.end == end:
-                return utt.speculative.outcome()
-            utt.speculative.cancel()  # an early final of other audio (a flush, a cut)
-        if self._encoder_cache is not None and not self.config.polish_final:
+        spec = utt.speculative
+        if spec is not None:
+            if spec.end == end:
+                if spec.call is None:
+                    return spec.decoded
+                result = yield spec.call
+                assert spec.mel is not None
+                origin = utt.lead_start
+                return (yield from self._settle(utt, end, result, origin, spec.window, spec.mel))
+            self._cancel(spec)  # an early final of other audio (a flush, a cut)
+        if self._chunked and not self.config.polish_final:
             # The final reuses the stream's cached encoder states: its mel runs up to the
             # newest audio (the VAD's hangover after `end`), which is silence.
             self._advance_mel(utt, self._ring.end_sample)
-            result = self._decode(
+            result = yield from self._decode(
                 self._mel,
                 prefix=[],
                 words=True,
@@ -264,30 +327,28 @@ class Session:
                 chunked=True,
                 hypothesis=utt.hypothesis,
             )
-            return self._settle(utt, end, result, utt.start_sample, self.config.encode_window)
+            return (
+                yield from self._settle(
+                    utt, end, result, utt.start_sample, self.config.encode_window
+                )
+            )
         mel = self._final_mel(utt, end)
         window = self.config.final_window
-        result = self._decode_final(utt, mel, window)
-        return self._settle(utt, end, result, utt.lead_start, window, mel)
+        result = yield from self._decode_final(utt, mel, window)
+        return (yield from self._settle(utt, end, result, utt.lead_start, window, mel))
 
-    def _speculate(self, utt: _Utterance, end: int) -> _Speculation:
-        """The final of the audio up to `end`, started now. On a model that decodes in the
-        background (the daemon's scheduler) the session goes on meanwhile, and a decode the
-        speaker made useless is dropped before it runs; elsewhere it is decoded in place."""
-        later = getattr(self.model, "transcribe_later", None)
-        chunked_final = self._encoder_cache is not None and not self.config.polish_final
-        if later is None or chunked_final:  # a chunked final would share the stream's cache
-            return _Speculation(end, decoded=self._final_result(utt, end))
+    def _speculate(self, utt: _Utterance, end: int) -> Waits[_Speculation]:
+        """The final of the audio up to `end`, asked for now as a background call: the session
+        goes on meanwhile, and a runner that has not started it when the speaker goes on drops
+        it. A chunked final shares the stream's encoder cache, so it is waited for."""
+        if self._chunked and not self.config.polish_final:
+            return _Speculation(end, decoded=(yield from self._final_result(utt, end)))
         mel = self._final_mel(utt, end)
         window = self.config.final_window
-        features, kwargs = self._window_call(
+        request = self._request(
             mel, **self._final_args(utt), window=window, pad_ms=self.config.final_pad_ms
         )
-        return _Speculation(
-            end,
-            pending=later(features, **kwargs),
-            settle=lambda r: self._settle(utt, end, r, utt.lead_start, window, mel),
-        )
+        return _Speculation(end, call=self._call(request, later=True), mel=mel, window=window)
 
     def _settle(
         self,
@@ -297,7 +358,7 @@ class Session:
         origin: int,
         window: str,
         mel: LogMelBuffer | None = None,
-    ) -> _Decoded | None:
+    ) -> Waits[_Decoded | None]:
         """The final from a first decode, which starts at sample `origin`.
 
         A rejected decode on a shorter window is decoded once more on the full window, the one
@@ -308,7 +369,7 @@ class Session:
         if self._final_ok(utt, result):
             return _Decoded(result, origin)
         if window != "full":
-            result = self._decode_final(utt, mel or self._final_mel(utt, end), "full")
+            result = yield from self._decode_final(utt, mel or self._final_mel(utt, end), "full")
             if self._final_ok(utt, result):
                 return _Decoded(result, utt.lead_start)
         return None
@@ -328,22 +389,26 @@ class Session:
         committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
         return {"prefix": list(committed), "words": True, "hypothesis": utt.hypothesis}
 
-    def _decode_final(self, utt: _Utterance, mel: LogMelBuffer, window: str) -> DecodeResult:
+    def _decode_final(self, utt: _Utterance, mel: LogMelBuffer, window: str) -> Waits[DecodeResult]:
         """A final decode of the utterance's log-mel, re-encoded on `window`."""
-        return self._decode(
-            mel, **self._final_args(utt), window=window, pad_ms=self.config.final_pad_ms
+        return (
+            yield from self._decode(
+                mel, **self._final_args(utt), window=window, pad_ms=self.config.final_pad_ms
+            )
         )
 
-    def _finish(self, end_sample: int) -> list[Event]:
+    def _finish(self, end_sample: int) -> Op:
         utt = self._utt
         if utt is None:
             return []
-        self._utt = None
         end = max(end_sample, utt.start_sample)
         events: list[Event] = [SpeechStopped(end)]
         if self._too_short(utt, end):
+            self._cancel(utt.speculative)
+            self._utt = None
             return events
-        decoded = self._final_result(utt, end)
+        decoded = yield from self._final_result(utt, end)
+        self._utt = None
         if decoded is None:
             # No decode passed the gate. Speech the partials showed is never erased: the final
             # is their committed text (else the last partial), marked as a fallback.
@@ -381,22 +446,19 @@ class Session:
         pad_ms: int | None = None,
         chunked: bool = False,
         hypothesis: tuple[int, ...] = (),
-    ) -> DecodeResult:
+    ) -> Waits[DecodeResult]:
         """Decode `mel`, continuing `prefix`; the latest `hypothesis` is offered as a draft."""
-        features, kwargs = self._window_call(
+        request = self._request(
             mel, prefix=prefix, words=words, window=window, pad_ms=pad_ms, hypothesis=hypothesis
         )
-        if not chunked:
-            return self.model.transcribe(features, **kwargs)
-        # Commit whole chunks of encoder frames (20 ms each) that have `lookahead_ms` of real
-        # audio after them; the rest of the window is recomputed on the next update.
-        chunk, ahead = self.config.chunk_ms // 20, self.config.lookahead_ms // 20
-        commit = (mel.num_frames // 2 - ahead) // chunk * chunk
-        return cast(ChunkedAsrModel, self.model).transcribe_chunked(
-            self._encoder_cache, features, commit_frames=commit, **kwargs
-        )
+        if chunked:
+            # Commit whole chunks of encoder frames (20 ms each) that have `lookahead_ms` of
+            # real audio after them; the rest of the window is recomputed on the next update.
+            chunk, ahead = self.config.chunk_ms // 20, self.config.lookahead_ms // 20
+            request.commit_frames = (mel.num_frames // 2 - ahead) // chunk * chunk
+        return (yield self._call(request, chunked))
 
-    def _window_call(
+    def _request(
         self,
         mel: LogMelBuffer,
         *,
@@ -405,8 +467,8 @@ class Session:
         window: str,
         pad_ms: int | None,
         hypothesis: tuple[int, ...],
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """The features of `mel` padded for `window`, and the model call's other arguments."""
+    ) -> TranscribeRequest:
+        """The model request of `mel` padded for `window`."""
         spec = self.model.features
         if window == "full":
             pad_to = spec.window_frames
@@ -415,14 +477,15 @@ class Session:
             pad_to = mel.covered_frames + pad // 10
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
         agrees = hypothesis[: len(prefix)] == tuple(prefix)
-        return mel.features(pad_to_frames=pad_to), {
-            "num_frames": mel.covered_frames,
-            "prompt": self._context,
-            "options": self.config.decode,
-            "word_timestamps": words and self.config.decode.word_timestamps,
-            "prefix": prefix,
-            "draft": list(hypothesis[len(prefix) :]) if agrees else [],
-        }
+        return TranscribeRequest(
+            mel.features(pad_to_frames=pad_to),
+            num_frames=mel.covered_frames,
+            prompt=list(self._context),
+            options=self.config.decode,
+            word_timestamps=words and self.config.decode.word_timestamps,
+            prefix=list(prefix),
+            draft=list(hypothesis[len(prefix) :]) if agrees else [],
+        )
 
     def _keep(self, r: DecodeResult) -> bool:
         return not looks_like_hallucination(r, self.config.decode)

@@ -92,7 +92,7 @@ def run_meeting_command(args: argparse.Namespace, out: TextIO) -> int:
 
 def _record(args: argparse.Namespace, out: TextIO) -> int:
     from streamasr.config import SessionConfig
-    from streamasr.engine.session import Session
+    from streamasr.engine.driver import LocalSession
     from streamasr.meeting.recorder import MeetingRecorder, run_meeting
     from streamasr.meeting.sources import AudioSource, DeviceSource, FileSource, StdinSource
     from streamasr.meeting.store import default_out_dir
@@ -113,7 +113,7 @@ def _record(args: argparse.Namespace, out: TextIO) -> int:
     else:
         source = DeviceSource(args.device)
     model = load_model(args.model, compute=args.compute, dtype=args.dtype)
-    session = Session(model, SessionConfig(partials=False))
+    session = LocalSession(model, SessionConfig(partials=False))
     recorder = MeetingRecorder(session, outdir, _emitter(out), args.silence_timeout)
     run_meeting(source, recorder)
     return EXIT_OK

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from streamasr.config import SessionConfig
+from streamasr.engine.driver import LocalSession
 from streamasr.errors import InputError
 from streamasr.events import Event
 from streamasr.meeting.recorder import Emit, MeetingRecorder
@@ -45,7 +46,6 @@ from streamasr.server.protocol import (
     error_event,
 )
 from streamasr.server.routes import bearer_token, response
-from streamasr.server.stream import AudioStream
 from streamasr.server.worker import DecodePool
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class ListenConfig:
 
 
 class Producer:
-    """One connected producer: its `ServerProtocol`, its `AudioStream`, and its meeting.
+    """One connected producer: its `ServerProtocol`, its `LocalSession`, and its meeting.
 
     Frames are handled one at a time, each model call awaited on the decode pool before the
     next frame is read: a producer faster than the model is paused by TCP flow control
@@ -174,7 +174,8 @@ class Producer:
         base = self.config.session
         decode = dataclasses.replace(base.decode, word_timestamps=options.word_timestamps)
         session_config = dataclasses.replace(base, partials=options.partials, decode=decode)
-        stream = AudioStream(self.listener.model, session_config, options.audio.sample_rate)
+        rate = options.audio.sample_rate
+        stream = LocalSession(self.listener.model, session_config, sample_rate=rate)
         self.recorder = MeetingRecorder(
             stream, self.config.out, self.listener.emit, self.config.silence_timeout_s
         )

@@ -19,7 +19,7 @@ Emit = Callable[[dict[str, Any]], None]
 
 
 class Transcriber(Protocol):
-    """Samples in, events out: an engine `Session`, or the daemon's `AudioStream` (resampling)."""
+    """Samples in, events out: a `LocalSession`."""
 
     @property
     def position(self) -> int:

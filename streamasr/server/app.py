@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -45,6 +46,9 @@ from streamasr.server.worker import (
 log = logging.getLogger(__name__)
 
 ModelFactory = Callable[[str], AsrModel]
+# Threads for the sessions' own work. It is mostly Python, under the GIL: more threads would
+# only contend for it.
+SESSION_THREADS = min(4, os.cpu_count() or 1)
 FORCE_CLOSE_GRACE_S = 0.5  # after the drain timeout: how long a stalled socket gets to close
 
 
@@ -155,21 +159,17 @@ class Server:
                 "capacity: %d sessions (a 30 s-window final took %.2f s)", self.capacity, final_s
             )
         self.metrics.sessions_max.set(self.capacity)
-        # With the scheduler, pool threads run each session's VAD and features and wait for its
-        # batched model calls: one per session keeps none waiting.
+        # Pool threads run the sessions' own work (resampling, VAD, features, text) and never
+        # wait for a model call: the scheduler's inference threads run those.
         loader = self._pool
-        batching = self.config.max_batch > 1
-        self._pool = DecodePool(self.capacity + 1 if batching else self.config.workers)
+        self._pool = DecodePool(SESSION_THREADS)
         loader.shutdown()
-        shared: AsrModel = model
-        if self.config.max_batch > 1:
-            budget = self.config.batch_budget_ms
-            scheduling = SchedulerConfig(self.config.max_batch, budget, self.config.workers)
-            self._scheduler = Scheduler(model, scheduling)
-            self.metrics.watch(self._scheduler)
-            shared = self._scheduler.model_proxy()
+        budget = self.config.batch_budget_ms
+        scheduling = SchedulerConfig(self.config.max_batch, budget, self.config.workers)
+        self._scheduler = Scheduler(model, scheduling)
+        self.metrics.watch(self._scheduler)
         self._ctx = ServerContext(
-            self.config, shared, self._session_config, self._pool, self.metrics, self._scheduler
+            self.config, model, self._session_config, self._pool, self.metrics, self._scheduler
         )
         self._trimmer = asyncio.create_task(self._trim_heap())
         self.state = "ready"

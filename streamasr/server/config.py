@@ -44,7 +44,7 @@ class ServerConfig:
     # a final's 30 s window encodes on every core, where two one-thread workers held no round of
     # 5 real-time clients on 2 cores (docs/engine.md, "Measured")
     max_batch: int = 8  # rows of a continuous batch: calls of different sessions decoded together;
-    # 1: no scheduler, each call runs alone on the `workers` threads
+    # 1: each call runs alone on the `workers` threads
     batch_budget_ms: float = 5.0  # how long a first call waits for others to join an empty batch
     slow_partials_lag_s: float = 0.5  # a session this far behind real time decodes partials
     # every second step (half their compute) until it is back under half of this

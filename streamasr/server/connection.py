@@ -15,7 +15,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from streamasr.config import SessionConfig
+from streamasr.engine.driver import SessionDriver
 from streamasr.engine.scheduler import Scheduler
+from streamasr.engine.session import Session
 from streamasr.events import ErrorEvent, TranscriptFinal, TranscriptPartial, WarningEvent
 from streamasr.models.base import AsrModel
 from streamasr.server.config import ServerConfig
@@ -38,7 +40,6 @@ from streamasr.server.protocol import (
     error_event,
 )
 from streamasr.server.queues import ArrivalClock, CloseRequest, Inbox, Outbox
-from streamasr.server.stream import AudioStream
 from streamasr.server.worker import DecodePool
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,13 @@ class ServerContext:
     config: ServerConfig
     model: AsrModel
     session_config: SessionConfig
-    pool: DecodePool
+    pool: DecodePool  # runs the sessions' own work: resampling, VAD, features, text
     metrics: ServerMetrics
-    scheduler: Scheduler | None = None  # the shared inference threads, when batching
+    scheduler: Scheduler  # runs every session's model calls on the shared inference threads
 
 
 class Connection:
-    """One client: a `ServerProtocol`, an `AudioStream`, an `Inbox`, an `Outbox`, three tasks."""
+    """One client: a `ServerProtocol`, a `Session`, an `Inbox`, an `Outbox`, three tasks."""
 
     def __init__(self, ws: ServerConnection, ctx: ServerContext) -> None:
         self.ws = ws
@@ -69,7 +70,8 @@ class Connection:
         self.protocol = ServerProtocol(max_frame_bytes=ctx.config.max_frame_bytes)
         self.outbox = Outbox(ctx.config.outgoing_queue, ctx.metrics.dropped_partials.inc)
         self._inbox: Inbox | None = None
-        self._stream: AudioStream | None = None
+        self._session: Session | None = None
+        self._driver: SessionDriver | None = None
         self._clock: ArrivalClock | None = None
         self._done = asyncio.Event()
         self._close_with: tuple[int, str] | None = None  # close code and reason, once decided
@@ -95,6 +97,8 @@ class Connection:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self._driver is not None:
+                self._driver.release()
             await self._close_socket()
 
     def end(self, reason: str = "shutdown") -> None:
@@ -184,7 +188,8 @@ class Connection:
 
     def _start(self, options: SessionStart) -> None:
         rate = options.audio.sample_rate
-        self._stream = AudioStream(self.ctx.model, self._session_config(options), rate)
+        self._session = Session(self.ctx.model, self._session_config(options), rate)
+        self._driver = SessionDriver(self._session, self.ctx.scheduler)
         self._inbox = Inbox(max(1, int(self.ctx.config.max_backlog_s * rate)))
         self._clock = ArrivalClock(rate)
         model_name = getattr(self.ctx.model, "name", "unknown")
@@ -215,21 +220,26 @@ class Connection:
 
     # ---------------------------------------------------------------- decoding
     async def _decode_loop(self) -> None:
-        assert self._inbox is not None and self._stream is not None
-        stream, pool = self._stream, self.ctx.pool
+        assert self._inbox is not None and self._session is not None
+        assert self._driver is not None
+        session, driver, offload = self._session, self._driver, self.ctx.pool.call
+        loop = asyncio.get_running_loop()
         while True:
             item = await self._inbox.get()
+            t0 = loop.time()
+            # The session's work runs on the pool; its model calls on the scheduler, awaited
+            # here: no thread waits for a model call.
             if isinstance(item, np.ndarray):
-                events, seconds = await pool.run(stream.feed, item)
+                events = await driver.run_async(offload, session.feed, item)
             elif isinstance(item, Flush):
-                events, seconds = await pool.run(stream.flush)
+                events = await driver.run_async(offload, session.flush)
             else:
-                events, seconds = await pool.run(stream.close)
-            self.ctx.metrics.decode_seconds.observe(seconds)
+                events = await driver.run_async(offload, session.close)
+            self.ctx.metrics.decode_seconds.observe(loop.time() - t0)
             for event in events:
                 self._queue(event)
             if isinstance(item, np.ndarray):
-                self._check_lag(stream)
+                self._check_lag(session)
             if isinstance(item, End):
                 if item.reason == "max_length":
                     limit = self.ctx.config.max_session_s
@@ -239,7 +249,7 @@ class Connection:
                 self._queue(_end_close(item.reason))
                 return
 
-    def _check_lag(self, stream: AudioStream) -> None:
+    def _check_lag(self, session: Session) -> None:
         """Falling behind real time: fewer partials; far behind: warn and pause them.
 
         The lag is how long ago the audio just processed arrived. The degradation policy:
@@ -251,14 +261,13 @@ class Connection:
         third of it. Finals are never dropped.
         """
         assert self._clock is not None
-        arrived = self._clock.time_of(stream.position)
+        arrived = self._clock.time_of(session.position)
         if arrived is None:
             return
         lag = asyncio.get_running_loop().time() - arrived
         limit = self.ctx.config.lag_warning_s
-        session = stream.session
         slow = self.ctx.config.slow_partials_lag_s
-        congested = self.ctx.scheduler is not None and self.ctx.scheduler.congested
+        congested = self.ctx.scheduler.congested
         if lag > slow or congested:
             session.step_scale = 2
         elif lag < slow / 2:

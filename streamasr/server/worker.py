@@ -1,4 +1,5 @@
-"""The decode pool: a dedicated thread pool that runs every model call off the event loop."""
+"""The decode pool: a dedicated thread pool that runs the sessions' work off the event loop;
+and the model set-up every entry point shares (threads, warm-up, capacity, the heap)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ T = TypeVar("T")
 class DecodePool:
     """A fixed set of threads shared by all sessions.
 
-    A session awaits each of its calls before making the next, so its calls run strictly in
-    order; calls of different sessions queue FIFO, which shares the threads round-robin.
+    A session awaits each of its operations before starting the next, so they run strictly in
+    order; those of different sessions queue FIFO, which shares the threads round-robin.
     """
 
     def __init__(self, workers: int) -> None:
@@ -35,6 +36,11 @@ class DecodePool:
         """`fn(*args)` on a pool thread; returns its result and its wall time in seconds."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(_timed, fn, *args))
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on a pool thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
     def shutdown(self) -> None:
         """Drop queued calls; a call already running finishes on its thread."""

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import speech
 
 from streamasr.config import DecodeConfig, SessionConfig
+from streamasr.engine.calls import run_request
+from streamasr.engine.driver import LocalSession
 from streamasr.engine.scheduler import Scheduler, SchedulerConfig
-from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.base import TranscribeRequest
@@ -73,19 +76,10 @@ def _mel(feats: np.ndarray) -> object:
 
 
 def single(model: WhisperModel, r: TranscribeRequest) -> object:
-    args = dict(
-        num_frames=r.num_frames,
-        prompt=r.prompt,
-        options=r.options,
-        word_timestamps=r.word_timestamps,
-        prefix=r.prefix,
-    )
-    if r.cache is None:
-        return model.transcribe(r.features, **args)  # type: ignore[arg-type]
+    """`r` decoded alone, on a copy of its stream's cache."""
     import copy
 
-    cache = copy.deepcopy(r.cache)
-    return model.transcribe_chunked(cache, r.features, commit_frames=r.commit_frames, **args)  # type: ignore[arg-type]
+    return run_request(model, replace(r, cache=copy.deepcopy(r.cache)))
 
 
 def test_a_batch_decodes_each_row_as_if_alone(model: WhisperModel, clips: list[np.ndarray]) -> None:
@@ -102,8 +96,10 @@ def test_a_batch_decodes_each_row_as_if_alone(model: WhisperModel, clips: list[n
     assert reqs[3].cache.length == 50  # the chunked row committed its frames
 
 
-def stream(model: object, audio: np.ndarray, config: SessionConfig) -> list[Event]:
-    session = Session(model, config)  # type: ignore[arg-type]
+def stream(
+    model: object, audio: np.ndarray, config: SessionConfig, runner: Any = None
+) -> list[Event]:
+    session = LocalSession(model, config, runner=runner)  # type: ignore[arg-type]
     events: list[Event] = []
     for start in range(0, len(audio), 800):
         events += session.feed(audio[start : start + 800])
@@ -121,7 +117,7 @@ def test_concurrent_sessions_share_batches_and_keep_their_transcripts(
     results: dict[int, list[Event]] = {}
 
     def run(i: int) -> None:
-        results[i] = stream(scheduler.model_proxy(), audios[i], config)
+        results[i] = stream(model, audios[i], config, scheduler)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(audios))]
     for t in threads:
@@ -358,6 +354,41 @@ def test_a_call_cancelled_while_queued_never_runs(
     assert f_later.cancel()
     gate.release.set()
     assert f_first.result(timeout=60).text.strip()
+    again = scheduler.submit(later)  # the encoder took only a cancelled call: it goes on
+    assert again.result(timeout=60).text.strip()
     scheduler.close()
-    assert gate.passes == [[frames]]  # the cancelled call was never encoded
-    assert scheduler.stats.cancelled == 1 and scheduler.stats.calls == 1
+    assert gate.passes == [[frames], [frames_of(later_feats)]]  # the cancelled one: never
+    assert scheduler.stats.cancelled == 1 and scheduler.stats.calls == 2
+
+
+def frames_of(feats: np.ndarray) -> int:
+    return int(feats.shape[1] + feats.shape[1] % 2)  # the model pads the mel to even
+
+
+def test_whole_batches_go_on_after_taking_only_cancelled_calls() -> None:
+    """A model without a continuous batch: a pass that finds only cancelled calls queued
+    leaves the inference thread serving the next ones."""
+    from fake_model import FakeModel
+
+    class Gated(FakeModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.release = threading.Event(), threading.Event()
+
+        def transcribe(self, features: np.ndarray, **kw: Any) -> Any:
+            self.entered.set()
+            assert self.release.wait(30)
+            return super().transcribe(features, **kw)
+
+    model = Gated()
+    request = TranscribeRequest(np.zeros((80, 400), np.float32), 400, [], DecodeConfig(), False, [])
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=1, budget_ms=0))  # type: ignore[arg-type]
+    first = scheduler.submit(request)
+    assert model.entered.wait(30)
+    dropped = [scheduler.submit(request) for _ in range(3)]
+    assert all(f.cancel() for f in dropped)
+    model.release.set()
+    assert first.result(timeout=30).text == " w0 w1 w2 w3 w4 w5 w6 w7 w8 w9"
+    assert scheduler.submit(request).result(timeout=30).text == first.result().text
+    scheduler.close()
+    assert scheduler.stats.cancelled == 3 and scheduler.stats.calls == 2

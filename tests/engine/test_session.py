@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +12,8 @@ from fake_model import FakeModel
 
 from streamasr import SAMPLE_RATE
 from streamasr.config import SessionConfig, VadConfig
+from streamasr.engine.calls import ModelCall, run_request
+from streamasr.engine.driver import LocalSession
 from streamasr.engine.session import Session
 from streamasr.events import (
     Event,
@@ -24,7 +25,7 @@ from streamasr.events import (
 from streamasr.models.base import DecodeResult
 
 
-def feed_all(session: Session, audio: np.ndarray, chunk: int = 800) -> list[Event]:
+def feed_all(session: LocalSession, audio: np.ndarray, chunk: int = 800) -> list[Event]:
     events: list[Event] = []
     for i in range(0, len(audio), chunk):
         events += session.feed(audio[i : i + chunk])
@@ -37,7 +38,7 @@ def speech_audio(sentences: list[np.ndarray]) -> np.ndarray:
 
 
 def test_one_utterance_gives_growing_partials_then_one_final(speech_audio: np.ndarray) -> None:
-    session = Session(FakeModel())
+    session = LocalSession(FakeModel())
     events = feed_all(session, speech_audio) + session.close()
     kinds = [type(e) for e in events]
     assert kinds[0] is SpeechStarted
@@ -55,7 +56,7 @@ def test_one_utterance_gives_growing_partials_then_one_final(speech_audio: np.nd
 
 
 def test_flush_finalises_now_and_the_session_keeps_going(speech_audio: np.ndarray) -> None:
-    session = Session(FakeModel())
+    session = LocalSession(FakeModel())
     half = len(speech_audio) // 2
     first = feed_all(session, speech_audio[:half])
     assert any(isinstance(e, SpeechStarted) for e in first)
@@ -70,7 +71,7 @@ def test_flush_finalises_now_and_the_session_keeps_going(speech_audio: np.ndarra
 
 def test_previous_finals_prompt_the_next_utterance(sentences: list[np.ndarray]) -> None:
     model = FakeModel()
-    session = Session(model)
+    session = LocalSession(model)
     audio = np.concatenate([sentences[0], speech.silence(1.0), sentences[1], speech.silence(1.0)])
     feed_all(session, audio)
     session.close()
@@ -80,7 +81,7 @@ def test_previous_finals_prompt_the_next_utterance(sentences: list[np.ndarray]) 
 
 
 def test_close_is_final_and_bad_input_is_rejected(speech_audio: np.ndarray) -> None:
-    session = Session(FakeModel())
+    session = LocalSession(FakeModel())
     with pytest.raises(ValueError, match="1-D"):
         session.feed(np.zeros((10, 2), dtype=np.float32))
     assert session.feed(np.zeros(0, dtype=np.float32)) == []
@@ -92,7 +93,7 @@ def test_close_is_final_and_bad_input_is_rejected(speech_audio: np.ndarray) -> N
 
 def test_partials_can_be_turned_off(speech_audio: np.ndarray) -> None:
     model = FakeModel()
-    session = Session(model, SessionConfig(partials=False))
+    session = LocalSession(model, SessionConfig(partials=False))
     events = feed_all(session, speech_audio) + session.close()
     assert not any(isinstance(e, TranscriptPartial) for e in events)
     assert sum(isinstance(e, TranscriptFinal) for e in events) == 1
@@ -101,7 +102,7 @@ def test_partials_can_be_turned_off(speech_audio: np.ndarray) -> None:
 
 def test_silence_never_calls_the_model() -> None:
     model = FakeModel()
-    session = Session(model)
+    session = LocalSession(model)
     feed_all(session, np.zeros(5 * SAMPLE_RATE, dtype=np.float32))
     session.close()
     assert model.calls == []
@@ -123,7 +124,7 @@ def test_event_json_uses_seconds() -> None:
 
 def test_chunked_encoder_needs_a_model_that_has_one() -> None:
     with pytest.raises(ValueError, match="no chunked encoder"):
-        Session(FakeModel(), SessionConfig(encoder="chunked"))
+        LocalSession(FakeModel(), SessionConfig(encoder="chunked"))
 
 
 def test_models_are_told_every_frame_that_holds_audio() -> None:
@@ -168,7 +169,7 @@ SHORT_FINALS = SessionConfig(final_window="utterance")  # a rejection there is r
 
 def test_a_rejected_final_is_decoded_again_on_the_full_window(speech_audio: np.ndarray) -> None:
     model = GatedFinals(rejected=("utterance",))
-    events = feed_all(Session(model, SHORT_FINALS), speech_audio)
+    events = feed_all(LocalSession(model, SHORT_FINALS), speech_audio)
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
     assert model.final_windows == ["utterance", "full"]
     assert len(finals) == 1 and finals[0].text.startswith("w0 w1") and not finals[0].fallback
@@ -180,7 +181,7 @@ def test_a_final_rejected_everywhere_keeps_what_the_partials_showed(
     speech_audio: np.ndarray, empty: bool
 ) -> None:
     model = GatedFinals(rejected=("utterance", "full"), empty=empty)
-    events = feed_all(Session(model, SHORT_FINALS), speech_audio)
+    events = feed_all(LocalSession(model, SHORT_FINALS), speech_audio)
     partials = [e for e in events if isinstance(e, TranscriptPartial)]
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
     assert model.final_windows == ["utterance", "full"]
@@ -193,14 +194,14 @@ def test_a_final_rejected_everywhere_keeps_what_the_partials_showed(
 def test_a_rejected_final_without_partials_is_dropped(speech_audio: np.ndarray) -> None:
     model = GatedFinals(rejected=("utterance", "full"))
     config = SessionConfig(final_window="utterance", partials=False)
-    events = feed_all(Session(model, config), speech_audio)
+    events = feed_all(LocalSession(model, config), speech_audio)
     assert not any(isinstance(e, TranscriptPartial | TranscriptFinal) for e in events)
     assert model.final_windows == ["utterance", "full"]
 
 
 def test_a_rejected_full_window_final_falls_back_at_once(speech_audio: np.ndarray) -> None:
     model = GatedFinals(rejected=("full",))
-    events = feed_all(Session(model, SessionConfig(final_window="full")), speech_audio)
+    events = feed_all(LocalSession(model, SessionConfig(final_window="full")), speech_audio)
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
     assert model.final_windows == ["full"]
     assert len(finals) == 1 and finals[0].fallback and finals[0].text
@@ -214,7 +215,7 @@ def final_frames(model: FakeModel) -> list[int]:
 def test_a_final_decodes_a_lead_in_before_its_utterance(sentences: list[np.ndarray]) -> None:
     model = FakeModel()
     config = SessionConfig(partials=False, final_speculation_ms=0, final_lead_ms=700)
-    session = Session(model, config)
+    session = LocalSession(model, config)
     audio = np.concatenate(
         [speech.silence(0.4), sentences[0], speech.silence(0.6), sentences[1], speech.silence(1)]
     )
@@ -239,7 +240,7 @@ def test_an_utterance_cut_at_the_length_limit_has_no_lead_in(
     vad = VadConfig(max_utterance_ms=3000, min_cut_ms=1500)
     config = SessionConfig(partials=False, final_speculation_ms=0, final_lead_ms=700, vad=vad)
     audio = np.concatenate([speech.silence(1.0), *sentences[:3], speech.silence(1)])
-    events = feed_all(Session(model, config), audio)
+    events = feed_all(LocalSession(model, config), audio)
     starts = [e.sample for e in events if isinstance(e, SpeechStarted)]
     stops = [e.sample for e in events if isinstance(e, SpeechStopped)]
     assert len(starts) >= 2 and starts[1] == stops[0]  # cut, not a pause
@@ -250,50 +251,66 @@ def test_an_utterance_cut_at_the_length_limit_has_no_lead_in(
     assert frames[1] == pytest.approx((stops[1] - starts[1]) / hop, abs=2)
 
 
-class LaterModel(FakeModel):
-    """FakeModel that also decodes in the background, as the daemon's scheduler does: while
-    `hold` is set, its futures wait for `release`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hold = False
-        self.futures: list[tuple[Future[DecodeResult], Any, dict[str, Any]]] = []
-
-    def transcribe_later(self, features: np.ndarray, **kwargs: Any) -> Future[DecodeResult]:
-        future: Future[DecodeResult] = Future()
-        self.futures.append((future, features, kwargs))
-        if not self.hold:
-            self.release()
-        return future
-
-    def release(self) -> None:
-        for future, features, kwargs in self.futures:
-            if not future.done() and future.set_running_or_notify_cancel():
-                future.set_result(self.transcribe(features, **kwargs))
-
-
-def test_an_early_final_runs_in_the_background_and_is_dropped_when_speech_goes_on(
+def test_an_early_final_is_a_background_call_dropped_when_speech_goes_on(
     sentences: list[np.ndarray],
 ) -> None:
-    """The speaker pauses (an early final is queued), then goes on: the queued decode is
-    cancelled before it runs, and the utterance's final is the same as decoding in place."""
+    """The speaker pauses: the session asks for an early final and goes on without its result.
+    The speaker goes on: that call is cancelled. The utterance's final is then what a session
+    driven in place gives, and only its decode ran."""
     pause, rest = np.concatenate([sentences[0], speech.silence(0.3)]), sentences[1]
     tail = speech.silence(1.0)
-    model = LaterModel()
+    model = FakeModel()
     session = Session(model, SessionConfig(partials=False))
-    model.hold = True
-    feed_all(session, np.concatenate([speech.silence(0.4), pause]), chunk=320)
-    assert len(model.futures) == 1 and not model.futures[0][0].done()  # queued in the pause
-    assert model.calls == []  # the session went on without waiting for it
-    feed_all(session, rest, chunk=320)
-    assert model.futures[0][0].cancelled()  # speech went on: dropped before it ran
-    model.hold = False
-    events = feed_all(session, tail, chunk=320)
+    steps = [session.feed(c) for c in chunks(np.concatenate([speech.silence(0.4), pause]))]
+    early = [c for st in steps for c in st.calls]
+    assert len(early) == 1 and early[0].background  # asked for in the pause ...
+    assert session.awaiting is None  # ... and not waited for
+    steps = [session.feed(c) for c in chunks(rest)]
+    assert [c for st in steps for c in st.cancelled] == [early[0].id]  # speech went on
+    assert not any(st.calls for st in steps)
+    events: list[Event] = []
+    asked: dict[int, ModelCall] = {}
+    for c in chunks(tail):
+        step = session.feed(c)
+        events += step.events
+        asked |= {call.id: call for call in step.calls}
+        while session.awaiting is not None:  # the final: decoded when it is waited for
+            call = asked.pop(session.awaiting)
+            step = session.on_result(call.id, run_request(model, call.request))
+            events += step.events
+    assert not asked  # every call asked for was waited for, none left behind
     in_place = feed_all(
-        Session(FakeModel(), SessionConfig(partials=False)),
+        LocalSession(FakeModel(), SessionConfig(partials=False)),
         np.concatenate([speech.silence(0.4), pause, rest, tail]),
         chunk=320,
     )
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
     assert len(finals) == 1 and finals == [e for e in in_place if isinstance(e, TranscriptFinal)]
     assert len(model.calls) == 1  # only the final that was sent was decoded
+
+
+def chunks(audio: np.ndarray, size: int = 320) -> list[np.ndarray]:
+    return [audio[i : i + size] for i in range(0, len(audio), size)]
+
+
+def test_an_operation_waits_for_its_call_and_takes_only_that_result(
+    speech_audio: np.ndarray,
+) -> None:
+    """While the session waits for a call's result, it takes no other operation and no other
+    call's result; a partial is an awaited call."""
+    session = Session(FakeModel())
+    step = None
+    for c in chunks(speech_audio, 800):
+        step = session.feed(c)
+        if session.awaiting is not None:
+            break
+    assert step is not None and session.awaiting is not None
+    (call,) = step.calls
+    assert call.id == session.awaiting and not call.background
+    with pytest.raises(RuntimeError, match="waits for"):
+        session.feed(speech_audio[:800])
+    with pytest.raises(RuntimeError, match="waits for"):
+        session.on_result(call.id + 1, run_request(FakeModel(), call.request))
+    done = session.on_result(call.id, run_request(FakeModel(), call.request))
+    assert session.awaiting is None
+    assert [type(e) for e in done.events] == [TranscriptPartial]

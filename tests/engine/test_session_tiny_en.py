@@ -12,8 +12,8 @@ import speech
 from streamasr import SAMPLE_RATE
 from streamasr.audio.files import load_audio
 from streamasr.config import DecodeConfig, SessionConfig
+from streamasr.engine.driver import LocalSession
 from streamasr.engine.offline import transcribe_offline
-from streamasr.engine.session import Session
 from streamasr.events import Event, SpeechStarted, SpeechStopped, TranscriptFinal, TranscriptPartial
 from streamasr.models.whisper import WhisperModel
 from streamasr.textnorm import normalize, wer, word_errors
@@ -46,7 +46,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
 def stream(
     model: Any, audio: np.ndarray, chunk_ms: int = 50, config: SessionConfig | None = None
 ) -> list[Event]:
-    session = Session(model, config)
+    session = LocalSession(model, config)
     size = chunk_ms * SAMPLE_RATE // 1000
     events: list[Event] = []
     for i in range(0, len(audio), size):

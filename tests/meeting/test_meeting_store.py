@@ -12,7 +12,7 @@ from fake_model import FakeModel
 
 from streamasr import SAMPLE_RATE
 from streamasr.config import SessionConfig
-from streamasr.engine.session import Session
+from streamasr.engine.driver import LocalSession
 from streamasr.events import TranscriptFinal, Word
 from streamasr.meeting.recorder import MeetingRecorder
 from streamasr.meeting.store import MeetingWriter, read_finals, render_dir
@@ -78,7 +78,7 @@ def test_long_silence_ends_the_meeting_and_speech_starts_a_new_one(
         ]
     )
     records: list[dict[str, Any]] = []
-    session = Session(FakeModel(), SessionConfig(partials=False))
+    session = LocalSession(FakeModel(), SessionConfig(partials=False))
     recorder = MeetingRecorder(session, tmp_path, records.append, silence_timeout_s=2.5)
     for chunk in speech.chunks(audio, 800):
         recorder.feed(chunk)
@@ -113,7 +113,7 @@ def test_without_timeout_one_meeting_until_close(
 ) -> None:
     s0, s1 = sentences
     records: list[dict[str, Any]] = []
-    recorder = MeetingRecorder(Session(FakeModel()), tmp_path, records.append)
+    recorder = MeetingRecorder(LocalSession(FakeModel()), tmp_path, records.append)
     for chunk in speech.chunks(np.concatenate([s0, speech.silence(6.0), s1]), 800):
         recorder.feed(chunk)
     recorder.close()

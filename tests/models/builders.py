@@ -340,11 +340,11 @@ def stream_finals(model: Any, audio: Any, chunk: int = 800) -> list[Any]:
     Partials every 2 s keep the test fast; the final is a free decode that does not use them.
     """
     from streamasr.config import SessionConfig
-    from streamasr.engine.session import Session
+    from streamasr.engine.driver import LocalSession
     from streamasr.events import TranscriptFinal
 
     config = SessionConfig(encode_window="full", final_window="full", final_lead_ms=0, step_ms=2000)
-    session = Session(model, config)
+    session = LocalSession(model, config)
     events = []
     for i in range(0, len(audio), chunk):
         events += session.feed(audio[i : i + chunk])

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from streamasr.config import SessionConfig
-from streamasr.engine.session import Session
+from streamasr.engine.driver import LocalSession
 from streamasr.events import TranscriptFinal
 from streamasr.models.loader import load_model
 from streamasr.server.app import Server
@@ -35,7 +35,7 @@ def speech_audio(sentences: list[np.ndarray]) -> np.ndarray:
 
 
 def session_finals(model_dir: Path, audio: np.ndarray, config: SessionConfig) -> list[str]:
-    session = Session(load_model(str(model_dir)), config)
+    session = LocalSession(load_model(str(model_dir)), config)
     events = []
     for i in range(0, len(audio), 1600):
         events += session.feed(audio[i : i + 1600])

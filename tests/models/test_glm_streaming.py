@@ -14,8 +14,8 @@ import torch
 from streamasr.kernels import use_backend
 
 from streamasr.config import DecodeConfig, SessionConfig
+from streamasr.engine.driver import LocalSession
 from streamasr.engine.kv_cache import KVCache
-from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal
 from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.audio_llm import AudioLlmAdapter, AudioLlmStream
@@ -65,8 +65,8 @@ def same(a: DecodeResult, b: DecodeResult) -> None:
     assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-4)
 
 
-def stream(model: Any, audio: np.ndarray, config: SessionConfig) -> list[Event]:
-    session = Session(model, config)
+def stream(model: Any, audio: np.ndarray, config: SessionConfig, runner: Any = None) -> list[Event]:
+    session = LocalSession(model, config, runner=runner)
     events: list[Event] = []
     for start in range(0, len(audio), 800):
         events += session.feed(audio[start : start + 800])
@@ -355,7 +355,7 @@ def test_concurrent_chunked_sessions_through_the_scheduler_keep_their_transcript
     results: dict[int, list[Event]] = {}
 
     def run(i: int) -> None:
-        results[i] = stream(scheduler.model_proxy(), audios[i], CHUNKED)
+        results[i] = stream(glm, audios[i], CHUNKED, scheduler)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(audios))]
     for t in threads:

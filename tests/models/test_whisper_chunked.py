@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from streamasr.kernels import chunk_attention
 
 from streamasr import SAMPLE_RATE
 from streamasr.config import SessionConfig
+from streamasr.engine.driver import LocalSession
 from streamasr.engine.session import Session
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.features.logmel import LogMelBuffer
@@ -117,7 +119,7 @@ def test_encode_tail_rejects_a_mel_shorter_than_the_cache(
 
 
 def stream(model: WhisperModel, audio: np.ndarray, config: SessionConfig) -> list[Event]:
-    session = Session(model, config)
+    session = LocalSession(model, config)
     events: list[Event] = []
     for start in range(0, len(audio), 800):
         events += session.feed(audio[start : start + 800])
@@ -166,19 +168,25 @@ def test_chunked_update_cost_does_not_grow_with_the_utterance(
 ) -> None:
     """Each update computes the uncommitted tail only: at most chunk + lookahead + step + pad."""
     config = SessionConfig(encoder="chunked", chunk_ms=500, lookahead_ms=200, window_pad_ms=200)
-    session = Session(model, config)
+    session = LocalSession(model, config)
+
+    def cache() -> Any:  # the stream's encoder cache, held by the runner
+        return session.runner.caches.get(session.session.stream)  # type: ignore[attr-defined]
+
     long_speech = np.concatenate([clips[0], clips[1], clips[2]])  # ~10 s, one utterance
     per_update = []
     for start in range(0, len(long_speech), 800):
-        before = session._encoder_cache.frames_computed
+        before = 0 if cache() is None else cache().frames_computed
         session.feed(long_speech[start : start + 800])
-        computed = session._encoder_cache.frames_computed - before
+        computed = 0 if cache() is None else cache().frames_computed - before
         if computed:
             per_update.append(computed)
     bound = (500 + 200 + config.step_ms + 200) // 20 + 2
     assert len(per_update) >= 15
     assert max(per_update) <= bound
-    assert session._encoder_cache.length >= 300  # most of the 10 s is committed
+    assert cache().length >= 300  # most of the 10 s is committed
+    session.close()
+    assert cache() is None  # the stream ended: the runner dropped its cache
 
 
 def test_config_rejects_bad_chunk_settings() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from streamasr.engine.session import Session
+from streamasr.engine.driver import LocalSession
 from streamasr.events import TranscriptFinal
 from streamasr.server.app import Server
 from streamasr.server.protocol import STREAM_PATH, parse_server_message
@@ -136,7 +136,7 @@ def reference_finals(audio: np.ndarray) -> list[str]:
     """The finals a local Session with FakeModel gives for the same (dequantized) audio."""
     from fake_model import FakeModel  # on sys.path through tests/server/conftest.py
 
-    session = Session(FakeModel())
+    session = LocalSession(FakeModel())
     events = session.feed(dequantized(audio)) + session.close()
     return [e.text for e in events if isinstance(e, TranscriptFinal)]
 
