@@ -1,4 +1,5 @@
-"""chunk_attention: the Triton flash kernel (CPU interpreter) against the float64 reference."""
+"""chunk_attention: the Triton flash kernel (on CUDA, else the CPU interpreter) against the
+float64 reference."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from kernel_device import DEVICE
 from streamasr.kernels import testing as kt
 from streamasr.kernels.chunk_attention import chunk_attention_ref
 from streamasr.kernels.chunk_attention.triton import chunk_attention_triton
@@ -24,8 +26,9 @@ def run_poisoned(
     block_size: int | None,
 ) -> torch.Tensor:
     """The Triton kernel, 16x16 tiles, with NaN in its output and past each valid length."""
-    out = kt.poisoned(q.shape, dtype=q.dtype)
-    lengths = seq_lens if seq_lens is not None else torch.full((q.shape[0],), k.shape[2])
+    out = kt.poisoned(q.shape, dtype=q.dtype, device=q.device)
+    full = torch.full((q.shape[0],), k.shape[2], device=k.device)
+    lengths = seq_lens if seq_lens is not None else full
     result: torch.Tensor = chunk_attention_triton(
         q,
         kt.poison_tail(k, lengths),
@@ -52,9 +55,11 @@ def test_matches_reference(
     layout: kt.HeadLayout, mask: str, block_size: int | None, dtype: torch.dtype
 ) -> None:
     q_len, cap = 19, 50  # two query tiles of 16, the second partial; up to 31 cached keys
-    q, k, v = kt.random_qkv(batch=2, layout=layout, q_len=q_len, kv_len=cap, dtype=dtype, seed=11)
+    q, k, v = kt.random_qkv(
+        batch=2, layout=layout, q_len=q_len, kv_len=cap, dtype=dtype, seed=11, device=DEVICE
+    )
     # Ragged prefixes: none (the first chunk) and one that is not a multiple of any tile.
-    seq_lens = torch.tensor([q_len, q_len + 26], dtype=torch.int32)
+    seq_lens = torch.tensor([q_len, q_len + 26], dtype=torch.int32, device=DEVICE)
     got = run_poisoned(q, k, v, seq_lens, mask=mask, block_size=block_size)
     want = kt.in_float64(chunk_attention_ref, q, k, v, seq_lens, mask=mask, block_size=block_size)
     kt.assert_close(got, want, dtype=dtype)
@@ -63,7 +68,7 @@ def test_matches_reference(
 def test_without_lengths_the_whole_cache_is_the_sequence() -> None:
     layout = kt.LAYOUTS[0]
     q, k, v = kt.random_qkv(
-        batch=2, layout=layout, q_len=5, kv_len=23, dtype=torch.float16, seed=12
+        batch=2, layout=layout, q_len=5, kv_len=23, dtype=torch.float16, seed=12, device=DEVICE
     )
     got = run_poisoned(q, k, v, None, mask="block_causal", block_size=8)
     want = kt.in_float64(chunk_attention_ref, q, k, v, mask="block_causal", block_size=8)
@@ -74,7 +79,7 @@ def test_default_tiles() -> None:
     """The launch configuration production uses (64-row tiles) on a prompt prefill."""
     layout = kt.HeadLayout(16, 8, 128)
     q, k, v = kt.random_qkv(
-        batch=1, layout=layout, q_len=70, kv_len=70, dtype=torch.bfloat16, seed=13
+        batch=1, layout=layout, q_len=70, kv_len=70, dtype=torch.bfloat16, seed=13, device=DEVICE
     )
     got = chunk_attention_triton(q, k, v, mask="causal")
     want = kt.in_float64(chunk_attention_ref, q, k, v, mask="causal")

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from kernel_device import DEVICE
 from streamasr.kernels import testing as kt
 from streamasr.kernels.cross_attention import cross_attention_ref
 from streamasr.kernels.cross_attention.triton import cross_attention_triton
@@ -15,8 +16,8 @@ from streamasr.kernels.decode_attention.triton import workspace_shape
 def run_poisoned(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc_lens: torch.Tensor, *, num_splits: int
 ) -> torch.Tensor:
-    out = kt.poisoned(q.shape, dtype=q.dtype)
-    work = kt.poisoned(workspace_shape(q, num_splits), dtype=torch.float32)
+    out = kt.poisoned(q.shape, dtype=q.dtype, device=q.device)
+    work = kt.poisoned(workspace_shape(q, num_splits), dtype=torch.float32, device=q.device)
     result: torch.Tensor = cross_attention_triton(
         q,
         kt.poison_tail(k, enc_lens),
@@ -45,8 +46,10 @@ def test_matches_reference(
     layout: kt.HeadLayout, dtype: torch.dtype, num_splits: int, q_len: int
 ) -> None:
     s_max = 45
-    q, k, v = kt.random_qkv(batch=3, layout=layout, q_len=q_len, kv_len=s_max, dtype=dtype, seed=21)
-    enc_lens = kt.random_lengths(3, low=1, high=s_max, seed=22, include=(1, s_max))
+    q, k, v = kt.random_qkv(
+        batch=3, layout=layout, q_len=q_len, kv_len=s_max, dtype=dtype, seed=21, device=DEVICE
+    )
+    enc_lens = kt.random_lengths(3, low=1, high=s_max, seed=22, include=(1, s_max), device=DEVICE)
     got = run_poisoned(q, k, v, enc_lens, num_splits=num_splits)
     kt.assert_close(got, kt.in_float64(cross_attention_ref, q, k, v, enc_lens), dtype=dtype)
 
@@ -54,9 +57,9 @@ def test_matches_reference(
 def test_grouped_heads() -> None:
     layout = kt.HeadLayout(16, 4, 128)
     q, k, v = kt.random_qkv(
-        batch=2, layout=layout, q_len=3, kv_len=40, dtype=torch.float16, seed=23
+        batch=2, layout=layout, q_len=3, kv_len=40, dtype=torch.float16, seed=23, device=DEVICE
     )
-    enc_lens = torch.tensor([40, 7], dtype=torch.int32)
+    enc_lens = torch.tensor([40, 7], dtype=torch.int32, device=DEVICE)
     got = run_poisoned(q, k, v, enc_lens, num_splits=2)
     want = kt.in_float64(cross_attention_ref, q, k, v, enc_lens)
     kt.assert_close(got, want, dtype=torch.float16)
@@ -66,9 +69,9 @@ def test_a_long_prompt_uses_the_flash_kernel() -> None:
     """Lq beyond MAX_SPLIT_ROWS (a prompt prefill): the chunk kernel without a mask."""
     layout = kt.LAYOUTS[0]
     q, k, v = kt.random_qkv(
-        batch=2, layout=layout, q_len=70, kv_len=30, dtype=torch.float32, seed=24
+        batch=2, layout=layout, q_len=70, kv_len=30, dtype=torch.float32, seed=24, device=DEVICE
     )
-    enc_lens = torch.tensor([30, 13], dtype=torch.int32)
+    enc_lens = torch.tensor([30, 13], dtype=torch.int32, device=DEVICE)
     got = run_poisoned(q, k, v, enc_lens, num_splits=1)
     kt.assert_close(got, kt.in_float64(cross_attention_ref, q, k, v, enc_lens), dtype=torch.float32)
 

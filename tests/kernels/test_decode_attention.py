@@ -1,4 +1,5 @@
-"""decode_attention: the Triton split-K kernel (CPU interpreter) against the float64 reference."""
+"""decode_attention: the Triton split-K kernel (on CUDA, else the CPU interpreter) against the
+float64 reference."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from kernel_device import DEVICE
 from streamasr.kernels import testing as kt
 from streamasr.kernels.decode_attention import decode_attention_ref
 from streamasr.kernels.decode_attention.triton import decode_attention_triton, workspace_shape
@@ -23,8 +25,8 @@ def run_poisoned(
     block_n: int | None = 16,
 ) -> torch.Tensor:
     """The Triton kernel with NaN in its output, its split-K workspace and the caches' tails."""
-    out = kt.poisoned(q.shape, dtype=q.dtype)
-    work = kt.poisoned(workspace_shape(q, num_splits), dtype=torch.float32)
+    out = kt.poisoned(q.shape, dtype=q.dtype, device=q.device)
+    work = kt.poisoned(workspace_shape(q, num_splits), dtype=torch.float32, device=q.device)
     result: torch.Tensor = decode_attention_triton(
         q,
         kt.poison_tail(k, seq_lens),
@@ -57,9 +59,13 @@ def test_matches_reference(
     layout: kt.HeadLayout, dtype: torch.dtype, num_splits: int, q_len: int
 ) -> None:
     cap = 41  # 3 blocks of 16 keys, the last partial
-    q, k, v = kt.random_qkv(batch=3, layout=layout, q_len=q_len, kv_len=cap, dtype=dtype, seed=7)
+    q, k, v = kt.random_qkv(
+        batch=3, layout=layout, q_len=q_len, kv_len=cap, dtype=dtype, seed=7, device=DEVICE
+    )
     # Ragged: the shortest legal length (1 when Lq == 1), the full cache, one in between.
-    seq_lens = kt.random_lengths(3, low=q_len, high=cap, seed=8, include=(q_len, cap))
+    seq_lens = kt.random_lengths(
+        3, low=q_len, high=cap, seed=8, include=(q_len, cap), device=DEVICE
+    )
     got = run_poisoned(q, k, v, seq_lens, num_splits=num_splits)
     kt.assert_close(got, kt.in_float64(decode_attention_ref, q, k, v, seq_lens), dtype=dtype)
 
@@ -68,9 +74,9 @@ def test_long_cache_split_k() -> None:
     """A cache of several 64-key blocks per split, with the default block size."""
     layout = kt.HeadLayout(16, 4, 128)
     q, k, v = kt.random_qkv(
-        batch=2, layout=layout, q_len=1, kv_len=700, dtype=torch.float16, seed=1
+        batch=2, layout=layout, q_len=1, kv_len=700, dtype=torch.float16, seed=1, device=DEVICE
     )
-    seq_lens = torch.tensor([700, 451], dtype=torch.int32)
+    seq_lens = torch.tensor([700, 451], dtype=torch.int32, device=DEVICE)
     got = run_poisoned(q, k, v, seq_lens, num_splits=3, block_n=None)
     kt.assert_close(
         got, kt.in_float64(decode_attention_ref, q, k, v, seq_lens), dtype=torch.float16
@@ -80,9 +86,15 @@ def test_long_cache_split_k() -> None:
 def test_splits_past_the_end_write_empty_partials() -> None:
     """More splits than a short sequence has blocks: the empty ones must not poison the mean."""
     q, k, v = kt.random_qkv(
-        batch=2, layout=kt.LAYOUTS[0], q_len=1, kv_len=64, dtype=torch.float32, seed=2
+        batch=2,
+        layout=kt.LAYOUTS[0],
+        q_len=1,
+        kv_len=64,
+        dtype=torch.float32,
+        seed=2,
+        device=DEVICE,
     )
-    seq_lens = torch.tensor([1, 17], dtype=torch.int64)
+    seq_lens = torch.tensor([1, 17], dtype=torch.int64, device=DEVICE)
     got = run_poisoned(q, k, v, seq_lens, num_splits=5)
     kt.assert_close(
         got, kt.in_float64(decode_attention_ref, q, k, v, seq_lens), dtype=torch.float32
@@ -93,9 +105,9 @@ def test_many_query_rows_fall_back_to_the_chunk_kernel() -> None:
     """GROUP * Lq above MAX_SPLIT_ROWS (4 * 20 = 80) runs the flash kernel, same causal mask."""
     layout = kt.HeadLayout(16, 4, 128)
     q, k, v = kt.random_qkv(
-        batch=2, layout=layout, q_len=20, kv_len=45, dtype=torch.float32, seed=3
+        batch=2, layout=layout, q_len=20, kv_len=45, dtype=torch.float32, seed=3, device=DEVICE
     )
-    seq_lens = torch.tensor([20, 45], dtype=torch.int32)
+    seq_lens = torch.tensor([20, 45], dtype=torch.int32, device=DEVICE)
     got = run_poisoned(q, k, v, seq_lens, num_splits=1)
     kt.assert_close(
         got, kt.in_float64(decode_attention_ref, q, k, v, seq_lens), dtype=torch.float32
@@ -107,10 +119,10 @@ def test_strided_views_of_a_layered_cache() -> None:
     layout = kt.LAYOUTS[0]
     b, lq, cap, d = 2, 2, 37, layout.head_dim
     g = kt.generator(4)
-    cache_k = torch.randn(3, b, layout.kv_heads, cap, d, generator=g)
-    cache_v = torch.randn(3, b, layout.kv_heads, cap, d, generator=g)
-    q = torch.randn(b, lq, layout.q_heads, d, generator=g).transpose(1, 2)  # (B, H, Lq, D) view
-    seq_lens = torch.tensor([cap, 9], dtype=torch.int32)
+    cache_k = torch.randn(3, b, layout.kv_heads, cap, d, generator=g).to(DEVICE)
+    cache_v = torch.randn(3, b, layout.kv_heads, cap, d, generator=g).to(DEVICE)
+    q = torch.randn(b, lq, layout.q_heads, d, generator=g).to(DEVICE).transpose(1, 2)  # a view
+    seq_lens = torch.tensor([cap, 9], dtype=torch.int32, device=DEVICE)
     got = run_poisoned(q, cache_k[1], cache_v[1], seq_lens, num_splits=2)
     want = kt.in_float64(decode_attention_ref, q, cache_k[1], cache_v[1], seq_lens)
     kt.assert_close(got, want, dtype=torch.float32)
@@ -118,9 +130,15 @@ def test_strided_views_of_a_layered_cache() -> None:
 
 def test_scale() -> None:
     q, k, v = kt.random_qkv(
-        batch=1, layout=kt.LAYOUTS[0], q_len=1, kv_len=20, dtype=torch.float32, seed=5
+        batch=1,
+        layout=kt.LAYOUTS[0],
+        q_len=1,
+        kv_len=20,
+        dtype=torch.float32,
+        seed=5,
+        device=DEVICE,
     )
-    seq_lens = torch.tensor([20], dtype=torch.int32)
+    seq_lens = torch.tensor([20], dtype=torch.int32, device=DEVICE)
     got = decode_attention_triton(q, k, v, seq_lens, scale=1.0, block_n=16)
     want = kt.in_float64(decode_attention_ref, q, k, v, seq_lens, scale=1.0)
     kt.assert_close(got, want, dtype=torch.float32)

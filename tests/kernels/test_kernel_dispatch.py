@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from kernel_device import DEVICE
 from streamasr.kernels import (
     chunk_attention,
     cross_attention,
@@ -100,30 +101,48 @@ def test_the_package_imports_and_runs_without_triton() -> None:
 
 def _decode(backend: str) -> torch.Tensor:
     q, k, v = kt.random_qkv(
-        batch=2, layout=kt.HeadLayout(16, 8, 128), q_len=2, kv_len=30, dtype=torch.float16, seed=31
+        batch=2,
+        layout=kt.HeadLayout(16, 8, 128),
+        q_len=2,
+        kv_len=30,
+        dtype=torch.float16,
+        seed=31,
+        device=DEVICE,
     )
     with use_backend(backend):
-        out: torch.Tensor = decode_attention(q, k, v, torch.tensor([2, 30]))
+        out: torch.Tensor = decode_attention(q, k, v, torch.tensor([2, 30], device=DEVICE))
     return out
 
 
 def _chunk(backend: str) -> torch.Tensor:
     q, k, v = kt.random_qkv(
-        batch=2, layout=kt.HeadLayout(6, 6, 64), q_len=9, kv_len=25, dtype=torch.float32, seed=32
+        batch=2,
+        layout=kt.HeadLayout(6, 6, 64),
+        q_len=9,
+        kv_len=25,
+        dtype=torch.float32,
+        seed=32,
+        device=DEVICE,
     )
     with use_backend(backend):
         out: torch.Tensor = chunk_attention(
-            q, k, v, torch.tensor([9, 25]), mask="block_causal", block_size=4
+            q, k, v, torch.tensor([9, 25], device=DEVICE), mask="block_causal", block_size=4
         )
     return out
 
 
 def _cross(backend: str) -> torch.Tensor:
     q, k, v = kt.random_qkv(
-        batch=2, layout=kt.HeadLayout(6, 6, 64), q_len=1, kv_len=25, dtype=torch.bfloat16, seed=33
+        batch=2,
+        layout=kt.HeadLayout(6, 6, 64),
+        q_len=1,
+        kv_len=25,
+        dtype=torch.bfloat16,
+        seed=33,
+        device=DEVICE,
     )
     with use_backend(backend):
-        out: torch.Tensor = cross_attention(q, k, v, torch.tensor([25, 3]))
+        out: torch.Tensor = cross_attention(q, k, v, torch.tensor([25, 3], device=DEVICE))
     return out
 
 
@@ -131,7 +150,7 @@ def _cross(backend: str) -> torch.Tensor:
 def test_public_ops_agree_across_backends(op: Callable[[str], torch.Tensor]) -> None:
     reference, triton = op("reference"), op("triton")
     assert triton.dtype == reference.dtype
-    kt.assert_close(triton, reference.double(), dtype=reference.dtype)
+    kt.assert_close(triton, reference.cpu().double(), dtype=reference.dtype)
 
 
 def _qkv(**changes: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
