@@ -11,7 +11,8 @@ In-process, without sockets: one `Scheduler` (`--workers` inference threads, eac
 continuous batch) serves N `Session`s, driven as the daemon drives them (one asyncio task per
 stream, the sessions' own work on a pool of `SESSION_THREADS`, every model call awaited), fed
 50 ms chunks of the held-out corpus's single utterances (bench/corpus.py; stream i starts at the
-i-th, 0.8 s of silence after each) on an absolute real-time schedule for `--seconds`. Per N the table gives:
+i-th, 0.8 s of silence after each) on an absolute real-time schedule for `--seconds`. Per N the
+table gives:
 
 - partial and final latency p50/p95: when `feed`/`close` returned the event minus the instant
   the event's `end` sample was due; the final's includes the endpointer's 450 ms silence wait;

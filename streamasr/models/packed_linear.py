@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from streamasr.models.mapped_weights import release_pages
+
 ENV_VAR = "STREAMASR_FP16_GEMM"
 _override: list[bool] = []  # stack of `use_fp16_gemm` values; process-wide
 
@@ -77,7 +79,9 @@ class LazyPack:
 
     Packing costs about 20 ns per weight, so a model placed on a GPU, or in another dtype,
     never pays it, and a CPU model pays it once, in its warm-up. Two threads racing on the
-    first call both pack; either result is the same."""
+    first call both pack; either result is the same. Once packed, the float32 weight is read
+    only where the fp16 GEMM is turned off, so its pages of the model file's memory map are
+    released (models/mapped_weights.py)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         self.weight, self.bias = weight, bias
@@ -96,6 +100,8 @@ class LazyPack:
         if not self._done:
             self._packed = pack_fp16(self.weight, self.bias)
             self._done = True
+            if self._packed is not None:  # the float32 weight is now only a fallback
+                release_pages(self.weight, self.bias)
         return self._packed
 
     def reset(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:

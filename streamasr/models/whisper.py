@@ -17,6 +17,7 @@ from streamasr.errors import ModelFormatError
 from streamasr.kernels import chunk_attention, cross_attention
 from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
 from streamasr.models.encoder_cache import EncoderCache, Tail
+from streamasr.models.mapped_weights import release_pages
 from streamasr.models.packed_linear import LazyPack, linear_fp16, pack_linears
 from streamasr.models.whisper_decode import CrossKV, DecodeRow, WhisperStepBatch, greedy_batch
 from streamasr.models.whisper_net import WhisperNet
@@ -55,10 +56,17 @@ class WhisperModel:
         encoder_dtype: torch.dtype | None = None,
     ) -> WhisperModel:
         """Move the weights (and every tensor made per call from now on) to `device`, `dtype`;
-        the encoder's layers may run in `encoder_dtype` (its output is `dtype` all the same)."""
+        the encoder's layers may run in `encoder_dtype` (its output is `dtype` all the same).
+        Weights of the file's memory map that were copied (cast or moved) are read no more:
+        their pages are released (models/mapped_weights.py)."""
+        before = [t.detach() for t in (*self.net.parameters(), *self.net.buffers())]
         self.net.to(device=device, dtype=dtype)
         if encoder_dtype is not None:
             self.encoder.to(dtype=encoder_dtype)
+        kept = {t.untyped_storage().data_ptr() for t in self.net.parameters()}
+        kept |= {t.untyped_storage().data_ptr() for t in self.net.buffers()}
+        release_pages(*(t for t in before if t.untyped_storage().data_ptr() not in kept))
+        del before
         self._place()
         return self
 

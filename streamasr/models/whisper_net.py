@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from streamasr.errors import ModelFormatError
+from streamasr.models.mapped_weights import load_mapped, release_pages
 
 TIED_PROJECTION = "proj_out.weight"  # the vocabulary projection: the token embedding, tied
 
@@ -154,22 +155,24 @@ class WhisperNet(nn.Module):
         except RuntimeError as exc:
             raise ModelFormatError(f"{model_dir}: the weights do not fit Whisper: {exc}") from exc
         embed = net.model.decoder.embed_tokens.weight
-        if projection is not None and not torch.equal(projection, embed):
-            raise ModelFormatError(f"{model_dir}: {TIED_PROJECTION} is not the token embedding")
+        if projection is not None:
+            tied = torch.equal(projection, embed)
+            release_pages(projection, embed)  # read for this check only
+            if not tied:
+                raise ModelFormatError(f"{model_dir}: {TIED_PROJECTION} is not the token embedding")
         return net.float().eval()
 
 
 def read_state(model_dir: Path) -> dict[str, torch.Tensor]:
     """The tensors of a transformers dir: `model.safetensors`, the shards its
-    `model.safetensors.index.json` names, or else `pytorch_model.bin`."""
-    from safetensors.torch import load_file
-
+    `model.safetensors.index.json` names, or else `pytorch_model.bin`. Safetensors files are
+    read through a read-only memory map (models/mapped_weights.py)."""
     single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(str(single))
+        return load_mapped(single)
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(str(model_dir / shard)).items()}
+        return {k: v for shard in shards for k, v in load_mapped(model_dir / shard).items()}
     legacy = model_dir / "pytorch_model.bin"
     if legacy.is_file():
         state: dict[str, torch.Tensor] = torch.load(legacy, map_location="cpu", weights_only=True)
