@@ -64,9 +64,6 @@ class StreamCaches:
         self._held: dict[int, tuple[int, Any]] = {}  # stream -> (utterance, cache)
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._held)
-
     def get(self, stream: int) -> Any:
         """The stream's cache, or None."""
         held = self._held.get(stream)

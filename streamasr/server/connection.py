@@ -70,8 +70,7 @@ class Connection:
         self.protocol = ServerProtocol(max_frame_bytes=ctx.config.max_frame_bytes)
         self.outbox = Outbox(ctx.config.outgoing_queue, ctx.metrics.dropped_partials.inc)
         self._inbox: Inbox | None = None
-        self._session: Session | None = None
-        self._driver: SessionDriver | None = None
+        self._driver: SessionDriver | None = None  # drives the session, once started
         self._clock: ArrivalClock | None = None
         self._done = asyncio.Event()
         self._close_with: tuple[int, str] | None = None  # close code and reason, once decided
@@ -188,8 +187,8 @@ class Connection:
 
     def _start(self, options: SessionStart) -> None:
         rate = options.audio.sample_rate
-        self._session = Session(self.ctx.model, self._session_config(options), rate)
-        self._driver = SessionDriver(self._session, self.ctx.scheduler)
+        session = Session(self.ctx.model, self._session_config(options), rate)
+        self._driver = SessionDriver(session, self.ctx.scheduler)
         self._inbox = Inbox(max(1, int(self.ctx.config.max_backlog_s * rate)))
         self._clock = ArrivalClock(rate)
         model_name = getattr(self.ctx.model, "name", "unknown")
@@ -220,9 +219,9 @@ class Connection:
 
     # ---------------------------------------------------------------- decoding
     async def _decode_loop(self) -> None:
-        assert self._inbox is not None and self._session is not None
-        assert self._driver is not None
-        session, driver, offload = self._session, self._driver, self.ctx.pool.call
+        assert self._inbox is not None and self._driver is not None
+        driver, offload = self._driver, self.ctx.pool.call
+        session = driver.session
         loop = asyncio.get_running_loop()
         while True:
             item = await self._inbox.get()
