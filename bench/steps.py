@@ -27,7 +27,6 @@ from corpus import DEFAULT_OUT
 from serve import load_clips
 
 from streamasr import SAMPLE_RATE
-from streamasr.config import DecodeConfig
 from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.base import AsrModel, TranscribeRequest
 from streamasr.models.loader import load_model
@@ -41,13 +40,13 @@ def requests(corpus: Path, n: int) -> list[TranscribeRequest]:
         mel.append(clip.audio[: 3 * SAMPLE_RATE])
         pad = mel.covered_frames + 100
         feats = mel.features(pad_to_frames=pad + pad % 2)
-        out.append(TranscribeRequest(feats, mel.covered_frames, [], DecodeConfig(), False, []))
+        out.append(TranscribeRequest(feats, mel.covered_frames))
     return out
 
 
 def step_ms(model: AsrModel, reqs: list[TranscribeRequest]) -> float:
     """Median step time (ms) while every request's row is decoding."""
-    batch = model.new_step_batch(len(reqs))  # type: ignore[attr-defined]
+    batch = model.new_step_batch(len(reqs))
     batch.add_many([(r, i) for i, r in enumerate(reqs)])
     times = []
     while batch.size == len(reqs):

@@ -17,8 +17,8 @@ import torch
 from corpus import DEFAULT_OUT, load_manifest
 
 from streamasr.audio.files import load_audio
-from streamasr.config import DecodeConfig
 from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.base import TranscribeRequest, run_one
 from streamasr.models.loader import load_model
 from streamasr.textnorm import wer
 
@@ -43,7 +43,7 @@ def main() -> None:
     ]
     entries = entries[: args.limit] if args.limit else entries
     model = load_model(args.model)
-    spec = model.features
+    spec = model.info.features
     print(f"{len(entries)} utterances, model {args.model}, torch threads {torch.get_num_threads()}")
     print("| window | WER | decode s per utterance |\n|---|--:|--:|")
     for pad_ms in PADS_MS:
@@ -55,12 +55,8 @@ def main() -> None:
             pad_to = spec.window_frames if pad_ms is None else covered + pad_ms // 10
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
             t = time.perf_counter()
-            r = model.transcribe(
-                mel.features(pad_to_frames=pad_to),
-                num_frames=mel.num_frames,
-                prompt=[],
-                options=DecodeConfig(),
-                word_timestamps=False,
+            r = run_one(
+                model, TranscribeRequest(mel.features(pad_to_frames=pad_to), mel.num_frames)
             )
             seconds += time.perf_counter() - t
             refs.append(e["text"])

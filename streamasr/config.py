@@ -75,7 +75,8 @@ class SessionConfig:
     encoder: str = "auto"  # "window": re-encode the utterance window at every update (exact);
     # "chunked": encode only audio not yet committed, attending the cached states of the
     # committed prefix (block-causal; cost per update does not grow with the utterance);
-    # "auto": the model's `preferred_encoder`, chosen per model on measurements (engine.md)
+    # "auto": the model's first of `ModelInfo.encoders`, chosen per model on measurements
+    # (docs/engine.md)
     chunk_ms: int = 1000  # chunked: commit encoder states in blocks of this much audio ...
     lookahead_ms: int = 500  # ... once this much audio follows the block (its right context)
     polish_final: bool = True  # chunked: re-encode the utterance's window once for its final

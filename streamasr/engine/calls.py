@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from streamasr.events import Event
-from streamasr.models.base import AsrModel, DecodeResult, TranscribeRequest
+from streamasr.models.base import AsrModel, DecodeResult, TranscribeRequest, run_one
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class StreamCaches:
     is never used by two calls at once."""
 
     def __init__(self, model: AsrModel) -> None:
-        self._model: Any = model
+        self._model = model
         self._held: dict[int, tuple[int, Any]] = {}  # stream -> (utterance, cache)
         self._lock = threading.Lock()
 
@@ -89,23 +89,6 @@ class StreamCaches:
             self._held.pop(stream, None)
 
 
-def run_request(model: Any, r: TranscribeRequest) -> DecodeResult:
-    """One model request, run alone on the calling thread."""
-    args = dict(
-        num_frames=r.num_frames,
-        prompt=r.prompt,
-        options=r.options,
-        word_timestamps=r.word_timestamps,
-        prefix=r.prefix,
-        draft=r.draft,
-    )
-    if r.cache is None:
-        return model.transcribe(r.features, **args)  # type: ignore[no-any-return]
-    return model.transcribe_chunked(  # type: ignore[no-any-return]
-        r.cache, r.features, commit_frames=r.commit_frames, **args
-    )
-
-
 class InPlace:
     """A `CallRunner` that runs each call at once, on the thread that submits it."""
 
@@ -117,7 +100,7 @@ class InPlace:
         future: Future[DecodeResult] = Future()
         future.set_running_or_notify_cancel()
         try:
-            future.set_result(run_request(self.model, self.caches.request(call)))
+            future.set_result(run_one(self.model, self.caches.request(call)))
         except Exception as exc:
             future.set_exception(exc)
         return future

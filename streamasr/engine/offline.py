@@ -8,7 +8,7 @@ from streamasr.audio.level import boost_to_peak
 from streamasr.config import DecodeConfig
 from streamasr.events import TranscriptFinal, Word
 from streamasr.features.logmel import LogMelBuffer
-from streamasr.models.base import AsrModel, looks_like_hallucination
+from streamasr.models.base import AsrModel, TranscribeRequest, looks_like_hallucination, run_one
 
 
 def final_audio(audio: np.ndarray, options: DecodeConfig) -> np.ndarray:
@@ -25,7 +25,7 @@ def transcribe_offline(
 ) -> list[TranscriptFinal]:
     """Decode `audio` (16 kHz mono) window by window, prompting each with the text before it."""
     opts = options or DecodeConfig()
-    spec = model.features
+    spec = model.info.features
     window = spec.window_frames * spec.hop_samples
     mel = LogMelBuffer(n_mels=spec.n_mels)
     context: list[int] = []
@@ -36,13 +36,14 @@ def transcribe_offline(
             break
         mel.reset()
         mel.append(final_audio(chunk, opts))
-        result = model.transcribe(
+        request = TranscribeRequest(
             mel.features(pad_to_frames=spec.window_frames),
             num_frames=mel.covered_frames,
             prompt=context,
             options=opts,
             word_timestamps=opts.word_timestamps,
         )
+        result = run_one(model, request)
         if looks_like_hallucination(result, opts):
             continue
         text = result.text.strip()

@@ -5,13 +5,13 @@ their drivers submit them here (`submit_call`), each answered through a future. 
 owns each stream's model-side state, its encoder cache. A session waits for at most one call
 at a time, so arrival order is round-robin between sessions; an early final runs beside it.
 
-With a model that has a continuous batch (`StepBatch`), an inference thread admits queued calls
-between decoding steps, up to `max_batch` rows: the windows of the calls that join together
-are encoded in one pass and each prompt is prefilled, every step feeds one token to every row,
-and a row leaves with its result as soon as it ends. A short partial never waits for another
-stream's long final to finish decoding, and no step is spent on finished rows. When the batch
-is empty, the first call waits at most `budget_ms` for others to join it. Other models get
-whole batches: up to `max_batch` queued calls run as one `transcribe_many`.
+With a model that has a continuous batch (`ModelInfo.continuous_batching`: a `StepBatch`), an
+inference thread admits queued calls between decoding steps, up to `max_batch` rows: the windows
+of the calls that join together are encoded in one pass and each prompt is prefilled, every
+step feeds one token to every row, and a row leaves with its result as soon as it ends. A short
+partial never waits for another stream's long final to finish decoding, and no step is spent on
+finished rows. When the batch is empty, the first call waits at most `budget_ms` for others to
+join it. Other models get whole batches: up to `max_batch` queued calls run as one `AsrModel.run`.
 """
 
 from __future__ import annotations
@@ -23,26 +23,16 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
-from streamasr.engine.calls import ModelCall, StreamCaches, run_request
-from streamasr.models.base import (
-    AsrModel,
-    DecodeResult,
-    StepBatch,
-    TranscribeRequest,
-    step_batch,
-)
+from streamasr.engine.calls import ModelCall, StreamCaches
+from streamasr.models.base import AsrModel, DecodeResult, StepBatch, TranscribeRequest, run_one
 from streamasr.models.slots import attempt
 
 log = logging.getLogger(__name__)
 
 CONGESTED_WAIT_S = 0.05  # calls waiting this long on average: the inference threads are saturated
 WAIT_SMOOTHING = 0.2  # weight of the newest call in the moving average of waits
-
-
-class BatchModel(AsrModel, Protocol):
-    def transcribe_many(self, requests: list[TranscribeRequest]) -> list[DecodeResult]: ...
 
 
 @dataclass(frozen=True)
@@ -72,8 +62,8 @@ class SchedulerStats:
 
 
 class Scheduler:
-    """Owns the inference threads. Models with `new_step_batch` get continuous batching, those
-    with `transcribe_many` whole batches; other models' calls run one at a time."""
+    """Owns the inference threads. Models with `continuous_batching` get it; the calls of other
+    models run in whole batches (`AsrModel.run`)."""
 
     def __init__(self, model: AsrModel, config: SchedulerConfig | None = None) -> None:
         self.model = model
@@ -178,9 +168,8 @@ class Scheduler:
             self.stats.largest_batch = max(self.stats.largest_batch, rows)
 
     def _run(self) -> None:
-        batch = step_batch(self.model, self.config.max_batch)
-        if batch is not None:
-            self._run_continuous(batch)
+        if self.model.info.continuous_batching:
+            self._run_continuous(self.model.new_step_batch(self.config.max_batch))
             return
         while batch_calls := self._take(self.config.max_batch, wait=True):
             t0 = time.perf_counter()
@@ -270,10 +259,9 @@ class Scheduler:
 
     def _execute(self, batch: list[tuple[TranscribeRequest, Future[DecodeResult]]]) -> None:
         requests = [r for r, _ in batch]
-        batched = getattr(self.model, "transcribe_many", None)
-        if batched is not None and len(batch) > 1:
+        if len(batch) > 1:
             try:
-                for (_, future), result in zip(batch, batched(requests), strict=True):
+                for (_, future), result in zip(batch, self.model.run(requests), strict=True):
                     future.set_result(result)
                 return
             except Exception:  # one bad call must not fail the others: retry each alone
@@ -282,7 +270,7 @@ class Scheduler:
             if future.done():
                 continue
             try:
-                future.set_result(run_request(self.model, request))
+                future.set_result(run_one(self.model, request))
             except Exception as exc:
                 future.set_exception(exc)
 

@@ -37,7 +37,6 @@ from streamasr.models.base import (
     DecodeResult,
     TranscribeRequest,
     looks_like_hallucination,
-    supports_chunked,
 )
 from streamasr.vad.segmenter import UtteranceEnd, UtteranceStart, VadSegmenter
 
@@ -101,7 +100,7 @@ class Session:
         self._resampler = StreamResampler(sample_rate)
         self._vad = VadSegmenter(self.config.vad)
         self._ring = SampleRing(max_samples=RING_SECONDS * SAMPLE_RATE)
-        self._mel = LogMelBuffer(n_mels=model.features.n_mels)
+        self._mel = LogMelBuffer(n_mels=model.info.features.n_mels)
         self._utt: _Utterance | None = None
         self._next_segment = 0
         self._cut_at = 0  # where the VAD last cut speech at its length limit: no lead before it
@@ -113,12 +112,10 @@ class Session:
         self.awaiting: int | None = None  # the id of that call: `on_result` must come next
         self._step = Step()  # what the running operation produced so far
         self._next_call = 0
-        self.encoder = self.config.encoder
-        if self.encoder == "auto":
-            preferred = getattr(model, "preferred_encoder", "window")
-            self.encoder = preferred if supports_chunked(model) else "window"
-        if self.encoder == "chunked" and not supports_chunked(model):
-            raise ValueError(f"model {model.name} has no chunked encoder; use the window encoder")
+        info = model.info
+        self.encoder = info.encoders[0] if self.config.encoder == "auto" else self.config.encoder
+        if self.encoder not in info.encoders:
+            raise ValueError(f"model {info.name} has no {self.encoder} encoder; use the window one")
         self._chunked = self.encoder == "chunked"
 
     @property
@@ -380,7 +377,7 @@ class Session:
 
     def _final_mel(self, utt: _Utterance, end: int) -> LogMelBuffer:
         """The log-mel of the audio a final decodes: the utterance up to `end`, after its lead."""
-        mel = LogMelBuffer(n_mels=self.model.features.n_mels)
+        mel = LogMelBuffer(n_mels=self.model.info.features.n_mels)
         mel.append(final_audio(self._ring.slice(utt.lead_start, end), self.config.decode))
         return mel
 
@@ -469,7 +466,7 @@ class Session:
         hypothesis: tuple[int, ...],
     ) -> TranscribeRequest:
         """The model request of `mel` padded for `window`."""
-        spec = self.model.features
+        spec = self.model.info.features
         if window == "full":
             pad_to = spec.window_frames
         else:

@@ -180,7 +180,7 @@ class Producer:
             stream, self.config.out, self.listener.emit, self.config.silence_timeout_s
         )
         await self.listener.pool.run(self.recorder.open_meeting)  # mkdir and fsync: off the loop
-        name = getattr(self.listener.model, "name", "unknown")
+        name = self.listener.model.info.name
         await self._send(SessionStarted(uuid.uuid4().hex, name, options, self.config.limits))
 
     async def _call(self, method: Callable[..., list[Event]], *args: object) -> None:

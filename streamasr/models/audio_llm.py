@@ -4,7 +4,7 @@ One window of normalised log-mel goes through the GLM-ASR encoder; the projector
 encoder frames into one embedding; those replace the audio placeholder tokens of the model's
 chat prompt; then greedy decoding with an explicit KV cache runs until an end token.
 
-Streaming (`transcribe_chunked`): the encoder runs chunk by chunk over cached states and
+Streaming (chunked requests): the encoder runs chunk by chunk over cached states and
 commits whole 4-frame groups, so committed audio tokens never change. They enter the decoder
 prompt as they are committed: a stream keeps the decoder's keys and values of the prompt up to
 its last committed audio token, which is exact to reuse because the decoder is causal, and
@@ -25,7 +25,7 @@ from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError, ModelNotFoundError
 from streamasr.models.audio_llm_decode import LlmRow, LlmStepBatch, greedy_rows
-from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
+from streamasr.models.base import DecodeResult, FeatureSpec, ModelInfo, TranscribeRequest
 from streamasr.models.causal_lm import CausalLm
 from streamasr.models.encoder_cache import EncoderCache, Tail
 from streamasr.models.glm_encoder import (
@@ -73,7 +73,7 @@ def require_weights(model_dir: Path, repo_id: str, what: str) -> None:
 
 
 class AudioLlmStream:
-    """Per-stream state of `transcribe_chunked`; the caller owns it and passes it back.
+    """Per-stream state of chunked requests; the caller owns it and passes it back.
 
     `encoder` holds the committed encoder frames; `audio` (max_tokens, d_lm) the audio tokens
     projected from them (`n_audio` = encoder.length // 4); `lm` the decoder's keys and values
@@ -122,7 +122,6 @@ class AudioLlmAdapter:
         eos_ids: Sequence[int],
         window_frames: int = 3000,
     ) -> None:
-        self.name = name
         self.encoder = encoder
         self.projector = projector
         self.lm = lm
@@ -131,7 +130,12 @@ class AudioLlmAdapter:
         self.eos_ids = frozenset(int(t) for t in eos_ids)
         if not self.eos_ids:
             raise ModelFormatError(f"{name}: the generation config names no end token")
-        self.features = FeatureSpec(n_mels=encoder.n_mels, window_frames=window_frames)
+        self.info = ModelInfo(
+            name=name,
+            features=FeatureSpec(n_mels=encoder.n_mels, window_frames=window_frames),
+            encoders=("window", "chunked"),
+            continuous_batching=True,
+        )
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> AudioLlmAdapter:
         """Move encoder, projector and decoder to `device`, `dtype`; calls follow them."""
@@ -151,9 +155,9 @@ class AudioLlmAdapter:
 
     def _mel(self, features: np.ndarray, num_frames: int) -> torch.Tensor:
         """Checked log-mel (n_mels, T) as a (1, n_mels, T) tensor on the model's device."""
-        if features.ndim != 2 or features.shape[0] != self.features.n_mels:
+        if features.ndim != 2 or features.shape[0] != self.info.features.n_mels:
             raise ValueError(
-                f"expected log-mel ({self.features.n_mels}, T), got shape {features.shape}"
+                f"expected log-mel ({self.info.features.n_mels}, T), got shape {features.shape}"
             )
         if not 0 <= num_frames <= features.shape[1]:
             raise ValueError(f"num_frames {num_frames} outside 0..{features.shape[1]}")
@@ -177,27 +181,6 @@ class AudioLlmAdapter:
         """The audio tokens (n, d_lm) of a window's encoder states (1, S, d_enc)."""
         tokens = self.projector(stack_frames(states))  # (1, groups, d_lm)
         return tokens[0, : audio_token_count(num_frames)]
-
-    @torch.inference_mode()
-    def transcribe(
-        self,
-        features: np.ndarray,
-        *,
-        num_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int] | None = None,
-        draft: list[int] | None = None,
-    ) -> DecodeResult:
-        """Greedy transcript of one window. `prompt` (previous text) is not used: the chat
-        prompt these models were trained on has no slot for it. No word timings. `draft` is
-        verified in the prefill; the result is what decoding without it gives."""
-        del prompt, word_timestamps
-        audio = self.audio_embeddings(features, num_frames)
-        return self.decode(
-            audio, num_frames=num_frames, options=options, prefix=prefix or [], draft=draft
-        )
 
     def prompt_embeddings(self, audio: torch.Tensor, extra: Sequence[int] = ()) -> torch.Tensor:
         """Embeddings (T, d) of the chat prompt with `audio` (n, d) spliced in, then `extra`."""
@@ -231,8 +214,8 @@ class AudioLlmAdapter:
 
     # ---------------------------------------------------------------- streaming
     def new_encoder_cache(self) -> AudioLlmStream:
-        """Empty per-stream state for `transcribe_chunked`, room for one window."""
-        frames = encoder_frames(self.features.window_frames)
+        """Empty per-stream state for chunked requests, room for one window."""
+        frames = encoder_frames(self.info.features.window_frames)
         return AudioLlmStream(
             self.encoder.new_cache(frames),
             max_tokens=frames // MERGE,
@@ -253,7 +236,7 @@ class AudioLlmAdapter:
         return torch.cat([stream.audio[:g0], tail])[: audio_token_count(num_frames)]
 
     def _stream_row(self, r: TranscribeRequest, audio: torch.Tensor) -> LlmRow:
-        """Row of a `transcribe_chunked` call with audio tokens `audio`: its stream's cached
+        """Row of a chunked request with audio tokens `audio`: its stream's cached
         prompt prefix, then the rest."""
         stream: AudioLlmStream = r.cache
         draft = list(r.draft or [])
@@ -282,34 +265,11 @@ class AudioLlmAdapter:
         return lm
 
     @torch.inference_mode()
-    def transcribe_chunked(
-        self,
-        cache: AudioLlmStream,
-        features: np.ndarray,
-        *,
-        num_frames: int,
-        commit_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int] | None = None,
-        draft: list[int] | None = None,
-    ) -> DecodeResult:
-        """`transcribe` over a stream's cached encoder and decoder prefix (`_stream_tokens`)."""
-        request = TranscribeRequest(
-            features, num_frames, prompt, options, word_timestamps, list(prefix or []),
-            cache, commit_frames, draft,
-        )  # fmt: skip
-        return self.transcribe_many([request])[0]
-
-    @torch.inference_mode()
-    def transcribe_many(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
-        """Many `transcribe`/`transcribe_chunked` calls (of different streams) at once.
-
-        The windows and tails are encoded in one pass and each prompt prefilled on its own;
-        the decoding steps of all of them run batched. Result i equals calling the model with
-        request i alone.
-        """
+    def run(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
+        """`AsrModel.run`: the windows and tails are encoded in one pass and each prompt
+        prefilled on its own; the decoding steps of all of them run batched. `prompt`
+        (previous text) is not used: the chat prompt these models were trained on has no slot
+        for it. No word timings."""
         return greedy_rows(self.lm, self._rows(requests), self.eos_ids, self.decode_tokens)
 
     def new_step_batch(self, capacity: int) -> LlmStepBatch:
@@ -318,7 +278,7 @@ class AudioLlmAdapter:
 
     @torch.inference_mode()
     def _rows(self, requests: list[TranscribeRequest]) -> list[LlmRow]:
-        """The rows to decode of `transcribe` (cache None) and `transcribe_chunked` calls,
+        """The rows to decode of window (cache None) and chunked requests,
         their windows and streams' tails through the encoder in one pass (`encode_tails`)."""
         streams: list[AudioLlmStream | None] = [r.cache for r in requests]
         tails = [

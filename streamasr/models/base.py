@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -40,46 +40,69 @@ class FeatureSpec:
     hop_samples: int = 160
 
 
+Encoder = Literal["window", "chunked"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is and can do, declared as data: the engine reads this, never probes for
+    methods. Every model has the window encoder; "chunked" in `encoders` means it has
+    `new_encoder_cache` and takes requests over a stream's cache."""
+
+    name: str
+    features: FeatureSpec
+    encoders: tuple[Encoder, ...] = ("window",)  # the first is what `encoder: auto` picks
+    continuous_batching: bool = False  # `new_step_batch` gives a `StepBatch`
+    languages: tuple[str, ...] = ("en",)  # ISO 639-1 codes a request may ask for
+    tasks: tuple[str, ...] = ("transcribe",)
+
+    def __post_init__(self) -> None:
+        if not self.encoders or any(e not in ("window", "chunked") for e in self.encoders):
+            raise ValueError(f"{self.name}: unknown encoders {self.encoders}")
+        if "window" not in self.encoders:
+            raise ValueError(f"{self.name}: every model has the window encoder")
+
+
 @dataclass
 class TranscribeRequest:
-    """The arguments of one `transcribe` (cache None) or `transcribe_chunked` call."""
+    """One decode: a window of log-mel, or with `cache`, a stream's audio over its cached
+    encoder states (a chunked request, for a model with the chunked encoder)."""
 
-    features: np.ndarray  # (n_mels, T)
-    num_frames: int
-    prompt: list[int]
-    options: DecodeConfig
-    word_timestamps: bool
-    prefix: list[int]
-    cache: Any = None  # the stream's encoder cache: a `transcribe_chunked` call
-    commit_frames: int = 0
-    draft: list[int] | None = None
+    features: np.ndarray  # (n_mels, T) normalised log-mel; T <= the window
+    num_frames: int  # frames that hold real audio; the rest is padding
+    prompt: list[int] = field(default_factory=list)  # previous text, used as context only
+    options: DecodeConfig = field(default_factory=DecodeConfig)
+    word_timestamps: bool = False
+    prefix: list[int] = field(default_factory=list)  # forced first tokens (part of the result)
+    cache: Any = None  # the stream's encoder cache (`AsrModel.new_encoder_cache`)
+    commit_frames: int = 0  # with `cache`: mel frames before this are cached for good
+    draft: list[int] | None = None  # a guess of the tokens after the prefix; see `AsrModel.run`
 
 
 class AsrModel(Protocol):
     """A loaded model shared by every session; it must hold no per-session state."""
 
-    name: str
-    features: FeatureSpec
+    info: ModelInfo
 
-    def transcribe(
-        self,
-        features: np.ndarray,
-        *,
-        num_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int] | None = None,
-        draft: list[int] | None = None,
-    ) -> DecodeResult:
-        """Decode one window of normalised log-mel `features` (n_mels, T).
+    def run(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
+        """Decode every request, in one batch where the model can. Result i equals running
+        request i alone, whatever else shares the batch.
 
-        `num_frames` counts the frames that hold real audio (the rest is padding); `prompt` is
-        previous text as tokens, used as context only; `prefix` is forced as the first tokens
-        of the transcript (and is part of the result). `draft` is a guess of the tokens after
-        the prefix (e.g. the previous hypothesis): a model may verify it in one pass to save
-        decoding steps, but the result must be what decoding without it gives.
+        A request with a `cache` reads the stream's features from its first frame on: encoder
+        frames (2 mel frames each) before `commit_frames` are stored in the cache for good, the
+        frames after them are recomputed on the next request. A `draft` may be verified in one
+        pass to save decoding steps; the result is what decoding without it gives. One bad
+        request may fail the whole call: the caller then runs the requests one by one.
         """
+        ...
+
+    def new_encoder_cache(self) -> Any:
+        """Fresh per-stream encoder state ("chunked" in `info.encoders` only); the caller owns
+        it and passes it back in each request of the stream."""
+        ...
+
+    def new_step_batch(self, capacity: int) -> StepBatch:
+        """A continuous batch of `capacity` rows (`info.continuous_batching` only)."""
         ...
 
     def decode_tokens(self, tokens: list[int]) -> str:
@@ -91,33 +114,9 @@ class AsrModel(Protocol):
         ...
 
 
-class ChunkedAsrModel(AsrModel, Protocol):
-    """A model whose encoder can run chunk by chunk over cached states of the audio before."""
-
-    def new_encoder_cache(self) -> Any:
-        """Fresh per-stream encoder state; the caller owns it and passes it back on each call."""
-        ...
-
-    def transcribe_chunked(
-        self,
-        cache: Any,
-        features: np.ndarray,
-        *,
-        num_frames: int,
-        commit_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int] | None = None,
-        draft: list[int] | None = None,
-    ) -> DecodeResult:
-        """`transcribe` for a stream whose earlier encoder states are in `cache`.
-
-        `features` holds the stream's log-mel from its first frame on. Encoder frames
-        (2 mel frames each) before `commit_frames` are stored in `cache` for good; the frames
-        after them are recomputed on the next call.
-        """
-        ...
+def run_one(model: AsrModel, request: TranscribeRequest) -> DecodeResult:
+    """One request, run alone on the calling thread."""
+    return model.run([request])[0]
 
 
 Added = DecodeResult | Exception | None  # what `StepBatch.add_many` says of one call
@@ -164,18 +163,6 @@ class StepBatch(Protocol):
     def clear(self) -> list[Any]:
         """Drop every row (e.g. after a failed step); returns their tags."""
         ...
-
-
-def step_batch(model: AsrModel, capacity: int) -> StepBatch | None:
-    """The model's continuous batch of `capacity` rows, or None if it has none."""
-    factory = getattr(model, "new_step_batch", None)
-    return factory(capacity) if callable(factory) else None
-
-
-def supports_chunked(model: AsrModel) -> bool:
-    return callable(getattr(model, "transcribe_chunked", None)) and callable(
-        getattr(model, "new_encoder_cache", None)
-    )
 
 
 def looks_like_hallucination(result: DecodeResult, options: DecodeConfig) -> bool:

@@ -217,11 +217,15 @@ def _check_against_model(config: Any, state: dict[str, np.ndarray]) -> None:
         )
 
 
-def _whisper_config(shape: WhisperShape, tokens: dict[str, int]) -> Any:
+def _whisper_config(shape: WhisperShape, tokens: dict[str, int], ct2_config: dict[str, Any]) -> Any:
     from transformers import WhisperConfig
 
     eot = tokens["<|endoftext|>"]
     return WhisperConfig(
+        # the same lists as the generation config; WhisperConfig's default [220, 50256] holds
+        # tiny.en's end-of-text, but 50256 is an ordinary token in the multilingual vocabulary
+        suppress_tokens=_ints(ct2_config, "suppress_ids", []),
+        begin_suppress_tokens=_ints(ct2_config, "suppress_ids_begin", [220, eot]),
         vocab_size=shape.vocab_size,
         num_mel_bins=shape.n_mels,
         d_model=shape.d_model,
@@ -384,7 +388,7 @@ def _write(src_dir: Path, out: Path) -> None:
         needed += ["<|transcribe|>", "<|translate|>"]
     if missing := [t for t in needed if t not in tokens]:
         raise ModelFormatError(f"{src_dir}/tokenizer.json lacks the special tokens {missing}")
-    config = _whisper_config(shape, tokens)
+    config = _whisper_config(shape, tokens, ct2_config)
     _check_against_model(config, state)
     config.save_pretrained(out)
     _generation_config(shape, tokens, ct2_config).save_pretrained(out)

@@ -1,10 +1,12 @@
-"""Turn a `--model` value into a loaded model adapter; the family comes from the config."""
+"""Turn a `--model` value into a loaded model: the family, read from the dir's config, picks the
+loader from a small registry (`FAMILIES`), so a new family is one entry."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,9 +14,6 @@ from streamasr.errors import ModelFormatError
 from streamasr.models.base import AsrModel
 from streamasr.models.placement import resolve_compute, resolve_dtype, resolve_encoder_dtype
 from streamasr.models.resolve import resolve_model_dir
-
-if TYPE_CHECKING:
-    from streamasr.models.audio_llm import AudioLlmAdapter
 
 DEFAULT_MODEL = "tiny.en"
 
@@ -28,31 +27,53 @@ def model_family(model_dir: Path) -> str:
     return str(cfg.get("model_type", ""))
 
 
-SUPPORTED = "whisper, glmasr (GLM-ASR-Nano-2512), asr_model (Tiny Audio)"
+@dataclass(frozen=True)
+class Family:
+    """How to load one `model_type`: `load(dir, name, device, dtype spec)` places the model."""
+
+    title: str
+    load: Callable[[Path, str, torch.device, str], AsrModel]
+
+
+def _whisper(model_dir: Path, name: str, device: torch.device, dtype: str) -> AsrModel:
+    from streamasr.models.whisper import WhisperModel
+
+    whisper = WhisperModel.from_dir(model_dir, name=name)
+    placed = resolve_dtype(dtype, device, half=torch.float16)
+    return whisper.to(device, placed, resolve_encoder_dtype(dtype, device))
+
+
+def _glmasr(model_dir: Path, name: str, device: torch.device, dtype: str) -> AsrModel:
+    from streamasr.models.glmasr import GlmAsrAdapter
+
+    glm = GlmAsrAdapter.from_dir(model_dir, name=name)
+    return glm.to(device, resolve_dtype(dtype, device, half=torch.bfloat16))
+
+
+def _tinyaudio(model_dir: Path, name: str, device: torch.device, dtype: str) -> AsrModel:
+    from streamasr.models.tinyaudio import TinyAudioAdapter  # the adapter checks the projector
+
+    tiny = TinyAudioAdapter.from_dir(model_dir, name=name)
+    return tiny.to(device, resolve_dtype(dtype, device, half=torch.bfloat16))
+
+
+FAMILIES: dict[str, Family] = {
+    "whisper": Family("Whisper", _whisper),
+    "glmasr": Family("GLM-ASR-Nano-2512", _glmasr),
+    "asr_model": Family("Tiny Audio", _tinyaudio),  # Tiny Audio's custom config
+}
+SUPPORTED = ", ".join(f"{key} ({f.title})" for key, f in FAMILIES.items())
 
 
 def load_model(
     spec: str = DEFAULT_MODEL, *, compute: str = "auto", dtype: str = "auto"
 ) -> AsrModel:
-    """Resolve `spec` (a name, a dir or a hub id), load it with the adapter of its family and
+    """Resolve `spec` (a name, a dir or a hub id), load it with the loader of its family and
     place it on `compute` in `dtype` (models/placement.py; `auto`: CUDA when torch sees it)."""
     device = resolve_compute(compute)
     model_dir = resolve_model_dir(spec)
     family = model_family(model_dir)
-    if family == "whisper":
-        from streamasr.models.whisper import WhisperModel
-
-        whisper = WhisperModel.from_dir(model_dir, name=spec)
-        placed = resolve_dtype(dtype, device, half=torch.float16)
-        return whisper.to(device, placed, resolve_encoder_dtype(dtype, device))
-    if family == "glmasr":
-        from streamasr.models.glmasr import GlmAsrAdapter
-
-        llm: AudioLlmAdapter = GlmAsrAdapter.from_dir(model_dir, name=spec)
-    elif family == "asr_model":  # Tiny Audio's custom config; the adapter checks the projector
-        from streamasr.models.tinyaudio import TinyAudioAdapter
-
-        llm = TinyAudioAdapter.from_dir(model_dir, name=spec)
-    else:
+    entry = FAMILIES.get(family)
+    if entry is None:
         raise ModelFormatError(f"{spec}: model family {family!r} is not supported ({SUPPORTED})")
-    return llm.to(device, resolve_dtype(dtype, device, half=torch.bfloat16))
+    return entry.load(model_dir, spec, device, dtype)

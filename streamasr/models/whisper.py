@@ -11,11 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError
 from streamasr.kernels import chunk_attention, cross_attention
-from streamasr.models.base import DecodeResult, FeatureSpec, TranscribeRequest
+from streamasr.models.base import DecodeResult, FeatureSpec, ModelInfo, TranscribeRequest
 from streamasr.models.encoder_cache import EncoderCache, Tail
 from streamasr.models.mapped_weights import release_pages
 from streamasr.models.packed_linear import LazyPack, linear_fp16, pack_linears
@@ -27,12 +26,7 @@ from streamasr.models.whisper_tokens import alignment_heads, special_tokens
 class WhisperModel:
     """One Whisper checkpoint, shared by all sessions; all per-call state lives in locals."""
 
-    # The chunked encoder: finals equal the window encoder's (re-encoded), partials are about
-    # as accurate, and an update costs less (measured on held-out speech: docs/engine.md).
-    preferred_encoder = "chunked"
-
     def __init__(self, net: WhisperNet, tokenizer: Any, gen_config: Any, name: str) -> None:
-        self.name = name
         self.net = net.eval()
         self.tokenizer = tokenizer
         cfg = net.config
@@ -41,8 +35,15 @@ class WhisperModel:
         self.decoder: Any = net.model.decoder
         self.n_heads_dec = cfg.decoder_attention_heads
         self.n_heads_enc = cfg.encoder_attention_heads
-        self.features = FeatureSpec(
-            n_mels=cfg.num_mel_bins, window_frames=2 * cfg.max_source_positions
+        self.info = ModelInfo(
+            name=name,
+            features=FeatureSpec(
+                n_mels=cfg.num_mel_bins, window_frames=2 * cfg.max_source_positions
+            ),
+            # The chunked encoder first: finals equal the window encoder's (re-encoded), partials
+            # are about as accurate, and an update costs less (held-out speech: docs/engine.md).
+            encoders=("chunked", "window"),
+            continuous_batching=True,
         )
         self.max_target_positions = cfg.max_target_positions
         self.tokens = special_tokens(tokenizer, gen_config, cfg.vocab_size)
@@ -151,9 +152,9 @@ class WhisperModel:
         return F.gelu(self.encoder.conv2(x)).permute(0, 2, 1)
 
     def _check_frames(self, t: int) -> None:
-        if t % 2 or t > self.features.window_frames:
+        if t % 2 or t > self.info.features.window_frames:
             raise ValueError(
-                f"mel frames must be even and <= {self.features.window_frames}, got {t}"
+                f"mel frames must be even and <= {self.info.features.window_frames}, got {t}"
             )
 
     @torch.inference_mode()
@@ -175,14 +176,14 @@ class WhisperModel:
 
     # ---------------------------------------------------------------- chunked encoding
     def new_encoder_cache(self) -> EncoderCache:
-        """Empty per-stream state for `transcribe_chunked`."""
+        """Empty per-stream state for chunked requests."""
         cfg = self.config
         return EncoderCache(
             layers=len(self.encoder.layers),
             heads=self.n_heads_enc,
             head_dim=cfg.d_model // self.n_heads_enc,
             width=cfg.d_model,
-            max_frames=self.features.window_frames // 2,
+            max_frames=self.info.features.window_frames // 2,
             cross_layers=len(self.decoder.layers),
             cross_heads=self.n_heads_dec,
             cross_head_dim=cfg.d_model // self.n_heads_dec,
@@ -287,33 +288,6 @@ class WhisperModel:
         return self._stem(mel[..., start:])[:, 1 if c else 0 :]
 
     @torch.inference_mode()
-    def transcribe_chunked(
-        self,
-        cache: EncoderCache,
-        features: np.ndarray,
-        *,
-        num_frames: int,
-        commit_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int] | None = None,
-        draft: list[int] | None = None,
-    ) -> DecodeResult:
-        """`transcribe` over a stream's cached encoder prefix; see `encode_tail`."""
-        enc, cross = self.encode_tail(cache, self.mel(features), commit_frames=commit_frames)
-        return self.decode(
-            enc,
-            num_frames=num_frames,
-            prompt=prompt,
-            options=options,
-            word_timestamps=word_timestamps,
-            prefix=prefix or [],
-            cross=cross,
-            draft=draft,
-        )
-
-    @torch.inference_mode()
     def cross_kv(self, enc_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per decoder layer, cross-attention keys and values (B, H, S, D) of the encoder states."""
         b, s, _ = enc_states.shape
@@ -379,64 +353,9 @@ class WhisperModel:
         return ([self.tokens.sot_prev, *prev] if prev else []) + list(self.tokens.sot_sequence)
 
     @torch.inference_mode()
-    def transcribe(
-        self,
-        features: np.ndarray,
-        *,
-        num_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int] | None = None,
-        draft: list[int] | None = None,
-    ) -> DecodeResult:
-        enc = self.encode(self.mel(features))
-        return self.decode(
-            enc,
-            num_frames=num_frames,
-            prompt=prompt,
-            options=options,
-            word_timestamps=word_timestamps,
-            prefix=prefix or [],
-            draft=draft,
-        )
-
-    @torch.inference_mode()
-    def decode(
-        self,
-        enc: torch.Tensor,
-        *,
-        num_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int],
-        cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-        draft: list[int] | None = None,
-    ) -> DecodeResult:
-        """Greedy decoding of one window's encoder states (1, S, d), continuing `prefix`.
-
-        `cross`: the decoder's cross-attention keys and values of `enc`, when already known;
-        `draft`: guessed tokens after the prefix, verified in the prefill (`whisper_decode`).
-        """
-        row = DecodeRow(
-            cross if cross is not None else self.cross_kv(enc),
-            num_frames,
-            prompt,
-            options,
-            word_timestamps,
-            list(prefix),
-            list(draft or []),
-        )
-        return greedy_batch(self, [row])[0]
-
-    @torch.inference_mode()
-    def transcribe_many(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
-        """Many `transcribe`/`transcribe_chunked` calls (of different streams) at once.
-
-        The windows and tails are encoded in one pass (`encode_tails`); the decoding steps of
-        all of them run batched. Result i equals calling the model with request i.
-        """
+    def run(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
+        """`AsrModel.run`: the windows and streams' tails are encoded in one pass
+        (`encode_tails`); the decoding steps of all of them run batched."""
         return greedy_batch(self, self.decode_rows(requests))
 
     def new_step_batch(self, capacity: int) -> WhisperStepBatch:

@@ -191,7 +191,7 @@ class Connection:
         self._driver = SessionDriver(session, self.ctx.scheduler)
         self._inbox = Inbox(max(1, int(self.ctx.config.max_backlog_s * rate)))
         self._clock = ArrivalClock(rate)
-        model_name = getattr(self.ctx.model, "name", "unknown")
+        model_name = self.ctx.model.info.name
         limits = self.ctx.config.protocol_limits
         self._queue(SessionStarted(self.session_id, model_name, options, limits))
         self._compute = self._spawn(self._decode_loop())

@@ -15,8 +15,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from streamasr.config import DecodeConfig
-from streamasr.models.base import AsrModel
+from streamasr.models.base import AsrModel, TranscribeRequest, run_one
 
 T = TypeVar("T")
 
@@ -109,14 +108,8 @@ def warm_up(model: AsrModel) -> None:
     """One dummy decode with word timings, so the first client does not pay for lazy init."""
     frames = 200  # 2 s
     pad = frames + 100  # what an utterance-mode window of 2 s looks like
-    features = np.zeros((model.features.n_mels, pad), dtype=np.float32)  # (n_mels, T)
-    model.transcribe(
-        features,
-        num_frames=frames,
-        prompt=[],
-        options=DecodeConfig(),
-        word_timestamps=True,
-    )
+    features = np.zeros((model.info.features.n_mels, pad), dtype=np.float32)  # (n_mels, T)
+    run_one(model, TranscribeRequest(features, frames, word_timestamps=True))
 
 
 # Sessions times the time of one full-window final (as the daemon measures it after its warm-up):
@@ -130,18 +123,13 @@ MAX_DERIVED_SESSIONS = 256
 def time_final(model: AsrModel, tries: int = 3) -> float:
     """Seconds of one final on a full window (encoder pass, a short decode, word timings): the
     fastest of `tries`, so a busy moment of the machine does not count."""
-    spec = model.features
+    spec = model.info.features
     features = np.zeros((spec.n_mels, spec.window_frames), dtype=np.float32)
+    request = TranscribeRequest(features, spec.window_frames // 10, word_timestamps=True)
     times = []
     for _ in range(tries):
         t0 = time.perf_counter()
-        model.transcribe(
-            features,
-            num_frames=spec.window_frames // 10,
-            prompt=[],
-            options=DecodeConfig(),
-            word_timestamps=True,
-        )
+        run_one(model, request)
         times.append(time.perf_counter() - t0)
     return min(times)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from streamasr.config import DecodeConfig
-from streamasr.models.base import DecodeResult, FeatureSpec, WordTiming
+from streamasr.models.base import (
+    DecodeResult,
+    FeatureSpec,
+    ModelInfo,
+    TranscribeRequest,
+    WordTiming,
+)
 
 FRAMES_PER_WORD = 40  # one word per 0.4 s of audio
 
@@ -13,23 +16,18 @@ FRAMES_PER_WORD = 40  # one word per 0.4 s of audio
 class FakeModel:
     """Says one word per 0.4 s of audio in the window: " w0 w1 w2 ..." (token i is word i)."""
 
-    name = "fake"
-    features = FeatureSpec(n_mels=80, window_frames=3000)
+    info = ModelInfo(name="fake", features=FeatureSpec(n_mels=80, window_frames=3000))
 
     def __init__(self) -> None:
         self.calls: list[dict[str, object]] = []
 
-    def transcribe(
-        self,
-        features: np.ndarray,
-        *,
-        num_frames: int,
-        prompt: list[int],
-        options: DecodeConfig,
-        word_timestamps: bool,
-        prefix: list[int] | None = None,
-        draft: list[int] | None = None,  # not used: decoding without it gives the same result
-    ) -> DecodeResult:
+    def run(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
+        return [self.decode(r) for r in requests]
+
+    def decode(self, request: TranscribeRequest) -> DecodeResult:
+        """One request; its draft is not used (decoding without it gives the same result)."""
+        features, num_frames = request.features, request.num_frames
+        prompt, prefix, word_timestamps = request.prompt, request.prefix, request.word_timestamps
         if features.shape[0] != 80 or features.shape[1] < num_frames:
             raise ValueError(f"bad features {features.shape} for {num_frames} frames")
         self.calls.append(

@@ -13,12 +13,11 @@ import pytest
 import speech
 
 from streamasr.config import DecodeConfig, SessionConfig
-from streamasr.engine.calls import run_request
 from streamasr.engine.driver import LocalSession
 from streamasr.engine.scheduler import Scheduler, SchedulerConfig
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.features.logmel import LogMelBuffer
-from streamasr.models.base import TranscribeRequest
+from streamasr.models.base import DecodeResult, TranscribeRequest, run_one
 from streamasr.models.whisper import WhisperModel
 
 TEXTS = (
@@ -79,13 +78,13 @@ def single(model: WhisperModel, r: TranscribeRequest) -> object:
     """`r` decoded alone, on a copy of its stream's cache."""
     import copy
 
-    return run_request(model, replace(r, cache=copy.deepcopy(r.cache)))
+    return run_one(model, replace(r, cache=copy.deepcopy(r.cache)))
 
 
 def test_a_batch_decodes_each_row_as_if_alone(model: WhisperModel, clips: list[np.ndarray]) -> None:
     reqs = requests(model, clips)
     alone = [single(model, r) for r in reqs]
-    together = model.transcribe_many(reqs)
+    together = model.run(reqs)
     for a, b in zip(alone, together, strict=True):
         assert b.tokens == a.tokens  # type: ignore[attr-defined]
         assert b.text.strip()
@@ -163,9 +162,9 @@ def test_queued_calls_mark_the_scheduler_congested() -> None:
     from fake_model import FakeModel
 
     class Slow(FakeModel):
-        def transcribe(self, features: np.ndarray, **kwargs: object) -> object:  # type: ignore[override]
+        def decode(self, request: TranscribeRequest) -> DecodeResult:
             time.sleep(0.05)
-            return super().transcribe(features, **kwargs)  # type: ignore[arg-type]
+            return super().decode(request)
 
     feats = np.zeros((80, 200), np.float32)
     request = TranscribeRequest(feats, 200, [], DecodeConfig(), False, [])
@@ -375,10 +374,10 @@ def test_whole_batches_go_on_after_taking_only_cancelled_calls() -> None:
             super().__init__()
             self.entered, self.release = threading.Event(), threading.Event()
 
-        def transcribe(self, features: np.ndarray, **kw: Any) -> Any:
+        def decode(self, request: TranscribeRequest) -> DecodeResult:
             self.entered.set()
             assert self.release.wait(30)
-            return super().transcribe(features, **kw)
+            return super().decode(request)
 
     model = Gated()
     request = TranscribeRequest(np.zeros((80, 400), np.float32), 400, [], DecodeConfig(), False, [])

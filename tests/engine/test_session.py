@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from fake_model import FakeModel
 
 from streamasr import SAMPLE_RATE
 from streamasr.config import SessionConfig, VadConfig
-from streamasr.engine.calls import ModelCall, run_request
+from streamasr.engine.calls import ModelCall
 from streamasr.engine.driver import LocalSession
 from streamasr.engine.session import Session
 from streamasr.events import (
@@ -22,7 +21,7 @@ from streamasr.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
-from streamasr.models.base import DecodeResult
+from streamasr.models.base import DecodeResult, TranscribeRequest, run_one
 
 
 def feed_all(session: LocalSession, audio: np.ndarray, chunk: int = 800) -> list[Event]:
@@ -151,11 +150,12 @@ class GatedFinals(FakeModel):
         self.rejected, self.empty = rejected, empty
         self.final_windows: list[str] = []
 
-    def transcribe(self, features: np.ndarray, **kw: Any) -> DecodeResult:
-        result = super().transcribe(features, **kw)
-        if not kw["word_timestamps"]:
+    def decode(self, request: TranscribeRequest) -> DecodeResult:
+        result = super().decode(request)
+        if not request.word_timestamps:
             return result
-        window = "full" if features.shape[1] == self.features.window_frames else "utterance"
+        full = request.features.shape[1] == self.info.features.window_frames
+        window = "full" if full else "utterance"
         self.final_windows.append(window)
         if window not in self.rejected:
             return result
@@ -223,7 +223,7 @@ def test_a_final_decodes_a_lead_in_before_its_utterance(sentences: list[np.ndarr
     starts = [e.sample for e in events if isinstance(e, SpeechStarted)]
     stops = [e.sample for e in events if isinstance(e, SpeechStopped)]
     assert len(starts) == len(stops) == 2
-    hop = model.features.hop_samples
+    hop = model.info.features.hop_samples
     lead = config.final_lead_ms * SAMPLE_RATE // 1000
     assert starts[0] < lead  # the first lead is cut at the stream's start ...
     assert starts[1] - stops[0] < lead  # ... the second reaches into the first utterance
@@ -244,7 +244,7 @@ def test_an_utterance_cut_at_the_length_limit_has_no_lead_in(
     starts = [e.sample for e in events if isinstance(e, SpeechStarted)]
     stops = [e.sample for e in events if isinstance(e, SpeechStopped)]
     assert len(starts) >= 2 and starts[1] == stops[0]  # cut, not a pause
-    hop = model.features.hop_samples
+    hop = model.info.features.hop_samples
     lead = config.final_lead_ms * SAMPLE_RATE // 1000
     frames = final_frames(model)
     assert frames[0] == pytest.approx((stops[0] - starts[0] + lead) / hop, abs=2)
@@ -276,7 +276,7 @@ def test_an_early_final_is_a_background_call_dropped_when_speech_goes_on(
         asked |= {call.id: call for call in step.calls}
         while session.awaiting is not None:  # the final: decoded when it is waited for
             call = asked.pop(session.awaiting)
-            step = session.on_result(call.id, run_request(model, call.request))
+            step = session.on_result(call.id, run_one(model, call.request))
             events += step.events
     assert not asked  # every call asked for was waited for, none left behind
     in_place = feed_all(
@@ -310,7 +310,7 @@ def test_an_operation_waits_for_its_call_and_takes_only_that_result(
     with pytest.raises(RuntimeError, match="waits for"):
         session.feed(speech_audio[:800])
     with pytest.raises(RuntimeError, match="waits for"):
-        session.on_result(call.id + 1, run_request(FakeModel(), call.request))
-    done = session.on_result(call.id, run_request(FakeModel(), call.request))
+        session.on_result(call.id + 1, run_one(FakeModel(), call.request))
+    done = session.on_result(call.id, run_one(FakeModel(), call.request))
     assert session.awaiting is None
     assert [type(e) for e in done.events] == [TranscriptPartial]

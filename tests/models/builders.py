@@ -356,17 +356,17 @@ def offline_window(model: Any, audio: Any, options: Any = None, prefix: Any = No
     """Our decode of one <= 30 s piece of audio, padded to the full window as the engine does."""
     from streamasr.config import DecodeConfig
     from streamasr.features.logmel import LogMelBuffer
+    from streamasr.models.base import TranscribeRequest, run_one
 
-    mel = LogMelBuffer(n_mels=model.features.n_mels)
+    mel = LogMelBuffer(n_mels=model.info.features.n_mels)
     mel.append(audio)
-    return model.transcribe(
-        mel.features(pad_to_frames=model.features.window_frames),
+    request = TranscribeRequest(
+        mel.features(pad_to_frames=model.info.features.window_frames),
         num_frames=mel.num_frames,
-        prompt=[],
         options=options or DecodeConfig(),
-        word_timestamps=False,
-        prefix=prefix,
+        prefix=list(prefix or []),
     )
+    return run_one(model, request)
 
 
 def default_budget(num_samples: int) -> int:

@@ -19,7 +19,7 @@ from streamasr.engine.kv_cache import KVCache
 from streamasr.events import Event, TranscriptFinal
 from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.audio_llm import AudioLlmAdapter, AudioLlmStream
-from streamasr.models.base import DecodeResult, TranscribeRequest
+from streamasr.models.base import DecodeResult, TranscribeRequest, run_one
 from streamasr.models.glm_encoder import audio_token_count
 from streamasr.models.loader import load_model
 
@@ -79,20 +79,21 @@ def test_chunked_session_equals_decoding_its_audio_tokens_from_scratch(
     """Every chunked call, finals included, gives what a fresh prefill of the whole prompt
     built from the same audio tokens gives: reusing the stream's decoder prefix is exact."""
     calls: list[dict[str, Any]] = []
-    stream_tokens, transcribe_chunked = model._stream_tokens, model.transcribe_chunked
+    stream_tokens, run = model._stream_tokens, model.run
 
     def audio_spy(*args: Any, **kwargs: Any) -> torch.Tensor:
         audio = stream_tokens(*args, **kwargs)
         calls.append({"audio": audio.clone(), "reused": args[0].lm_audio})
         return audio
 
-    def call_spy(*args: Any, **kwargs: Any) -> DecodeResult:
-        result = transcribe_chunked(*args, **kwargs)
-        calls[-1].update(kwargs, result=result, reused=args[0].lm_audio)
-        return result
+    def call_spy(requests: list[TranscribeRequest]) -> list[DecodeResult]:
+        (r,) = requests  # a session runs its calls one at a time
+        (result,) = run(requests)
+        calls[-1].update(vars(r), result=result, reused=r.cache.lm_audio)
+        return [result]
 
     monkeypatch.setattr(model, "_stream_tokens", audio_spy)
-    monkeypatch.setattr(model, "transcribe_chunked", call_spy)
+    monkeypatch.setattr(model, "run", call_spy)
     events = stream(model, speech_audio, CHUNKED)
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
     assert len(finals) == 1 and finals[0].text  # a non-empty final: the check means something
@@ -141,15 +142,7 @@ def test_decoder_prefix_is_extended_not_recomputed(
     assert isinstance(st, AudioLlmStream)
     for i, (features, frames, commit) in enumerate(grow(speech_audio)):
         reused, fed[:] = st.lm_audio, []
-        model.transcribe_chunked(
-            st,
-            features,
-            num_frames=frames,
-            commit_frames=commit,
-            prompt=[],
-            options=DecodeConfig(),
-            word_timestamps=False,
-        )
+        run_one(model, TranscribeRequest(features, frames, cache=st, commit_frames=commit))
         n = audio_token_count(frames)
         assert st.n_audio == st.encoder.length // 4 == min(commit, features.shape[1] // 2) // 4
         assert st.lm_audio == min(st.n_audio, n)
@@ -163,15 +156,7 @@ def replay(model: AudioLlmAdapter, steps: list[tuple[np.ndarray, int, int]]) -> 
     """A stream after the calls of `steps`."""
     st = model.new_encoder_cache()
     for features, frames, commit in steps:
-        model.transcribe_chunked(
-            st,
-            features,
-            num_frames=frames,
-            commit_frames=commit,
-            prompt=[],
-            options=DecodeConfig(),
-            word_timestamps=False,
-        )
+        run_one(model, TranscribeRequest(features, frames, cache=st, commit_frames=commit))
     return st
 
 
@@ -185,9 +170,7 @@ def ragged(model: AudioLlmAdapter, sentences: list[np.ndarray]) -> tuple[Request
     steps = grow(sentences[0])
     window, frames, _ = steps[-1]
     short, short_frames, short_commit = grow(sentences[1][:20000])[-1]
-    free = model.transcribe(
-        window, num_frames=frames, prompt=[], options=DecodeConfig(), word_timestamps=False
-    )
+    free = run_one(model, TranscribeRequest(window, frames))
     assert len(free.tokens) >= 4
 
     def requests(streams: list[AudioLlmStream]) -> list[TranscribeRequest]:
@@ -236,7 +219,7 @@ def same_streams(a: list[AudioLlmStream], b: list[AudioLlmStream]) -> None:
         torch.testing.assert_close(x.lm.k[..., : x.lm.length, :], y.lm.k[..., : y.lm.length, :])
 
 
-def test_transcribe_many_equals_one_call_each(
+def test_a_batched_run_equals_one_run_each(
     model: AudioLlmAdapter, sentences: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three windows and two streams' tails: one encoder pass for all five; each result, and
@@ -252,10 +235,10 @@ def test_transcribe_many_equals_one_call_each(
         return encode_tails(tails, **kwargs)
 
     monkeypatch.setattr(model.encoder, "encode_tails", spy)
-    batched = model.transcribe_many(requests(a))
+    batched = model.run(requests(a))
     assert passes == [5]
     for request, result in zip(requests(b), batched, strict=True):
-        same(result, model.transcribe_many([request])[0])
+        same(result, model.run([request])[0])
     same_streams(a, b)
 
 
@@ -283,7 +266,7 @@ def test_rows_join_and_leave_a_continuous_batch(
             results[i] = result
     assert most == 2 and sorted(results) == [0, 1, 2, 3, 4]
     for i, request in enumerate(requests(b)):
-        same(results[i], model.transcribe_many([request])[0])
+        same(results[i], model.run([request])[0])
     same_streams(a, b)
 
 
@@ -304,14 +287,15 @@ def test_any_draft_gives_the_undrafted_result_in_fewer_steps(
 
     def run(prefix: list[int], draft: list[int] | None, **options: Any) -> DecodeResult:
         steps.clear()
-        return glm.transcribe(
-            features,
-            num_frames=frames,
-            prompt=[],
-            options=DecodeConfig(**options),
-            word_timestamps=False,
-            prefix=prefix,
-            draft=draft,
+        return run_one(
+            glm,
+            TranscribeRequest(
+                features,
+                num_frames=frames,
+                options=DecodeConfig(**options),
+                prefix=prefix,
+                draft=draft,
+            ),
         )
 
     plain = run([], None)
@@ -342,7 +326,7 @@ def test_any_draft_gives_the_undrafted_result_in_fewer_steps(
 def test_concurrent_chunked_sessions_through_the_scheduler_keep_their_transcripts(
     glm: AudioLlmAdapter, sentences: list[np.ndarray]
 ) -> None:
-    """Sessions whose calls run as shared `transcribe_many` batches, each row with its own
+    """Sessions whose calls run as shared batches (`run`), each row with its own
     stream's cached prefix, give the events each gives alone."""
     import threading
 

@@ -15,6 +15,7 @@ from streamasr.kernels import use_backend
 from streamasr.config import DecodeConfig
 from streamasr.errors import ModelNotFoundError
 from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.base import TranscribeRequest, run_one
 from streamasr.models.glm_encoder import (
     audio_token_count,
     audio_tokens_for_samples,
@@ -50,7 +51,7 @@ def reference(glm: GlmAsrAdapter, audio: np.ndarray, budget: int, prefix: list[i
 
 def test_family_and_features(glm_dir: Path, glm: GlmAsrAdapter) -> None:
     assert model_family(glm_dir) == "glmasr"
-    assert (glm.features.n_mels, glm.features.window_frames) == (128, 3000)
+    assert (glm.info.features.n_mels, glm.info.features.window_frames) == (128, 3000)
 
 
 @pytest.mark.parametrize(
@@ -104,12 +105,13 @@ def test_partial_hop_decode_equals_generate(
     mel = LogMelBuffer(n_mels=128)
     mel.append(audio)
     budget = builders.default_budget(len(audio))
-    result = glm.transcribe(
-        mel.features(pad_to_frames=3000),
-        num_frames=mel_frames_for(len(audio)),
-        prompt=[],
-        options=EXACT,
-        word_timestamps=False,
+    result = run_one(
+        glm,
+        TranscribeRequest(
+            mel.features(pad_to_frames=3000),
+            num_frames=mel_frames_for(len(audio)),
+            options=EXACT,
+        ),
     )
     assert list(result.tokens) == reference(glm, audio, budget, [])
 
@@ -181,12 +183,13 @@ def test_both_kernel_backends_decode_like_generate(
     options = DecodeConfig(max_repeat_ngram=0, max_new_tokens=6)
     for backend in ("reference", "triton"):
         with use_backend(backend):
-            result = glm.transcribe(
-                features,
-                num_frames=mel.num_frames,
-                prompt=[],
-                options=options,
-                word_timestamps=False,
+            result = run_one(
+                glm,
+                TranscribeRequest(
+                    features,
+                    num_frames=mel.num_frames,
+                    options=options,
+                ),
             )
         assert list(result.tokens) == expected, backend
 
@@ -282,8 +285,11 @@ def test_checkpoint_with_in_memory_key_names_loads_the_same(
     assert any(k.startswith("model.audio_tower.") for k in state)
     mel = np.random.default_rng(5).standard_normal((128, 3000)).astype(np.float32)
     again = load_model(str(d))
-    a = glm.transcribe(mel, num_frames=800, prompt=[], options=EXACT, word_timestamps=False)
-    b = again.transcribe(mel, num_frames=800, prompt=[], options=EXACT, word_timestamps=False)
+    a = run_one(glm, TranscribeRequest(mel, num_frames=800, options=EXACT))
+    b = run_one(
+        again,
+        TranscribeRequest(mel, num_frames=800, options=EXACT),
+    )
     assert a.tokens == b.tokens
     assert json.loads((d / "config.json").read_text())["model_type"] == "glmasr"
 
@@ -293,12 +299,15 @@ def test_shorter_padded_window_decodes(glm: GlmAsrAdapter, sentences: list[np.nd
     mel = LogMelBuffer(n_mels=128)
     mel.append(sentences[0])
     pad_to = mel.num_frames + 101 + (mel.num_frames + 101) % 2
-    result = glm.transcribe(
-        mel.features(pad_to_frames=pad_to),
-        num_frames=mel.num_frames,
-        prompt=[1, 2, 3],  # previous text: GLM-ASR's prompt has no slot for it, so unused
-        options=EXACT,
-        word_timestamps=True,
+    result = run_one(
+        glm,
+        TranscribeRequest(
+            mel.features(pad_to_frames=pad_to),
+            num_frames=mel.num_frames,
+            prompt=[1, 2, 3],  # previous text: GLM-ASR's prompt has no slot for it, so unused
+            options=EXACT,
+            word_timestamps=True,
+        ),
     )
     assert result.words == () and isinstance(result.text, str)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from streamasr.config import DecodeConfig
 from streamasr.features.logmel import LogMelBuffer
-from streamasr.models.base import TranscribeRequest
+from streamasr.models.base import TranscribeRequest, run_one
 from streamasr.models.glmasr import GlmAsrAdapter
 from streamasr.models.packed_linear import (
     PackedLinear,
@@ -135,8 +135,11 @@ def test_audio_llm_decoder_tokens_equal_unpacked(
     options = DecodeConfig(max_repeat_ngram=0)  # plain greedy: every step's token counts
 
     def decode() -> tuple[int, ...]:
-        return model.transcribe(
-            feats, num_frames=mel.num_frames, prompt=[], options=options, word_timestamps=False
+        return run_one(
+            model,
+            TranscribeRequest(
+                feats, num_frames=mel.num_frames, prompt=[], options=options, word_timestamps=False
+            ),
         ).tokens
 
     got = decode()

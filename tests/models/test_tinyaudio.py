@@ -20,6 +20,7 @@ from streamasr.kernels import use_backend
 from streamasr.config import DecodeConfig
 from streamasr.errors import ModelFormatError, ModelNotFoundError
 from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.base import TranscribeRequest, run_one
 from streamasr.models.glm_encoder import audio_token_count
 from streamasr.models.loader import load_model, model_family
 from streamasr.models.tinyaudio import (
@@ -197,12 +198,13 @@ def test_both_kernel_backends_decode_like_the_reference(
     options = DecodeConfig(max_repeat_ngram=0, max_new_tokens=6)
     for backend in ("reference", "triton"):
         with use_backend(backend):
-            result = tiny.transcribe(
-                features,
-                num_frames=mel.num_frames,
-                prompt=[],
-                options=options,
-                word_timestamps=False,
+            result = run_one(
+                tiny,
+                TranscribeRequest(
+                    features,
+                    num_frames=mel.num_frames,
+                    options=options,
+                ),
             )
         assert list(result.tokens) == expected, backend
 

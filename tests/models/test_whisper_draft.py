@@ -10,7 +10,7 @@ import speech
 
 from streamasr.config import DecodeConfig
 from streamasr.features.logmel import LogMelBuffer
-from streamasr.models.base import DecodeResult
+from streamasr.models.base import DecodeResult, TranscribeRequest, run_one
 from streamasr.models.whisper import WhisperModel
 
 
@@ -37,14 +37,16 @@ def run(
     options: DecodeConfig | None = None,
 ) -> DecodeResult:
     feats, n = window
-    return model.transcribe(
-        feats,
-        num_frames=n,
-        prompt=[],
-        options=options or DecodeConfig(),
-        word_timestamps=True,
-        prefix=prefix,
-        draft=draft,
+    return run_one(
+        model,
+        TranscribeRequest(
+            feats,
+            num_frames=n,
+            options=options or DecodeConfig(),
+            word_timestamps=True,
+            prefix=prefix,
+            draft=draft,
+        ),
     )
 
 

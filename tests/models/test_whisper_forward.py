@@ -13,6 +13,7 @@ from builders import tiny_random_whisper
 
 from streamasr.config import DecodeConfig
 from streamasr.engine.kv_cache import KVCache
+from streamasr.models.base import TranscribeRequest, run_one
 from streamasr.models.whisper import WhisperModel
 
 
@@ -84,7 +85,9 @@ def test_greedy_matches_argmax_of_full_forward(rand_whisper: WhisperModel, refer
     m = rand_whisper
     feats = np.random.default_rng(3).standard_normal((80, 3000)).astype(np.float32)
     opts = DecodeConfig(max_new_tokens=8, max_repeat_ngram=0)
-    res = m.transcribe(feats, num_frames=3000, prompt=[], options=opts, word_timestamps=True)
+    res = run_one(
+        m, TranscribeRequest(feats, num_frames=3000, prompt=[], options=opts, word_timestamps=True)
+    )
     seq = list(m.tokens.sot_sequence)
     mel = torch.from_numpy(feats).unsqueeze(0)
     with torch.inference_mode():
@@ -107,13 +110,14 @@ def test_forced_prefix_is_kept_and_continued(rand_whisper: WhisperModel) -> None
     m = rand_whisper
     feats = np.random.default_rng(4).standard_normal((80, 3000)).astype(np.float32)
     opts = DecodeConfig(max_new_tokens=6, max_repeat_ngram=0)
-    free = m.transcribe(feats, num_frames=3000, prompt=[], options=opts, word_timestamps=False)
-    forced = m.transcribe(
-        feats,
-        num_frames=3000,
-        prompt=[],
-        options=opts,
-        word_timestamps=False,
-        prefix=list(free.tokens[:2]),
+    free = run_one(m, TranscribeRequest(feats, num_frames=3000, options=opts))
+    forced = run_one(
+        m,
+        TranscribeRequest(
+            feats,
+            num_frames=3000,
+            options=opts,
+            prefix=list(free.tokens[:2]),
+        ),
     )
     assert forced.tokens[: len(free.tokens)] == free.tokens[: len(forced.tokens)]

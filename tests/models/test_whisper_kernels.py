@@ -61,10 +61,10 @@ def test_kernels_and_reference_give_the_same_tokens(
 
         monkeypatch.setattr(module, fn, counted)
     with use_backend("reference"):
-        ref = model.transcribe_many(requests(windows))
+        ref = model.run(requests(windows))
     assert launches == {"chunk": 0, "decode": 0, "cross": 0}
     with use_backend("triton"), torch.inference_mode():
-        tri = model.transcribe_many(requests(windows))  # a ragged batch of two
+        tri = model.run(requests(windows))  # a ragged batch of two
     assert all(n > 0 for n in launches.values()), launches
     for r, t in zip(ref, tri, strict=True):
         assert len(r.tokens) >= 5

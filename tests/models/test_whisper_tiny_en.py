@@ -11,6 +11,7 @@ import speech
 
 from streamasr.config import DecodeConfig
 from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.base import TranscribeRequest, run_one
 from streamasr.models.whisper import WhisperModel
 
 TEXTS = (
@@ -34,12 +35,13 @@ def test_greedy_tokens_equal_ctranslate2(
     mel.append(np.concatenate([speech.silence(0.3), audio, speech.silence(0.5)]))
     feats = mel.features(pad_to_frames=3000)  # (80, 3000), the same input for both
 
-    ours = model.transcribe(
-        feats,
-        num_frames=mel.num_frames,
-        prompt=[],
-        word_timestamps=False,
-        options=DecodeConfig(max_new_tokens=100, max_repeat_ngram=0),
+    ours = run_one(
+        model,
+        TranscribeRequest(
+            feats,
+            num_frames=mel.num_frames,
+            options=DecodeConfig(max_new_tokens=100, max_repeat_ngram=0),
+        ),
     )
     ct = ctranslate2.models.Whisper(
         str(tiny_en_src), device="cpu", compute_type="float32", intra_threads=2

@@ -11,6 +11,7 @@ from fake_model import FakeModel
 from server_helpers import Result, assert_served, pcm16, session, stream_session, ws_url
 from websockets.asyncio.client import connect
 
+from streamasr.models.base import DecodeResult, TranscribeRequest
 from streamasr.server.app import Server
 
 START = json.dumps({"type": "session.start"})
@@ -124,10 +125,10 @@ async def test_frames_beyond_the_hard_cap_and_invalid_utf8_are_closed_by_the_web
 class BrokenModel(FakeModel):
     """Decodes the warm-up, then fails on every decode."""
 
-    def transcribe(self, features: np.ndarray, **kwargs: Any) -> Any:
+    def decode(self, request: TranscribeRequest) -> DecodeResult:
         if self.calls:  # the warm-up was the first call
             raise RuntimeError("the model broke")
-        return super().transcribe(features, **kwargs)
+        return super().decode(request)
 
 
 async def test_an_engine_failure_closes_that_session_1011_only(

@@ -24,6 +24,7 @@ from server_helpers import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from streamasr.models.base import DecodeResult, TranscribeRequest
 from streamasr.server.app import Server
 from streamasr.server.config import ServerConfig
 from streamasr.server.worker import estimate_capacity
@@ -175,9 +176,9 @@ async def test_health_says_how_many_more_sessions_fit(make_server: Any) -> None:
 class SlowFinalModel(FakeModel):
     """Every decode takes 0.1 s: the start-up measure of a final sees that."""
 
-    def transcribe(self, features: np.ndarray, **kwargs: Any) -> Any:
+    def decode(self, request: TranscribeRequest) -> DecodeResult:
         time.sleep(0.1)
-        return super().transcribe(features, **kwargs)
+        return super().decode(request)
 
 
 async def test_max_sessions_0_is_derived_from_the_measured_cost_of_a_final(

@@ -28,6 +28,7 @@ from server_helpers import (
 )
 from websockets.asyncio.client import ClientConnection, connect
 
+from streamasr.models.base import DecodeResult, TranscribeRequest
 from streamasr.server.app import Server
 
 
@@ -77,9 +78,9 @@ async def test_shutdown_finalises_every_open_session_then_closes_1001(
 
 
 class SlowModel(FakeModel):
-    def transcribe(self, features: np.ndarray, **kwargs: Any) -> Any:
+    def decode(self, request: TranscribeRequest) -> DecodeResult:
         time.sleep(0.6)  # simulated compute on the worker thread, longer than the drain time
-        return super().transcribe(features, **kwargs)
+        return super().decode(request)
 
 
 async def test_the_drain_timeout_bounds_shutdown(

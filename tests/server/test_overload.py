@@ -9,6 +9,8 @@ import numpy as np
 from fake_model import FakeModel
 from server_helpers import pcm16, reference_finals, stream_session
 
+from streamasr.models.base import DecodeResult, TranscribeRequest
+
 
 class SlowModel(FakeModel):
     """FakeModel that takes `delay_s` per call: slower than real time at two partials a second."""
@@ -17,9 +19,9 @@ class SlowModel(FakeModel):
         super().__init__()
         self.delay_s = delay_s
 
-    def transcribe(self, features: np.ndarray, **kwargs: Any) -> Any:
+    def decode(self, request: TranscribeRequest) -> DecodeResult:
         time.sleep(self.delay_s)
-        return super().transcribe(features, **kwargs)
+        return super().decode(request)
 
 
 async def test_lagging_session_is_warned_and_sheds_partials(

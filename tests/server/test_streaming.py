@@ -28,6 +28,7 @@ from server_helpers import (
 )
 from websockets.asyncio.client import connect
 
+from streamasr.models.base import DecodeResult, TranscribeRequest
 from streamasr.server import queues
 from streamasr.server.app import Server
 
@@ -201,9 +202,9 @@ async def test_incoming_audio_is_bounded_and_nothing_is_dropped(
 class SlowModel(FakeModel):
     """FakeModel that takes 40 ms per decode, like a real model on a slow CPU."""
 
-    def transcribe(self, features: np.ndarray, **kwargs: Any) -> Any:
+    def decode(self, request: TranscribeRequest) -> DecodeResult:
         time.sleep(0.04)  # simulated compute, on the worker thread
-        return super().transcribe(features, **kwargs)
+        return super().decode(request)
 
 
 async def test_server_side_latency_metrics_are_observed(
