@@ -234,7 +234,11 @@ async def run(args: argparse.Namespace) -> int:
     printer = Printer(sys.stdout, as_json=args.json)
     ended = asyncio.Event()
     async with ws:
-        sender = asyncio.create_task(send_audio(ws, SessionStart(audio=fmt), frames, ended))
+        sender = asyncio.create_task(
+            send_audio(
+                ws, SessionStart(audio=fmt, language=args.language, task=args.task), frames, ended
+            )
+        )
         receiver = asyncio.create_task(receive(ws, printer))
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -265,6 +269,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="bearer token (default: $STREAMASR_TOKEN; the flag shows in ps)",
     )
     p.add_argument("--json", action="store_true", help="print every server message as JSON")
+    p.add_argument("--language", default="auto", help="spoken language: a code such as es (auto)")
+    p.add_argument(
+        "--task",
+        choices=["transcribe", "translate"],
+        default="transcribe",
+        help="translate: captions in English, whatever is spoken",
+    )
     p.add_argument(
         "--speed", default="1", help="file pacing: times real time (1), or max (no pacing)"
     )

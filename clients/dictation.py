@@ -201,7 +201,8 @@ async def dictate(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
     fmt = file_format(args.input) if args.input else AudioFormat()  # the microphone: 16 kHz
     async with connect(args.url, additional_headers=headers) as ws:
-        await ws.send(SessionStart(fmt, partials=False).to_json())
+        start = SessionStart(fmt, language=args.language, partials=False)
+        await ws.send(start.to_json())
 
         def toggle() -> None:
             if listening.is_set():
@@ -250,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backend", choices=sorted(BACKENDS), help="typing tool (auto)")
     p.add_argument("--punctuation", action="store_true", help="spoken punctuation ('comma')")
     p.add_argument("--once", action="store_true", help="type one utterance, then exit")
+    p.add_argument("--language", default="auto", help="spoken language: a code such as es (auto)")
     p.add_argument("--start-paused", action="store_true", help="wait for SIGUSR1 to listen")
     args = p.parse_args(argv)
     try:

@@ -57,7 +57,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="stream pacing: 1 = real time, 4 = four times real time, max = no pacing",
     )
     t.add_argument("--format", choices=["jsonl", "text", "srt", "vtt"], default="text")
-    t.add_argument("--model", default="tiny.en", help="tiny.en, a model dir or a hub id")
+    t.add_argument(
+        "--model", default="tiny.en", help="tiny.en, base (multilingual), a model dir or a hub id"
+    )
+    add_language_args(t)
     t.add_argument("--chunk-ms", type=int, default=50, help="stream chunk length (20..100 ms)")
     t.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
     add_placement_args(t)
@@ -73,6 +76,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_meeting_parser(sub)
     return p
+
+
+def add_language_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--language",
+        default=SessionConfig.language,
+        help="the spoken language, an ISO 639-1 code such as es, or auto: detected per "
+        f"utterance ({SessionConfig.language})",
+    )
+    parser.add_argument(
+        "--task",
+        choices=["transcribe", "translate"],
+        default=SessionConfig.task,
+        help="translate: any language into English text (multilingual Whisper models)",
+    )
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -171,7 +189,8 @@ def _stream(
 ) -> tuple[list[TranscriptFinal], StreamStats]:
     from streamasr.engine.driver import LocalSession
 
-    session = LocalSession(model, SessionConfig(encoder=args.encoder))  # type: ignore[arg-type]
+    config = SessionConfig(encoder=args.encoder, language=args.language, task=args.task)
+    session = LocalSession(model, config)  # type: ignore[arg-type]
     speed = float("inf") if args.speed == "max" else float(args.speed)
     chunk = args.chunk_ms * SAMPLE_RATE // 1000
     stats = StreamStats(t0=time.monotonic(), speed=speed)
@@ -210,10 +229,14 @@ def _transcribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     audio = load_audio(args.file)
     model = load_model(args.model, compute=args.compute, dtype=args.dtype)
+    try:
+        model.info.check_language(args.language, args.task)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     if args.mode == "offline":
         from streamasr.engine.offline import transcribe_offline
 
-        finals = transcribe_offline(model, audio)
+        finals = transcribe_offline(model, audio, language=args.language, task=args.task)
         for f in finals:
             _emit(f, args.format, out)
         stats = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+LANGUAGE_POLICIES = ("utterance", "once")
 ENCODERS = ("auto", "window", "chunked")
 
 
@@ -40,6 +41,8 @@ class DecodeConfig:
     # runs at ~4 tokens/s, so a longer run is a loop that would waste the step's compute
     condition_on_previous: bool = True  # prompt with the text of previous finals
     prompt_tokens: int = 64  # at most this many tokens of previous text in the prompt
+    language_switch_margin: float = 0.3  # language "auto" leaves the previous language only for
+    # one this much more probable (docs/engine.md, "Languages")
     no_speech_threshold: float = 0.6  # drop a window whose no-speech probability is above this ...
     logprob_threshold: float = -1.0  # ... and whose mean token log-probability is below this
     compression_ratio_threshold: float = 2.4  # above this the text is a repetition loop: drop it
@@ -85,6 +88,12 @@ class SessionConfig:
     final_keeps_stable: bool = False  # True: the final continues the committed prefix (cheaper);
     # False: the final is a free decode of the whole utterance (more accurate, may revise it)
     partials: bool = True  # emit transcript.partial events
+    language: str = "auto"  # an ISO 639-1 code the model speaks, or "auto": detected (a model
+    # with one language speaks it; a prompt-driven one transcribes what it hears)
+    task: str = "transcribe"  # or "translate": any language into English text
+    language_policy: str = "utterance"  # auto: "utterance" detects in every utterance (keeping
+    # the previous language unless another is clearly more probable); "once" detects in the
+    # first utterance with text and keeps that language for the session
     agreement: int = 3  # LocalAgreement-n: a word is stable once n consecutive hypotheses agree
     # (3: the final takes back stable words in 16% of utterances, against 28% with 2)
     vad: VadConfig = field(default_factory=VadConfig)
@@ -101,6 +110,11 @@ class SessionConfig:
             raise ValueError(
                 "VAD max_utterance_ms + preroll_ms + final_lead_ms must not exceed 30000: "
                 "one model window holds a final's audio"
+            )
+        if self.language_policy not in LANGUAGE_POLICIES:
+            raise ValueError(
+                f"language_policy must be one of {', '.join(LANGUAGE_POLICIES)}; "
+                f"got {self.language_policy!r}"
             )
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")

@@ -13,6 +13,13 @@ def seconds(sample: int) -> float:
     return round(sample / SAMPLE_RATE, 3)
 
 
+def language_fields(language: str | None, probability: float | None) -> dict[str, Any]:
+    return {
+        "language": language,
+        "language_probability": None if probability is None else round(probability, 4),
+    }
+
+
 @dataclass(frozen=True)
 class Word:
     word: str  # the word as decoded, with its leading space if any
@@ -54,6 +61,8 @@ class TranscriptPartial:
     stable_text: str  # the prefix of `text` the stabilizer has committed
     start_sample: int
     end_sample: int
+    language: str | None = None  # ISO code of the language decoded; None: the model cannot tell
+    language_probability: float | None = None  # when the language was detected
     type: str = field(default="transcript.partial", init=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +73,7 @@ class TranscriptPartial:
             "stable_text": self.stable_text,
             "start": seconds(self.start_sample),
             "end": seconds(self.end_sample),
+            **language_fields(self.language, self.language_probability),
         }
 
 
@@ -76,6 +86,8 @@ class TranscriptFinal:
     words: tuple[Word, ...] = ()
     fallback: bool = False  # every decode was rejected by the hallucination gate: the text is
     # what the partials had shown (their committed text), with no word timings
+    language: str | None = None  # as in TranscriptPartial
+    language_probability: float | None = None
     type: str = field(default="transcript.final", init=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +99,7 @@ class TranscriptFinal:
             "end": seconds(self.end_sample),
             "words": [w.to_dict() for w in self.words],
             "fallback": self.fallback,
+            **language_fields(self.language, self.language_probability),
         }
 
 

@@ -21,14 +21,23 @@ def final_audio(audio: np.ndarray, options: DecodeConfig) -> np.ndarray:
 
 
 def transcribe_offline(
-    model: AsrModel, audio: np.ndarray, options: DecodeConfig | None = None
+    model: AsrModel,
+    audio: np.ndarray,
+    options: DecodeConfig | None = None,
+    *,
+    language: str = "auto",
+    task: str = "transcribe",
 ) -> list[TranscriptFinal]:
-    """Decode `audio` (16 kHz mono) window by window, prompting each with the text before it."""
+    """Decode `audio` (16 kHz mono) window by window, prompting each with the text before it.
+    With language "auto" each window's language is detected, the previous one kept unless
+    another is clearly more probable (`TranscribeRequest.prior_language`)."""
+    model.info.check_language(language, task)
     opts = options or DecodeConfig()
     spec = model.info.features
     window = spec.window_frames * spec.hop_samples
     mel = LogMelBuffer(n_mels=spec.n_mels)
     context: list[int] = []
+    previous: str | None = None  # the language of `context`
     finals: list[TranscriptFinal] = []
     for seg, start in enumerate(range(0, len(audio), window)):
         chunk = audio[start : start + window]
@@ -42,6 +51,9 @@ def transcribe_offline(
             prompt=context,
             options=opts,
             word_timestamps=opts.word_timestamps,
+            language=language,
+            task=task,
+            prior_language=previous,
         )
         result = run_one(model, request)
         if looks_like_hallucination(result, opts):
@@ -54,6 +66,18 @@ def transcribe_offline(
             Word(w.word, start + w.start_sample, min(end, start + w.end_sample), w.probability)
             for w in result.words
         )
-        finals.append(TranscriptFinal(seg, text, start, end, words))
-        context = (context + list(result.tokens))[-opts.prompt_tokens :]
+        finals.append(
+            TranscriptFinal(
+                seg,
+                text,
+                start,
+                end,
+                words,
+                language=result.language,
+                language_probability=result.language_probability,
+            )
+        )
+        kept = context if result.language == previous else []
+        context = (kept + list(result.tokens))[-opts.prompt_tokens :]
+        previous = result.language
     return finals

@@ -38,6 +38,7 @@ from streamasr.models.base import (
     TranscribeRequest,
     looks_like_hallucination,
 )
+from streamasr.scripts import starts_word
 from streamasr.vad.segmenter import UtteranceEnd, UtteranceStart, VadSegmenter
 
 RING_SECONDS = 40  # > longest utterance (30 s) + pre-roll + the VAD's decision lag
@@ -82,6 +83,8 @@ class _Utterance:
     lead_start: int = 0  # a final decodes the audio from here (`final_lead_ms` before the start)
     hypothesis: tuple[int, ...] = ()  # tokens of the last partial decode: the next one's draft
     speculative: _Speculation | None = None  # the early final
+    language: str | None = None  # of its latest decode, when the model tells
+    language_probability: float | None = None
 
 
 class Session:
@@ -113,6 +116,10 @@ class Session:
         self._step = Step()  # what the running operation produced so far
         self._next_call = 0
         info = model.info
+        info.check_language(self.config.language, self.config.task)
+        self._language: str | None = None  # the language of `_context` (the previous finals)
+        # the language every decode is asked for; None: detected ("auto")
+        self._pinned = None if self.config.language == "auto" else self.config.language
         self.encoder = info.encoders[0] if self.config.encoder == "auto" else self.config.encoder
         if self.encoder not in info.encoders:
             raise ValueError(f"model {info.name} has no {self.encoder} encoder; use the window one")
@@ -277,6 +284,8 @@ class Session:
             hypothesis=utt.hypothesis,
         )
         tokens = result.tokens if self._keep(result) else utt.stabilizer.committed
+        if self._keep(result):
+            self._note_language(utt, result)
         utt.hypothesis = tuple(tokens)
         committed = utt.stabilizer.update(tokens)
         text = self._text(tokens)
@@ -291,6 +300,8 @@ class Session:
                 stable_text=self._text(committed),
                 start_sample=utt.start_sample,
                 end_sample=utt.mel_end,
+                language=utt.language,
+                language_probability=utt.language_probability,
             )
         ]
 
@@ -412,7 +423,15 @@ class Session:
             if utt.shown:
                 text = self._text(utt.stabilizer.committed) or utt.shown
                 events.append(
-                    TranscriptFinal(utt.segment_id, text, utt.start_sample, end, fallback=True)
+                    TranscriptFinal(
+                        utt.segment_id,
+                        text,
+                        utt.start_sample,
+                        end,
+                        fallback=True,
+                        language=utt.language,
+                        language_probability=utt.language_probability,
+                    )
                 )
             return events
         result, origin = decoded.result, decoded.origin
@@ -427,11 +446,38 @@ class Session:
                 )
                 for w in result.words
             )
-            events.append(TranscriptFinal(utt.segment_id, text, utt.start_sample, end, words))
-            self._context = (self._context + list(result.tokens))[
-                -self.config.decode.prompt_tokens :
-            ]
+            language, probability = self._note_language(utt, result)
+            final = TranscriptFinal(
+                utt.segment_id,
+                text,
+                utt.start_sample,
+                end,
+                words,
+                language=language,
+                language_probability=probability,
+            )
+            events.append(final)
+            self._remember(result)
         return events
+
+    @staticmethod
+    def _note_language(utt: _Utterance, result: DecodeResult) -> tuple[str | None, float | None]:
+        """The utterance's language after `result`: a decode asked for the language it already
+        had keeps the probability it was detected with."""
+        if result.language != utt.language or result.language_probability is not None:
+            utt.language, utt.language_probability = result.language, result.language_probability
+        return utt.language, utt.language_probability
+
+    def _remember(self, final: DecodeResult) -> None:
+        """A final with text becomes the prompt of the next decodes, in its language."""
+        if final.language != self._language:
+            self._context = []  # the previous text is of another language
+        self._language = final.language
+        keep = self.config.decode.prompt_tokens
+        self._context = (self._context + list(final.tokens))[-keep:]
+        once = self.config.language_policy == "once"
+        if once and self._pinned is None and self.model.info.detects_language:
+            self._pinned = final.language
 
     def _decode(
         self,
@@ -474,15 +520,31 @@ class Session:
             pad_to = mel.covered_frames + pad // 10
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
         agrees = hypothesis[: len(prefix)] == tuple(prefix)
+        language, prior = self._languages(prefix)
         return TranscribeRequest(
             mel.features(pad_to_frames=pad_to),
             num_frames=mel.covered_frames,
-            prompt=list(self._context),
+            prompt=list(self._context) if self._language in (None, prior) else [],
             options=self.config.decode,
             word_timestamps=words and self.config.decode.word_timestamps,
             prefix=list(prefix),
             draft=list(hypothesis[len(prefix) :]) if agrees else [],
+            language=language,
+            task=self.config.task,
+            prior_language=prior,
         )
+
+    def _languages(self, prefix: list[int]) -> tuple[str, str | None]:
+        """The language a decode is asked for ("auto": detect) and the one it keeps unless
+        another is clearly more probable: the utterance's so far, else the previous finals'.
+        A forced prefix was decoded in the utterance's language, so it continues in that."""
+        utt = self._utt
+        known = utt.language if utt is not None else None
+        if self._pinned is not None:
+            return self._pinned, self._pinned
+        if prefix and known is not None:
+            return known, known
+        return "auto", known or self._language
 
     def _keep(self, r: DecodeResult) -> bool:
         return not looks_like_hallucination(r, self.config.decode)
@@ -491,4 +553,4 @@ class Session:
         return self.model.decode_tokens(list(tokens)).strip()
 
     def _starts_word(self, token: int) -> bool:
-        return self.model.decode_tokens([token]).startswith(" ")
+        return starts_word(self.model.decode_tokens([token]))

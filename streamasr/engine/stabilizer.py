@@ -23,8 +23,9 @@ class Stabilizer:
 
     A token is committed once `agreement` consecutive hypotheses agree on it, and only up to a
     word boundary that every one of them shows: the word after a committed prefix must start
-    in each hypothesis (a following token that begins with a space), so a word still growing
-    at the end of the audio is never committed. Committed tokens never change.
+    in each hypothesis (a following token that begins with a space, or with a whole character
+    of a script written without spaces: `scripts.starts_word`), so a word still growing at the
+    end of the audio is never committed. Committed tokens never change.
     """
 
     def __init__(self, agreement: int, starts_word: Callable[[int], bool]) -> None:

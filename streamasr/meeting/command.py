@@ -31,7 +31,12 @@ def add_meeting_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         type=Path,
         help="meetings dir ($STATE_DIRECTORY or ~/.local/share/streamasr/meetings)",
     )
-    m.add_argument("--model", default="tiny.en", help="tiny.en, a model dir or a hub id")
+    from streamasr.cli import add_language_args
+
+    m.add_argument(
+        "--model", default="tiny.en", help="tiny.en, base (multilingual), a model dir or a hub id"
+    )
+    add_language_args(m)
     add_placement_args(m)
     src = m.add_mutually_exclusive_group()
     src.add_argument("--device", help="sound input (name or index; needs sounddevice)")
@@ -113,7 +118,11 @@ def _record(args: argparse.Namespace, out: TextIO) -> int:
     else:
         source = DeviceSource(args.device)
     model = load_model(args.model, compute=args.compute, dtype=args.dtype)
-    session = LocalSession(model, SessionConfig(partials=False))
+    config = SessionConfig(partials=False, language=args.language, task=args.task)
+    try:
+        session = LocalSession(model, config)
+    except ValueError as exc:  # a language or task the model lacks
+        raise InputError(str(exc)) from None
     recorder = MeetingRecorder(session, outdir, _emitter(out), args.silence_timeout)
     run_meeting(source, recorder)
     return EXIT_OK

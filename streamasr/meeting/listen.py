@@ -104,7 +104,9 @@ class Producer:
         self.ws = ws
         self.listener = listener
         self.config = listener.config
-        self.protocol = ServerProtocol(max_frame_bytes=self.config.max_frame_bytes)
+        self.protocol = ServerProtocol(
+            max_frame_bytes=self.config.max_frame_bytes, model=listener.model.info
+        )
         self.recorder: MeetingRecorder | None = None
         self.split_requested = False
         self._stop = asyncio.Event()
@@ -171,17 +173,15 @@ class Producer:
         return self.recorder
 
     async def _start(self, options: SessionStart) -> None:
-        base = self.config.session
-        decode = dataclasses.replace(base.decode, word_timestamps=options.word_timestamps)
-        session_config = dataclasses.replace(base, partials=options.partials, decode=decode)
+        session_config = options.session_config(self.config.session)
         rate = options.audio.sample_rate
         stream = LocalSession(self.listener.model, session_config, sample_rate=rate)
         self.recorder = MeetingRecorder(
             stream, self.config.out, self.listener.emit, self.config.silence_timeout_s
         )
         await self.listener.pool.run(self.recorder.open_meeting)  # mkdir and fsync: off the loop
-        name = self.listener.model.info.name
-        await self._send(SessionStarted(uuid.uuid4().hex, name, options, self.config.limits))
+        info = self.listener.model.info
+        await self._send(SessionStarted(uuid.uuid4().hex, info, options, self.config.limits))
 
     async def _call(self, method: Callable[..., list[Event]], *args: object) -> None:
         """A recorder call on the decode pool, then its events to the producer, in order."""

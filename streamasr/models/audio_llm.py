@@ -135,6 +135,7 @@ class AudioLlmAdapter:
             features=FeatureSpec(n_mels=encoder.n_mels, window_frames=window_frames),
             encoders=("window", "chunked"),
             continuous_batching=True,
+            languages=None,  # the chat prompt asks for a transcript in whatever is spoken
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> AudioLlmAdapter:
@@ -280,6 +281,8 @@ class AudioLlmAdapter:
     def _rows(self, requests: list[TranscribeRequest]) -> list[LlmRow]:
         """The rows to decode of window (cache None) and chunked requests,
         their windows and streams' tails through the encoder in one pass (`encode_tails`)."""
+        for r in requests:
+            self.info.check_language(r.language, r.task)
         streams: list[AudioLlmStream | None] = [r.cache for r in requests]
         tails = [
             Tail(self._mel(r.features, r.num_frames), s.encoder if s else None, r.commit_frames)

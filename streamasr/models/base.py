@@ -27,6 +27,8 @@ class DecodeResult:
     no_speech_prob: float  # probability of the no-speech token at the start of the transcript
     compression_ratio: float  # len(text bytes) / len(zlib(text bytes)); loops compress well
     words: tuple[WordTiming, ...] = ()
+    language: str | None = None  # the language decoded in; None: the model cannot tell
+    language_probability: float | None = None  # of `language`, when it was detected
 
     @property
     def is_empty(self) -> bool:
@@ -53,8 +55,26 @@ class ModelInfo:
     features: FeatureSpec
     encoders: tuple[Encoder, ...] = ("window",)  # the first is what `encoder: auto` picks
     continuous_batching: bool = False  # `new_step_batch` gives a `StepBatch`
-    languages: tuple[str, ...] = ("en",)  # ISO 639-1 codes a request may ask for
-    tasks: tuple[str, ...] = ("transcribe",)
+    languages: tuple[str, ...] | None = ("en",)  # codes a request may ask for; None: any
+    # (a prompt-driven model that transcribes what it hears and cannot be steered or asked)
+    tasks: tuple[str, ...] = ("transcribe",)  # "translate": any language into English
+
+    @property
+    def detects_language(self) -> bool:
+        """Language "auto" detects among several languages (else it is the only one)."""
+        return self.languages is not None and len(self.languages) > 1
+
+    def check_language(self, language: str, task: str = "transcribe") -> None:
+        """Raise ValueError unless a request may ask for `language` ("auto" or a code) and
+        `task`."""
+        if task not in self.tasks:
+            raise ValueError(f"model {self.name} has no task {task!r} ({', '.join(self.tasks)})")
+        if language == "auto" or self.languages is None or language in self.languages:
+            return
+        raise ValueError(
+            f"model {self.name} does not speak language {language!r} "
+            f"(it speaks {', '.join(self.languages)}, or auto)"
+        )
 
     def __post_init__(self) -> None:
         if not self.encoders or any(e not in ("window", "chunked") for e in self.encoders):
@@ -77,6 +97,11 @@ class TranscribeRequest:
     cache: Any = None  # the stream's encoder cache (`AsrModel.new_encoder_cache`)
     commit_frames: int = 0  # with `cache`: mel frames before this are cached for good
     draft: list[int] | None = None  # a guess of the tokens after the prefix; see `AsrModel.run`
+    language: str = "auto"  # a code of `ModelInfo.languages`, or "auto": detect it
+    task: str = "transcribe"  # or "translate" (into English), where `ModelInfo.tasks` has it
+    prior_language: str | None = None  # the language of `prompt`: "auto" keeps it unless another
+    # is clearly more probable (`DecodeConfig.language_switch_margin`); a decode in any other
+    # language drops the prompt, so one language's text never steers another's
 
 
 class AsrModel(Protocol):
@@ -112,6 +137,15 @@ class AsrModel(Protocol):
     def encode_text(self, text: str) -> list[int]:
         """Text to tokens, for prompting with previous text."""
         ...
+
+
+def pick_language(probs: dict[str, float], prior: str | None, margin: float) -> tuple[str, float]:
+    """The detected language and its probability: the most probable one, unless it is less
+    than `margin` more probable than `prior`, which is then kept."""
+    best = max(probs, key=probs.__getitem__)
+    if prior in probs and probs[best] - probs[prior] < margin:
+        best = prior
+    return best, probs[best]
 
 
 def run_one(model: AsrModel, request: TranscribeRequest) -> DecodeResult:

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from streamasr.scripts import is_punctuation, starts_word
+
 
 def dtw_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Monotonic alignment of rows (tokens) to columns (frames) with minimal total `cost` (N, M).
@@ -79,9 +81,11 @@ def alignment_matrix(qk: np.ndarray, num_frames: int, medfilt_width: int = 7) ->
 def split_words(
     tokens: Sequence[int], decode: Callable[[list[int]], str]
 ) -> tuple[list[str], list[list[int]]]:
-    """Group tokens into words for a space-delimited language.
+    """Group tokens into words.
 
-    A word starts at a token whose text begins with a space; punctuation joins the word before it.
+    A word starts at a token whose text begins with a space, or with a whole character of a
+    script written without spaces (`scripts.starts_word`: each such character, or token of
+    them, is a word of its own); punctuation joins the word before it.
     Tokens that decode to an incomplete UTF-8 sequence are merged with the next token.
     """
     words: list[str] = []
@@ -92,9 +96,12 @@ def split_words(
         piece = decode(pending)
         if "\ufffd" in piece and len(pending) < 4:
             continue
-        starts_word = piece.startswith(" ") or not words
-        is_punct = piece.strip() != "" and all(ch in string.punctuation for ch in piece.strip())
-        if starts_word and not (is_punct and words and not piece.startswith(" ")):
+        starts = starts_word(piece) or not words
+        stripped = piece.strip()
+        is_punct = is_punctuation(stripped) or (
+            stripped != "" and all(ch in string.punctuation for ch in stripped)
+        )
+        if starts and not (is_punct and words and not piece.startswith(" ")):
             words.append(piece)
             groups.append(list(pending))
         else:

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from streamasr.engine.kv_cache import KVCache
 from streamasr.errors import ModelFormatError
 from streamasr.kernels import chunk_attention, cross_attention
-from streamasr.models.base import DecodeResult, FeatureSpec, ModelInfo, TranscribeRequest
+from streamasr.models.base import (
+    DecodeResult,
+    FeatureSpec,
+    ModelInfo,
+    TranscribeRequest,
+    pick_language,
+)
 from streamasr.models.encoder_cache import EncoderCache, Tail
 from streamasr.models.mapped_weights import release_pages
 from streamasr.models.packed_linear import LazyPack, linear_fp16, pack_linears
@@ -35,6 +41,9 @@ class WhisperModel:
         self.decoder: Any = net.model.decoder
         self.n_heads_dec = cfg.decoder_attention_heads
         self.n_heads_enc = cfg.encoder_attention_heads
+        self.max_target_positions = cfg.max_target_positions
+        self.tokens = special_tokens(tokenizer, gen_config, cfg.vocab_size)
+        multilingual = self.tokens.multilingual
         self.info = ModelInfo(
             name=name,
             features=FeatureSpec(
@@ -44,9 +53,9 @@ class WhisperModel:
             # are about as accurate, and an update costs less (held-out speech: docs/engine.md).
             encoders=("chunked", "window"),
             continuous_batching=True,
+            languages=tuple(self.tokens.languages) if multilingual else ("en",),
+            tasks=tuple(self.tokens.tasks) if multilingual else ("transcribe",),
         )
-        self.max_target_positions = cfg.max_target_positions
-        self.tokens = special_tokens(tokenizer, gen_config, cfg.vocab_size)
         self.alignment_heads = alignment_heads(gen_config, cfg.decoder_layers, self.n_heads_dec)
         self._place()
 
@@ -347,10 +356,47 @@ class WhisperModel:
         return self.logits(dec.layer_norm(x))
 
     # ---------------------------------------------------------------- decoding
-    def prompt_tokens(self, prompt: list[int], max_prompt: int) -> list[int]:
-        """The decoder's prompt: up to `max_prompt` tokens of previous text, then the SOT."""
+    def prompt_tokens(
+        self, prompt: list[int], max_prompt: int, start: tuple[int, ...]
+    ) -> list[int]:
+        """The decoder's prompt: up to `max_prompt` tokens of previous text, then the
+        start-of-transcript sequence `start` (`WhisperTokens.start`)."""
         prev = prompt[-max_prompt:] if max_prompt > 0 else []
-        return ([self.tokens.sot_prev, *prev] if prev else []) + list(self.tokens.sot_sequence)
+        return ([self.tokens.sot_prev, *prev] if prev else []) + list(start)
+
+    @torch.inference_mode()
+    def language_probs(self, cross: CrossKV) -> dict[str, float]:
+        """Whisper's language detection on one window's encoder states (their decoder keys and
+        values): the distribution of the token after the SOT over the language tokens."""
+        languages = self.tokens.languages
+        cache = KVCache(
+            layers=len(self.decoder.layers),
+            batch=1,
+            heads=self.n_heads_dec,
+            head_dim=self.config.d_model // self.n_heads_dec,
+            max_len=1,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        tokens = torch.tensor([[self.tokens.sot]], device=self.device)
+        logits = self.decode_step(tokens, cache, cross)[0, 0].float()
+        ids = torch.tensor(list(languages.values()), device=self.device)
+        probs = logits[ids].softmax(-1).tolist()
+        return dict(zip(languages, probs, strict=True))
+
+    def choose_language(
+        self, request: TranscribeRequest, cross: CrossKV
+    ) -> tuple[str, float | None]:
+        """The language to decode `request` in, with its detected probability (None when it
+        was not detected): the asked one; else the most probable, unless that is not
+        `language_switch_margin` more probable than the prior language."""
+        if not self.tokens.multilingual:
+            return "en", None
+        if request.language != "auto":
+            return request.language, None
+        probs = self.language_probs(cross)
+        margin = request.options.language_switch_margin
+        return pick_language(probs, request.prior_language, margin)
 
     @torch.inference_mode()
     def run(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
@@ -366,20 +412,28 @@ class WhisperModel:
     def decode_rows(self, requests: list[TranscribeRequest]) -> list[DecodeRow]:
         """The rows to decode of many requests: their windows (or streams' tails, over their
         caches) encoded in one pass."""
+        for r in requests:
+            self.info.check_language(r.language, r.task)
         tails = [Tail(self.mel(r.features), r.cache, r.commit_frames) for r in requests]
-        encoded = self.encode_tails(tails)
-        return [
-            DecodeRow(
-                cross,
-                r.num_frames,
-                r.prompt,
-                r.options,
-                r.word_timestamps,
-                list(r.prefix),
-                list(r.draft or []),
+        rows = []
+        for r, (_, cross) in zip(requests, self.encode_tails(tails), strict=True):
+            language, probability = self.choose_language(r, cross)
+            same = r.prior_language in (None, language)
+            rows.append(
+                DecodeRow(
+                    cross,
+                    r.num_frames,
+                    r.prompt if same else [],  # one language's text never steers another's
+                    r.options,
+                    r.word_timestamps,
+                    list(r.prefix),
+                    list(r.draft or []),
+                    start=self.tokens.start(language, r.task),
+                    language=language,
+                    language_probability=probability,
+                )
             )
-            for r, (_, cross) in zip(requests, encoded, strict=True)
-        ]
+        return rows
 
 
 def generation_config(model_dir: Path) -> SimpleNamespace:

@@ -43,6 +43,9 @@ class DecodeRow:
     word_timestamps: bool
     prefix: list[int]
     draft: list[int] = field(default_factory=list)  # guessed tokens after the prefix
+    start: tuple[int, ...] = ()  # the start-of-transcript sequence (`WhisperTokens.start`)
+    language: str | None = None  # what `start` names, for the result
+    language_probability: float | None = None  # when it was detected
 
 
 @dataclass
@@ -190,7 +193,8 @@ def greedy_batch(model: WhisperModel, rows: list[DecodeRow]) -> list[DecodeResul
 
 def _prefill_state(model: WhisperModel, row: DecodeRow) -> _State:
     max_prompt = min(row.options.prompt_tokens, model.max_target_positions // 2 - 1)
-    head = model.prompt_tokens(row.prompt if row.options.condition_on_previous else [], max_prompt)
+    prompt = row.prompt if row.options.condition_on_previous else []
+    head = model.prompt_tokens(prompt, max_prompt, row.start or model.tokens.start())
     by_length = 8 + int(row.options.max_tokens_per_second * row.num_frames / 100)
     room = model.max_target_positions - len(head) - len(row.prefix) - 1
     return _State(
@@ -357,7 +361,8 @@ def _result(model: WhisperModel, row: DecodeRow, st: _State) -> DecodeResult:
     words: tuple[WordTiming, ...] = ()
     if st.qk is not None and st.out:
         scores = st.prefix_logprobs + st.logprobs
-        words = _word_timings(model, st.qk, len(st.head), st.out, scores, row.num_frames)
+        sot_len = len(row.start or model.tokens.start())
+        words = _word_timings(model, st.qk, len(st.head), sot_len, st.out, scores, row.num_frames)
     return DecodeResult(
         tokens=tuple(st.out),
         text=text,
@@ -365,6 +370,8 @@ def _result(model: WhisperModel, row: DecodeRow, st: _State) -> DecodeResult:
         no_speech_prob=st.no_speech_prob,
         compression_ratio=compression_ratio(text),
         words=words,
+        language=row.language,
+        language_probability=row.language_probability,
     )
 
 
@@ -372,13 +379,13 @@ def _word_timings(
     model: WhisperModel,
     qk_steps: list[torch.Tensor],
     prompt_len: int,
+    sot_len: int,
     tokens: list[int],
     logprobs: list[float],
     num_frames: int,
 ) -> tuple[WordTiming, ...]:
     # Row r of the stacked logits belongs to input position r; text token i is the input at
     # position prompt_len + i, which is where its own cross-attention alignment is read.
-    sot_len = len(model.tokens.sot_sequence)
     qk = torch.cat(qk_steps, dim=1).float().cpu().numpy()  # (heads, positions, S)
     qk = qk[:, prompt_len - sot_len :]
     enc_frames = max(1, min(qk.shape[-1], (num_frames + 1) // 2))

@@ -85,6 +85,7 @@ class Server:
             StaticFiles(static),
             lambda: self.state,
             lambda: (len(self._connections), self.capacity),
+            lambda: self._ctx.model.info if self._ctx is not None else None,
         )
         self._ctx: ServerContext | None = None
         self._ws: WsServer | None = None

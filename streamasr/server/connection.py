@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import uuid
 from collections.abc import Coroutine
@@ -14,6 +13,7 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from streamasr import SAMPLE_RATE
 from streamasr.config import SessionConfig
 from streamasr.engine.driver import SessionDriver
 from streamasr.engine.scheduler import Scheduler
@@ -67,7 +67,9 @@ class Connection:
         self.ws = ws
         self.ctx = ctx
         self.session_id = uuid.uuid4().hex
-        self.protocol = ServerProtocol(max_frame_bytes=ctx.config.max_frame_bytes)
+        self.protocol = ServerProtocol(
+            max_frame_bytes=ctx.config.max_frame_bytes, model=ctx.model.info
+        )
         self.outbox = Outbox(ctx.config.outgoing_queue, ctx.metrics.dropped_partials.inc)
         self._inbox: Inbox | None = None
         self._driver: SessionDriver | None = None  # drives the session, once started
@@ -187,22 +189,17 @@ class Connection:
 
     def _start(self, options: SessionStart) -> None:
         rate = options.audio.sample_rate
-        session = Session(self.ctx.model, self._session_config(options), rate)
+        session = Session(self.ctx.model, options.session_config(self.ctx.session_config), rate)
         self._driver = SessionDriver(session, self.ctx.scheduler)
         self._inbox = Inbox(max(1, int(self.ctx.config.max_backlog_s * rate)))
         self._clock = ArrivalClock(rate)
-        model_name = self.ctx.model.info.name
         limits = self.ctx.config.protocol_limits
-        self._queue(SessionStarted(self.session_id, model_name, options, limits))
+        self._queue(SessionStarted(self.session_id, self.ctx.model.info, options, limits))
+        self.ctx.metrics.count_session(options.language, self.ctx.model.info.languages)
         self._compute = self._spawn(self._decode_loop())
         loop = asyncio.get_running_loop()
         self._max_length = loop.call_later(self.ctx.config.max_session_s, self._on_max_length)
         log.info("session %s started: %s", self.session_id, options.audio.to_dict())
-
-    def _session_config(self, options: SessionStart) -> SessionConfig:
-        base = self.ctx.session_config
-        decode = dataclasses.replace(base.decode, word_timestamps=options.word_timestamps)
-        return dataclasses.replace(base, partials=options.partials, decode=decode)
 
     async def _on_audio(self, samples: np.ndarray) -> None:
         assert self._inbox is not None and self._clock is not None  # Start comes first
@@ -317,10 +314,14 @@ class Connection:
             if isinstance(message, CloseRequest):
                 self._finish((message.code, message.reason))
                 return
-            self._observe_latency(message)
+            self._observe(message)
             await self.ws.send(self.protocol.event(message))
 
-    def _observe_latency(self, message: ServerMessage) -> None:
+    def _observe(self, message: ServerMessage) -> None:
+        """The metrics of a message on its way out: speech by language, latency."""
+        if isinstance(message, TranscriptFinal) and message.text:
+            seconds = (message.end_sample - message.start_sample) / SAMPLE_RATE
+            self.ctx.metrics.count_final(message.language, seconds)
         if self._clock is None or not isinstance(message, TranscriptPartial | TranscriptFinal):
             return
         arrived = self._clock.time_of(message.end_sample)

@@ -81,6 +81,28 @@ class ServerMetrics:
             "Partials replaced in a slow client's queue before they were sent",
             registry=r,
         )
+        self.language_sessions = Counter(
+            "streamasr_language_sessions",
+            "Sessions by the language they asked for: auto, or a code the model lists",
+            ["language"],
+            registry=r,
+        )
+        self.language_speech_seconds = Counter(
+            "streamasr_language_speech_seconds",
+            "Seconds of speech finalised, by the language of its final (unknown: the model "
+            "cannot tell)",
+            ["language"],
+            registry=r,
+        )
+
+    def count_session(self, language: str, spoken: tuple[str, ...] | None) -> None:
+        """A session that asked for `language`; codes the model does not list (a prompt-driven
+        model takes any) count as "other", so a client cannot grow the label set."""
+        known = language == "auto" or (spoken is not None and language in spoken)
+        self.language_sessions.labels(language=language if known else "other").inc()
+
+    def count_final(self, language: str | None, seconds: float) -> None:
+        self.language_speech_seconds.labels(language=language or "unknown").inc(seconds)
 
     def watch(self, scheduler: Scheduler) -> None:
         """Export the inference threads' counters, read from `scheduler` at each scrape."""

@@ -8,8 +8,10 @@ Nothing here does I/O: docs/protocol.md describes the same rules for people.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,11 +19,14 @@ import numpy as np
 
 from streamasr.audio.pcm import ENCODINGS, decode_pcm
 from streamasr.audio.resample import MAX_RATE, MIN_RATE
+from streamasr.config import SessionConfig
 from streamasr.errors import AudioFormatError, InputError
 from streamasr.events import ErrorEvent, Event, WarningEvent
+from streamasr.models.base import ModelInfo
 
 PROTOCOL_VERSION = 1
 STREAM_PATH = "/v1/stream"
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")  # ISO 639-1 (or 639-3 where 639-1 has none)
 MAX_TEXT_BYTES = 65_536  # a control message is a few hundred bytes; anything this big is abuse
 
 
@@ -47,6 +52,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_START = "invalid_start"
     UNSUPPORTED_AUDIO = "unsupported_audio"
     UNSUPPORTED_LANGUAGE = "unsupported_language"
+    UNSUPPORTED_TASK = "unsupported_task"
     UNSUPPORTED_VERSION = "unsupported_version"
     UNEXPECTED_START = "unexpected_start"
     FRAME_TOO_BIG = "frame_too_big"
@@ -65,6 +71,7 @@ CLOSE_CODES: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.INVALID_START: CloseCode.INVALID_DATA,
     ErrorCode.UNSUPPORTED_AUDIO: CloseCode.INVALID_DATA,
     ErrorCode.UNSUPPORTED_LANGUAGE: CloseCode.INVALID_DATA,
+    ErrorCode.UNSUPPORTED_TASK: CloseCode.INVALID_DATA,
     ErrorCode.UNSUPPORTED_VERSION: CloseCode.POLICY,
     ErrorCode.UNEXPECTED_START: CloseCode.POLICY,
     ErrorCode.FRAME_TOO_BIG: CloseCode.TOO_BIG,
@@ -148,7 +155,8 @@ class SessionStart:
     """Optional first message: the audio format and the session's options."""
 
     audio: AudioFormat = field(default_factory=AudioFormat)
-    language: str = "en"  # the spoken language; the server lists the ones it supports
+    language: str = "auto"  # an ISO 639-1 code the model speaks, or "auto": detected
+    task: str = "transcribe"  # or "translate" (into English), where the model can
     partials: bool = True  # send transcript.partial messages
     word_timestamps: bool = True  # word timings in transcript.final
     version: int = PROTOCOL_VERSION
@@ -160,9 +168,17 @@ class SessionStart:
             "version": self.version,
             "audio": self.audio.to_dict(),
             "language": self.language,
+            "task": self.task,
             "partials": self.partials,
             "word_timestamps": self.word_timestamps,
         }
+
+    def session_config(self, base: SessionConfig) -> SessionConfig:
+        """`base` (the server's engine settings) with this session's options."""
+        decode = dataclasses.replace(base.decode, word_timestamps=self.word_timestamps)
+        return dataclasses.replace(
+            base, partials=self.partials, language=self.language, task=self.task, decode=decode
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -179,7 +195,8 @@ class SessionStart:
             )
         return cls(
             audio=AudioFormat.from_dict(obj.get("audio", {})),
-            language=_field(obj, "language", obj.get("language", "en"), str),
+            language=_field(obj, "language", obj.get("language", "auto"), str),
+            task=_field(obj, "task", obj.get("task", "transcribe"), str),
             partials=_field(obj, "partials", obj.get("partials", True), bool),
             word_timestamps=_field(obj, "word_timestamps", obj.get("word_timestamps", True), bool),
         )
@@ -235,7 +252,7 @@ def parse_client_message(text: str) -> ClientMessage:
 @dataclass(frozen=True)
 class SessionStarted:
     session_id: str
-    model: str
+    model: ModelInfo
     start: SessionStart  # the options in force (the defaults when the client sent none)
     limits: dict[str, Any]  # max_frame_bytes, idle_timeout_s, max_session_s
     type: str = field(default="session.started", init=False)
@@ -244,10 +261,13 @@ class SessionStarted:
         return {
             "type": self.type,
             "session_id": self.session_id,
-            "model": self.model,
+            "model": self.model.name,
             "protocol": PROTOCOL_VERSION,
             "audio": self.start.audio.to_dict(),
             "language": self.start.language,
+            "task": self.start.task,
+            "languages": None if self.model.languages is None else list(self.model.languages),
+            "tasks": list(self.model.tasks),
             "partials": self.start.partials,
             "word_timestamps": self.start.word_timestamps,
             "limits": dict(self.limits),
@@ -327,9 +347,9 @@ class State(enum.Enum):
 class ServerProtocol:
     """One connection's protocol state: frames in, actions out; messages out with their `seq`."""
 
-    def __init__(self, *, max_frame_bytes: int, languages: tuple[str, ...] = ("en",)) -> None:
+    def __init__(self, *, max_frame_bytes: int, model: ModelInfo | None = None) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self.languages = languages
+        self.model = model  # what session.start may ask of it; None: English transcripts only
         self.state = State.AWAITING_START
         self.options: SessionStart | None = None
         self._seq = 0
@@ -390,15 +410,31 @@ class ServerProtocol:
                 ErrorCode.UNEXPECTED_START,
                 "session.start must be the first message; the session has already started",
             )
-        if start.language not in self.languages:
-            raise ProtocolError(
-                ErrorCode.UNSUPPORTED_LANGUAGE,
-                f"language {start.language!r} is not supported by this model "
-                f"(supported: {', '.join(self.languages)})",
-            )
+        self._check_language(start)
         self.state = State.STREAMING
         self.options = start
         return [Start(start)]
+
+    def _check_language(self, start: SessionStart) -> None:
+        languages = self.model.languages if self.model else ("en",)
+        tasks = self.model.tasks if self.model else ("transcribe",)
+        if start.task not in tasks:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_TASK,
+                f"task {start.task[:40]!r} is not supported by this model "
+                f"(supported: {', '.join(tasks)})",
+            )
+        if start.language == "auto":
+            return
+        if languages is None and _LANGUAGE_CODE.fullmatch(start.language):
+            return  # a prompt-driven model: any language
+        if languages is None or start.language not in languages:
+            spoken = "any ISO 639-1 code" if languages is None else ", ".join(languages)
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_LANGUAGE,
+                f"language {start.language[:40]!r} is not supported by this model "
+                f"(supported: auto, {spoken})",
+            )
 
     def _implicit_start(self) -> list[Action]:
         if self.state is not State.AWAITING_START:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import http
+import json
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
@@ -11,6 +12,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from streamasr.models.base import ModelInfo
 from streamasr.server.config import ServerConfig, is_loopback
 from streamasr.server.metrics import CONTENT_TYPE, ServerMetrics
 from streamasr.server.protocol import STREAM_PATH
@@ -18,6 +20,7 @@ from streamasr.server.static import StaticFiles
 
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
+MODELS_PATH = "/v1/models"  # the loaded model and what it speaks, in OpenAI's list shape
 
 
 def response(
@@ -73,12 +76,14 @@ class Routes:
         static: StaticFiles,
         state: Callable[[], str],
         sessions: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        model: Callable[[], ModelInfo | None] = lambda: None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.static = static
         self.state = state  # "starting", "ready" or "stopping"
         self.sessions = sessions  # (open, most taken at once)
+        self.model = model  # None until the model is loaded
 
     def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -88,7 +93,7 @@ class Routes:
             return self._reject(path, "origin", http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
         if path == HEALTH_PATH:
             return self._health(request)
-        if path in (METRICS_PATH, STREAM_PATH) and not self._authorized(request):
+        if path in (METRICS_PATH, STREAM_PATH, MODELS_PATH) and not self._authorized(request):
             return self._reject(
                 path,
                 "unauthorized",
@@ -98,6 +103,8 @@ class Routes:
             )
         if path == METRICS_PATH:
             return response(http.HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
+        if path == MODELS_PATH:
+            return self._models()
         if path == STREAM_PATH:
             if self.state() != "ready":
                 return self._reject(
@@ -133,6 +140,22 @@ class Routes:
             if free < need:
                 return response(http.HTTPStatus.SERVICE_UNAVAILABLE, "full\n", headers=headers)
         return response(http.HTTPStatus.OK, "ok\n", headers=headers)
+
+    def _models(self) -> Response:
+        """The loaded model as OpenAI's `GET /v1/models` lists models, with its languages
+        (null: any) and tasks; 503 while it loads."""
+        info = self.model()
+        if info is None:
+            return response(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.state()}\n")
+        entry = {
+            "id": info.name,
+            "object": "model",
+            "owned_by": "streamasr",
+            "languages": None if info.languages is None else list(info.languages),
+            "tasks": list(info.tasks),
+        }
+        body = json.dumps({"object": "list", "data": [entry]})
+        return response(http.HTTPStatus.OK, body, "application/json")
 
     def _authorized(self, request: Request) -> bool:
         if self.config.token is None:

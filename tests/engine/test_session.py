@@ -117,7 +117,12 @@ def test_event_json_uses_seconds() -> None:
         "end": 1.5,
         "words": [],
         "fallback": False,
+        "language": None,
+        "language_probability": None,
     }
+    detected = TranscriptFinal(3, "hola", 16000, 24000, language="es", language_probability=0.91234)
+    assert detected.to_dict()["language"] == "es"
+    assert detected.to_dict()["language_probability"] == 0.9123
     assert SpeechStarted(8000).to_dict() == {"type": "speech.started", "t": 0.5}
 
 

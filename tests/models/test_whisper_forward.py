@@ -88,7 +88,7 @@ def test_greedy_matches_argmax_of_full_forward(rand_whisper: WhisperModel, refer
     res = run_one(
         m, TranscribeRequest(feats, num_frames=3000, prompt=[], options=opts, word_timestamps=True)
     )
-    seq = list(m.tokens.sot_sequence)
+    seq = list(m.tokens.start())
     mel = torch.from_numpy(feats).unsqueeze(0)
     with torch.inference_mode():
         for step, tok in enumerate(res.tokens):

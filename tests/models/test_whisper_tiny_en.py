@@ -48,7 +48,7 @@ def test_greedy_tokens_equal_ctranslate2(
     )
     ref = ct.generate(
         ctranslate2.StorageView.from_array(feats[None]),
-        [list(model.tokens.sot_sequence)],
+        [list(model.tokens.start())],
         beam_size=1,
         max_length=120,
         return_no_speech_prob=True,

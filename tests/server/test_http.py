@@ -73,6 +73,9 @@ async def test_metrics_parse_and_count(server: Server, speech_clips: list[np.nda
     audio_s = len(speech_clips[2]) / 16_000
     assert samples[("streamasr_audio_seconds_total", ())] == pytest.approx(audio_s, abs=0.01)
     assert samples[("streamasr_final_latency_seconds_count", ())] == 1
+    assert samples[("streamasr_language_sessions_total", (("language", "auto"),))] == 2
+    speech_s = samples[("streamasr_language_speech_seconds_total", (("language", "unknown"),))]
+    assert 0.5 * audio_s < speech_s <= audio_s  # the fake model cannot tell the language
     assert samples[("streamasr_partial_latency_seconds_count", ())] >= 1
     assert samples[("streamasr_decode_seconds_count", ())] >= 2
     # Every model call after the warm-up went through the inference threads.
@@ -198,3 +201,24 @@ def test_capacity_estimate_scales_with_the_final_and_the_workers() -> None:
     assert estimate_capacity(0.21, workers=2) == 16
     assert estimate_capacity(100.0) == 1
     assert estimate_capacity(1e-6) == estimate_capacity(0.0) == 256
+
+
+def test_language_labels_stay_a_bounded_set() -> None:
+    from streamasr.server.metrics import ServerMetrics
+
+    metrics = ServerMetrics()
+    metrics.count_session("es", ("en", "es"))
+    metrics.count_session("zz", None)  # a prompt-driven model took a code nobody lists
+    metrics.count_session("auto", None)
+    metrics.count_final("es", 2.5)
+    metrics.count_final(None, 1.0)
+    text = metrics.exposition().decode()
+    for line in (
+        'streamasr_language_sessions_total{language="es"} 1.0',
+        'streamasr_language_sessions_total{language="other"} 1.0',
+        'streamasr_language_sessions_total{language="auto"} 1.0',
+        'streamasr_language_speech_seconds_total{language="es"} 2.5',
+        'streamasr_language_speech_seconds_total{language="unknown"} 1.0',
+    ):
+        assert line in text
+    assert "zz" not in text

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streamasr.config import SessionConfig
 from streamasr.events import SpeechStarted
+from streamasr.models.base import FeatureSpec, ModelInfo
 from streamasr.server.protocol import (
     CLOSE_CODES,
     MAX_TEXT_BYTES,
@@ -25,6 +27,7 @@ from streamasr.server.protocol import (
     SessionEnded,
     SessionFlush,
     SessionStart,
+    SessionStarted,
     Start,
     State,
     parse_client_message,
@@ -121,6 +124,9 @@ def test_bad_audio_frames_are_dropped_and_the_session_goes_on() -> None:
         ({"audio": "pcm"}, ErrorCode.INVALID_START, 1007),
         ({"partials": "yes"}, ErrorCode.INVALID_START, 1007),
         ({"language": "fr"}, ErrorCode.UNSUPPORTED_LANGUAGE, 1007),
+        ({"language": 7}, ErrorCode.INVALID_START, 1007),
+        ({"task": "translate"}, ErrorCode.UNSUPPORTED_TASK, 1007),
+        ({"task": ["transcribe"]}, ErrorCode.INVALID_START, 1007),
     ],
 )
 def test_an_invalid_session_start_is_fatal(
@@ -187,3 +193,41 @@ def test_every_error_code_has_a_documented_close_code() -> None:
         assert f"`{code.value}`" in table, code
         if close is not None:
             assert str(int(close)) in table
+
+
+SPEC = FeatureSpec(n_mels=80, window_frames=3000)
+MULTILINGUAL = ModelInfo("base", SPEC, languages=("en", "es"), tasks=("transcribe", "translate"))
+ANY_LANGUAGE = ModelInfo("glm", SPEC, languages=None)
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "code"),
+    [
+        (MULTILINGUAL, {"language": "es", "task": "translate"}, None),
+        (MULTILINGUAL, {"language": "auto"}, None),
+        (MULTILINGUAL, {"language": "it"}, ErrorCode.UNSUPPORTED_LANGUAGE),
+        (ANY_LANGUAGE, {"language": "yue"}, None),
+        (ANY_LANGUAGE, {"language": "Spanish!"}, ErrorCode.UNSUPPORTED_LANGUAGE),
+        (ANY_LANGUAGE, {"task": "translate"}, ErrorCode.UNSUPPORTED_TASK),
+        (None, {"language": "en"}, None),
+    ],
+)
+def test_a_session_may_ask_for_what_the_model_speaks(
+    model: ModelInfo | None, fields: dict[str, Any], code: ErrorCode | None
+) -> None:
+    p = ServerProtocol(max_frame_bytes=4096, model=model)
+    actions = p.receive_text(start(**fields))
+    if code is None:
+        assert isinstance(actions[0], Start) and p.state is State.STREAMING
+    else:
+        assert errors(actions) == [(code, True)] and closes(actions) == [1007]
+
+
+def test_session_started_lists_the_models_languages_and_tasks() -> None:
+    options = SessionStart(language="es", task="translate")
+    body = SessionStarted("id", MULTILINGUAL, options, {}).to_dict()
+    assert (body["model"], body["language"], body["task"]) == ("base", "es", "translate")
+    assert (body["languages"], body["tasks"]) == (["en", "es"], ["transcribe", "translate"])
+    assert SessionStarted("id", ANY_LANGUAGE, SessionStart(), {}).to_dict()["languages"] is None
+    config = options.session_config(SessionConfig())
+    assert (config.language, config.task) == ("es", "translate")

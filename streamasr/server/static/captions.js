@@ -5,6 +5,8 @@
 "use strict";
 
 const STREAM_PATH = "/v1/stream";
+const MODELS_PATH = "/v1/models"; // the model and the languages it speaks
+const LANGUAGE_KEY = "streamasr.language"; // the chosen language, kept across visits
 const END_TIMEOUT_MS = 15000; // after session.end, wait this long for session.ended
 const MIN_RATE = 8000;
 const MAX_RATE = 48000;
@@ -28,6 +30,8 @@ const ui = {
   unstable: el("unstable"),
   txt: el("download-txt"),
   srt: el("download-srt"),
+  language: el("language"),
+  detected: el("detected"),
 };
 
 let run = null; // the running captions: {conn, ctx, stream, node, attempt, ending, ...}
@@ -38,16 +42,55 @@ function setState(state, detail) {
   ui.status.dataset.state = state;
   ui.statusText.textContent = detail ? `${state}: ${detail}` : state;
   const active = ["connecting", "live", "reconnecting", "stopping"].includes(state);
+  ui.language.disabled = active; // a session keeps the language it started with
   ui.toggle.textContent = active ? "Stop" : "Start";
   ui.toggle.setAttribute("aria-pressed", String(active));
   ui.toggle.disabled = state === "stopping";
 }
 
+function tokenQuery() {
+  const token = new URLSearchParams(location.search).get("token");
+  return token ? `?token=${encodeURIComponent(token)}` : "";
+}
+
 function streamUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const token = new URLSearchParams(location.search).get("token");
-  const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  return `${scheme}//${location.host}${STREAM_PATH}${query}`;
+  return `${scheme}//${location.host}${STREAM_PATH}${tokenQuery()}`;
+}
+
+// ------------------------------------------------------------------ languages
+function languageName(code) {
+  try {
+    const name = new Intl.DisplayNames([navigator.language || "en"], { type: "language" }).of(code);
+    return name && name !== code ? `${name} (${code})` : code;
+  } catch {
+    return code;
+  }
+}
+
+// Fill the selector with the languages of the loaded model; "auto" is always first. A model
+// that speaks one language, or takes any (GLM-ASR, Tiny Audio), offers auto only.
+async function loadLanguages() {
+  let languages = null;
+  try {
+    const reply = await fetch(`${MODELS_PATH}${tokenQuery()}`, { cache: "no-store" });
+    if (reply.ok) languages = (await reply.json()).data[0].languages;
+  } catch {
+    return; // the daemon is not up yet: auto it is
+  }
+  if (!Array.isArray(languages) || languages.length < 2) return;
+  const options = languages
+    .map((code) => ({ code, name: languageName(code) }))
+    .sort((a, b) => a.name.localeCompare(b.name));
+  for (const { code, name } of options) ui.language.add(new Option(name, code));
+  const saved = localStorage.getItem(LANGUAGE_KEY);
+  if (saved && languages.includes(saved)) ui.language.value = saved;
+}
+
+function showLanguage(code, probability) {
+  if (!code) return;
+  const sure = probability == null ? "" : ` ${Math.round(probability * 100)}%`;
+  ui.detected.textContent = `${ui.language.value === "auto" ? "detected" : "language"}: ${languageName(code)}${sure}`;
 }
 
 // ------------------------------------------------------------------ captions
@@ -80,7 +123,17 @@ function addFinal(msg, offset) {
   const time = document.createElement("time");
   time.textContent = clock(start).slice(3, 8); // mm:ss
   time.dateTime = `PT${start.toFixed(2)}S`;
-  p.append(time, document.createTextNode(text));
+  p.append(time);
+  if (msg.language) {
+    p.lang = msg.language; // the right fonts and line breaking for its script
+    const badge = document.createElement("span");
+    badge.className = "lang";
+    badge.textContent = msg.language;
+    badge.title = languageName(msg.language);
+    p.append(badge);
+  }
+  p.append(document.createTextNode(text));
+  showLanguage(msg.language, msg.language_probability);
   ui.finals.append(p);
   updateDownloads();
   scrollDown();
@@ -170,7 +223,7 @@ function connect(r) {
       type: "session.start",
       version: 1,
       audio: { encoding: "pcm_s16le", sample_rate: r.ctx.sampleRate, channels: 1 },
-      language: "en",
+      language: ui.language.value,
       partials: true,
       word_timestamps: true,
     }));
@@ -198,6 +251,7 @@ function onMessage(r, conn, data) {
       break;
     case "transcript.partial":
       showPartial(msg.text, msg.stable_text);
+      showLanguage(msg.language, msg.language_probability);
       break;
     case "transcript.final":
       addFinal(msg, conn.offset);
@@ -273,4 +327,6 @@ function stop() {
 }
 
 ui.toggle.addEventListener("click", () => (run ? stop() : start()));
+ui.language.addEventListener("change", () => localStorage.setItem(LANGUAGE_KEY, ui.language.value));
+loadLanguages();
 setState("idle", "press Start and allow the microphone");
