@@ -4,6 +4,7 @@ the token and the Origin allowlist."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -222,3 +223,18 @@ def test_language_labels_stay_a_bounded_set() -> None:
     ):
         assert line in text
     assert "zz" not in text
+
+
+async def test_models_lists_the_loaded_model_and_its_languages(make_server: Any) -> None:
+    server = await make_server(token="t0k")
+    assert (await http_get(server, "/v1/models")).status == 401
+    reply = await http_get(server, "/v1/models", {"Authorization": "Bearer t0k"})
+    assert reply.status == 200 and reply.headers["Content-Type"] == "application/json"
+    (entry,) = json.loads(reply.body)["data"]
+    assert entry == {
+        "id": "fake",
+        "object": "model",
+        "owned_by": "streamasr",
+        "languages": ["en"],
+        "tasks": ["transcribe"],
+    }
