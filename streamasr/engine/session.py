@@ -536,15 +536,17 @@ class Session:
 
     def _languages(self, prefix: list[int]) -> tuple[str, str | None]:
         """The language a decode is asked for ("auto": detect) and the one it keeps unless
-        another is clearly more probable: the utterance's so far, else the previous finals'.
-        A forced prefix was decoded in the utterance's language, so it continues in that."""
+        another is clearly more probable: the previous finals' language. Not the utterance's
+        partials': detection on their second or two of audio errs too often to stick to
+        (docs/engine.md, "Languages"). A forced prefix was decoded in the utterance's language,
+        so a decode that continues it asks for that language."""
         utt = self._utt
         known = utt.language if utt is not None else None
         if self._pinned is not None:
             return self._pinned, self._pinned
         if prefix and known is not None:
             return known, known
-        return "auto", known or self._language
+        return "auto", self._language
 
     def _keep(self, r: DecodeResult) -> bool:
         return not looks_like_hallucination(r, self.config.decode)

@@ -98,11 +98,16 @@ def test_a_new_language_keeps_the_other_languages_text_out_of_the_prompt(
     model.spoken, model.requests = "es", []
     finals = [e for e in feed(session, utterance(speech_audio)) if isinstance(e, TranscriptFinal)]
     assert [f.language for f in finals] == ["es"]
-    first, later = model.requests[0], model.requests[1:]
-    # The first decode detects with the English prior and the English prompt, which the model
-    # drops when it decodes in another language; every later one knows the utterance is Spanish.
-    assert first.language == "auto" and first.prior_language == "en" and first.prompt
-    assert later and all(r.prior_language == "es" and r.prompt == [] for r in later)
+    # A decode that detects keeps the previous finals' language (English) as its prior, with
+    # their English prompt, which the model drops when it decodes in another language; one
+    # that continues the utterance's committed Spanish text asks for Spanish, with no prompt.
+    detecting = [r for r in model.requests if not r.prefix]
+    continuing = [r for r in model.requests if r.prefix]
+    assert detecting and all(r.language == "auto" and r.prior_language == "en" for r in detecting)
+    assert all(r.prompt for r in detecting)
+    assert continuing and all(
+        (r.language, r.prior_language, r.prompt) == ("es", "es", []) for r in continuing
+    )
     model.requests = []
     feed(session, utterance(speech_audio))  # Spanish again: prompted with Spanish text only
     prompts = [t for r in model.requests for t in r.prompt]

@@ -122,3 +122,30 @@ def test_a_speaker_who_switches_from_english_to_spanish_is_transcribed_in_both(
     assert [f.language for f in finals] == ["en", "es", "es"], [f.text for f in finals]
     for final, (_, text, _) in zip(finals, (english, spanish, voiced[0]), strict=True):
         assert wer([text], [final.text]) < 0.5, (text, final.text)
+
+
+def test_a_decode_in_another_language_drops_the_prompt_of_the_previous_one(
+    base: Any, voiced: list[tuple[str, str, np.ndarray]]
+) -> None:
+    from streamasr.features.logmel import LogMelBuffer
+    from streamasr.models.base import TranscribeRequest, run_one
+
+    mel = LogMelBuffer(n_mels=80)
+    mel.append(padded(voiced[0][2]))  # Spanish
+    features = mel.features(pad_to_frames=3000)
+    english = base.encode_text(" I will call you back in ten minutes.")
+
+    def decode(prompt: list[int], prior: str | None) -> Any:
+        request = TranscribeRequest(features, mel.covered_frames, prompt, prior_language=prior)
+        return run_one(base, request)
+
+    unprompted = decode([], None)
+    dropped = decode(english, "en")
+    # The prompt shows in the no-speech probability, read at the start of the transcript.
+    assert unprompted.language == dropped.language == "es"
+    assert (dropped.tokens, dropped.no_speech_prob) == (
+        unprompted.tokens,
+        unprompted.no_speech_prob,
+    )
+    kept = decode(english, None)  # no prior: the prompt is used, as for a single-language model
+    assert kept.language == "es" and kept.no_speech_prob != unprompted.no_speech_prob
