@@ -283,8 +283,9 @@ class Session:
             chunked=self._chunked,
             hypothesis=utt.hypothesis,
         )
-        tokens = result.tokens if self._keep(result) else utt.stabilizer.committed
-        if self._keep(result):
+        kept = self._keep(result)
+        tokens = result.tokens if kept else utt.stabilizer.committed
+        if kept:
             self._note_language(utt, result)
         utt.hypothesis = tuple(tokens)
         committed = utt.stabilizer.update(tokens)

@@ -10,7 +10,7 @@ soon as it ends; a step's cost is mostly the weight reads, which the rows share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,8 +42,8 @@ class DecodeRow:
     options: DecodeConfig
     word_timestamps: bool
     prefix: list[int]
-    draft: list[int] = field(default_factory=list)  # guessed tokens after the prefix
-    start: tuple[int, ...] = ()  # the start-of-transcript sequence (`WhisperTokens.start`)
+    draft: list[int]  # guessed tokens after the prefix
+    start: tuple[int, ...]  # the start-of-transcript sequence (`WhisperTokens.start`)
     language: str | None = None  # what `start` names, for the result
     language_probability: float | None = None  # when it was detected
 
@@ -194,7 +194,7 @@ def greedy_batch(model: WhisperModel, rows: list[DecodeRow]) -> list[DecodeResul
 def _prefill_state(model: WhisperModel, row: DecodeRow) -> _State:
     max_prompt = min(row.options.prompt_tokens, model.max_target_positions // 2 - 1)
     prompt = row.prompt if row.options.condition_on_previous else []
-    head = model.prompt_tokens(prompt, max_prompt, row.start or model.tokens.start())
+    head = model.prompt_tokens(prompt, max_prompt, row.start)
     by_length = 8 + int(row.options.max_tokens_per_second * row.num_frames / 100)
     room = model.max_target_positions - len(head) - len(row.prefix) - 1
     return _State(
@@ -361,7 +361,7 @@ def _result(model: WhisperModel, row: DecodeRow, st: _State) -> DecodeResult:
     words: tuple[WordTiming, ...] = ()
     if st.qk is not None and st.out:
         scores = st.prefix_logprobs + st.logprobs
-        sot_len = len(row.start or model.tokens.start())
+        sot_len = len(row.start)
         words = _word_timings(model, st.qk, len(st.head), sot_len, st.out, scores, row.num_frames)
     return DecodeResult(
         tokens=tuple(st.out),
