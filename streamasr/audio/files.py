@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -30,11 +31,17 @@ def load_audio(path: str | os.PathLike[str]) -> np.ndarray:
         raise AudioFileError(f"{name}: not a regular file")
     if os.path.getsize(name) == 0:
         raise AudioFileError(f"{name}: the file is empty")
+    return read_audio(name, name)
+
+
+def read_audio(source: str | BinaryIO, name: str, *, any_format: bool = False) -> np.ndarray:
+    """`load_audio` of a path or an open binary file (an upload), named `name` in errors.
+    `any_format`: every format libsndfile reads (MP3, AIFF, ...), not only wav/flac/ogg."""
     try:
-        with sf.SoundFile(name) as f:
+        with sf.SoundFile(source) as f:
             fmt = str(f.format)
             rate = int(f.samplerate)
-            if fmt not in SUPPORTED_FORMATS:
+            if not any_format and fmt not in SUPPORTED_FORMATS:
                 raise AudioFileError(
                     f"{name}: unsupported audio format {fmt}; use wav, flac or ogg"
                 )

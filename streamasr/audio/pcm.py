@@ -1,4 +1,5 @@
-"""Raw PCM bytes (s16le / f32le, mono or stereo) to float32 mono samples in [-1, 1]."""
+"""Raw PCM bytes (s16le, f32le, G.711 mu-law or A-law; mono or stereo) to float32 mono samples
+in [-1, 1]."""
 
 from __future__ import annotations
 
@@ -10,9 +11,39 @@ from streamasr.errors import AudioFormatError
 _DTYPES: dict[str, np.dtype[np.generic]] = {
     "pcm_s16le": np.dtype("<i2"),
     "pcm_f32le": np.dtype("<f4"),
+    "pcm_mulaw": np.dtype("u1"),  # G.711 mu-law (telephony, North America and Japan)
+    "pcm_alaw": np.dtype("u1"),  # G.711 A-law (telephony, elsewhere)
 }
 ENCODINGS: tuple[str, ...] = tuple(_DTYPES)
 """The encodings `decode_pcm` accepts."""
+
+
+def sample_bytes(encoding: str) -> int:
+    """Bytes of one sample of one channel."""
+    return _DTYPES[encoding].itemsize
+
+
+def _mulaw_table() -> np.ndarray:
+    """The 256 linear values of G.711 mu-law codes, as in ITU-T G.711 (16-bit scale)."""
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    exponent = (u >> 4) & 0x07
+    magnitude = (((u & 0x0F) << 3) + 0x84) << exponent
+    return np.where(u & 0x80, 0x84 - magnitude, magnitude - 0x84).astype(np.float32)
+
+
+def _alaw_table() -> np.ndarray:
+    """The 256 linear values of G.711 A-law codes, as in ITU-T G.711 (16-bit scale)."""
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    exponent = (a & 0x70) >> 4
+    mantissa = a & 0x0F
+    magnitude = np.where(
+        exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0)
+    )
+    return np.where(a & 0x80, magnitude, -magnitude).astype(np.float32)
+
+
+# code -> float32 sample in [-1, 1]
+_G711 = {"pcm_mulaw": _mulaw_table() / 32768.0, "pcm_alaw": _alaw_table() / 32768.0}
 
 
 def check_format(encoding: str, channels: int) -> None:
@@ -44,6 +75,8 @@ def decode_pcm(data: bytes, *, encoding: str, channels: int) -> np.ndarray:
     raw = np.frombuffer(data, dtype=dtype)  # (n_frames * channels,)
     if encoding == "pcm_s16le":
         x = raw.astype(np.float32) * np.float32(1.0 / 32768.0)
+    elif encoding in _G711:
+        x = _G711[encoding][raw]
     else:
         x = raw.astype(np.float32)
         if not np.isfinite(x).all():

@@ -13,12 +13,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from websockets.asyncio.server import Server as WsServer
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from streamasr.config import SessionConfig
 from streamasr.engine.driver import LocalSession
@@ -26,7 +27,9 @@ from streamasr.errors import InputError
 from streamasr.events import Event
 from streamasr.meeting.recorder import Emit, MeetingRecorder
 from streamasr.models.base import AsrModel
+from streamasr.server.asgi import AsgiChannel
 from streamasr.server.config import is_loopback
+from streamasr.server.host import Host
 from streamasr.server.protocol import (
     STREAM_PATH,
     Action,
@@ -46,6 +49,7 @@ from streamasr.server.protocol import (
     error_event,
 )
 from streamasr.server.routes import bearer_token, response
+from streamasr.server.runner import ChannelClosed
 from streamasr.server.worker import DecodePool
 
 log = logging.getLogger(__name__)
@@ -100,7 +104,7 @@ class Producer:
     once it is on disk.
     """
 
-    def __init__(self, ws: ServerConnection, listener: MeetingListener) -> None:
+    def __init__(self, ws: AsgiChannel, listener: MeetingListener) -> None:
         self.ws = ws
         self.listener = listener
         self.config = listener.config
@@ -122,14 +126,14 @@ class Producer:
         stopping = asyncio.create_task(self._stop.wait())
         try:
             while not self._ended:
-                receiving = asyncio.create_task(self.ws.recv())
+                receiving = asyncio.create_task(self.ws.receive())
                 await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not receiving.done():
-                    receiving.cancel()  # safe: websockets keeps an unread message for later
+                    receiving.cancel()  # safe: the host keeps an unread message for later
                     actions = self.protocol.end("shutdown", close_code=CloseCode.GOING_AWAY)
                     await self._apply(actions, close_reason=SHUTDOWN_REASON)
                     break
-                message = receiving.result()  # ConnectionClosed: the producer went away
+                message = receiving.result()  # ChannelClosed: the producer went away
                 if isinstance(message, str):
                     await self._apply(self.protocol.receive_text(message))
                 else:
@@ -137,7 +141,7 @@ class Producer:
                 if self.split_requested and not self._ended:
                     self.split_requested = False
                     await self._call(self._recorder().split)
-        except ConnectionClosed:
+        except ChannelClosed:
             pass  # the meeting ends below, keeping what was said
         except Exception:
             log.exception("meeting producer failed")
@@ -221,7 +225,7 @@ class Producer:
         await self.ws.send(self.protocol.event(message))
 
     async def _send_error(self, code: ErrorCode, message: str) -> None:
-        with contextlib.suppress(ConnectionClosed):  # it may be the producer that broke
+        with contextlib.suppress(ChannelClosed):  # it may be the producer that broke
             await self._send(error_event(code, message))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -238,17 +242,18 @@ class MeetingListener:
         self.emit = emit
         self.pool = pool
         self.producer: Producer | None = None
-        self._ws: WsServer | None = None
+        app = Starlette(routes=[WebSocketRoute(STREAM_PATH, self._handle)])
+        self.app = _ProducerCheck(app, config.token)
+        self._host: Host | None = None
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def port(self) -> int:
-        if self._ws is None:
+        if self._host is None:
             raise RuntimeError("the listener is not listening")
-        port: int = self._ws.sockets[0].getsockname()[1]
-        return port
+        return self._host.port
 
     @property
     def url(self) -> str:
@@ -256,15 +261,13 @@ class MeetingListener:
         return f"ws://{f'[{host}]' if ':' in host else host}:{self.port}{STREAM_PATH}"
 
     async def start(self) -> None:
-        self._ws = await serve(
-            self._handle,
-            self.config.host,
-            self.config.port,
-            process_request=self._process_request,
-            max_size=2 * self.config.max_frame_bytes,  # the hard cap, as in the daemon
-            compression=None,
-            close_timeout=CLOSE_GRACE_S,
+        host = Host(
+            self.app,
+            max_message_bytes=2 * self.config.max_frame_bytes,  # the hard cap, as in the daemon
+            server_header="streamasr-meeting",
         )
+        await host.start(self.config.host, self.config.port)
+        self._host = host
 
     def split(self) -> None:
         """End the current producer's meeting at the next frame; its next speech opens one."""
@@ -274,33 +277,17 @@ class MeetingListener:
     async def stop(self) -> None:
         """Stop accepting; the open meeting is finalised and its producer closed 1001."""
         self._stopping = True
-        if self._ws is None:
+        if self._host is None:
             return
-        self._ws.close(close_connections=False)
+        self._host.stop_accepting()
         if self.producer is not None:
             self.producer.stop()
         await self._idle.wait()
-        await self._ws.wait_closed()
+        await self._host.stop()
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        """Only the stream path; no browsers (a web page must not inject audio); the token."""
-        if urlsplit(request.path).path != STREAM_PATH:
-            return response(http.HTTPStatus.NOT_FOUND, "not found\n")
-        if request.headers.get("Origin") is not None:
-            return response(http.HTTPStatus.FORBIDDEN, "browsers may not record meetings\n")
-        token = self.config.token
-        given = bearer_token(request)
-        if token is not None and (
-            given is None or not hmac.compare_digest(given.encode(), token.encode())
-        ):
-            return response(
-                http.HTTPStatus.UNAUTHORIZED,
-                "missing or wrong token\n",
-                headers={"WWW-Authenticate": 'Bearer realm="streamasr"'},
-            )
-        return None
-
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, websocket: WebSocket) -> None:
+        ws = AsgiChannel(websocket)
+        await ws.accept()
         if self._stopping:
             await close_socket(ws, CloseCode.GOING_AWAY, SHUTDOWN_REASON)
             return
@@ -315,24 +302,58 @@ class MeetingListener:
             self.producer = None
             self._idle.set()
 
-    async def _refuse(self, ws: ServerConnection) -> None:
+    async def _refuse(self, ws: AsgiChannel) -> None:
         message = "a producer is already recording a meeting here; try again when it ends"
         frame = ServerProtocol(max_frame_bytes=0).event(error_event(ErrorCode.SERVER_BUSY, message))
         try:
             async with asyncio.timeout(CLOSE_GRACE_S):
                 await ws.send(frame)
-        except (TimeoutError, ConnectionClosed):
+        except (TimeoutError, ChannelClosed):
             pass
         await close_socket(ws, CloseCode.TRY_AGAIN, BUSY_REASON)
 
 
-async def close_socket(ws: ServerConnection, code: int, reason: str) -> None:
+class _ProducerCheck:
+    """ASGI middleware: only the stream path; no browsers (a web page must not inject audio);
+    the token."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self._refusal(HTTPConnection(scope)) if scope["type"] != "lifespan" else None
+        if refusal is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await refusal(scope, receive, send)
+        else:
+            await WebSocket(scope, receive, send).send_denial_response(refusal)
+
+    def _refusal(self, request: HTTPConnection) -> Response | None:
+        if request.url.path != STREAM_PATH:
+            return response(http.HTTPStatus.NOT_FOUND, "not found\n")
+        if request.headers.get("Origin") is not None:
+            return response(http.HTTPStatus.FORBIDDEN, "browsers may not record meetings\n")
+        given = bearer_token(request)
+        if self.token is not None and (
+            given is None or not hmac.compare_digest(given.encode(), self.token.encode())
+        ):
+            return response(
+                http.HTTPStatus.UNAUTHORIZED,
+                "missing or wrong token\n",
+                headers={"WWW-Authenticate": 'Bearer realm="streamasr"'},
+            )
+        return None
+
+
+async def close_socket(ws: AsgiChannel, code: int, reason: str) -> None:
     """Close with `code`; drop the TCP connection if the peer does not answer in time."""
     try:
         async with asyncio.timeout(CLOSE_GRACE_S):
             await ws.close(code, reason)
     except TimeoutError:
-        ws.transport.abort()
+        ws.abort()
 
 
 async def listen(config: ListenConfig, model: AsrModel, emit: Emit) -> None:

@@ -11,19 +11,19 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from websockets.asyncio.server import Server as WsServer
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from starlette.websockets import WebSocket
 
 from streamasr import __version__
 from streamasr.config import SessionConfig
 from streamasr.engine.scheduler import Scheduler, SchedulerConfig
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
+from streamasr.server.asgi import AsgiChannel, build_app
 from streamasr.server.config import ServerConfig
-from streamasr.server.connection import CLOSE_GRACE_S, Connection, ServerContext
+from streamasr.server.host import Host
 from streamasr.server.metrics import ServerMetrics
 from streamasr.server.notify import notify
+from streamasr.server.openai_rest import TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH, OpenAIAudio
 from streamasr.server.protocol import (
     STREAM_PATH,
     CloseCode,
@@ -32,6 +32,7 @@ from streamasr.server.protocol import (
     error_event,
 )
 from streamasr.server.routes import Routes
+from streamasr.server.runner import CLOSE_GRACE_S, ChannelClosed, ServerContext, SessionRunner
 from streamasr.server.static import PACKAGE_STATIC, StaticFiles
 from streamasr.server.worker import (
     TRIM_INTERVAL_S,
@@ -53,7 +54,7 @@ FORCE_CLOSE_GRACE_S = 0.5  # after the drain timeout: how long a stalled socket 
 
 
 class Server:
-    """One listening port, one shared model, one `Connection` per client.
+    """One listening port, one shared model, one `SessionRunner` per client.
 
     `run()` is the whole life; `startup()`, `request_shutdown()` and `shutdown()` are its steps,
     public so that tests drive them in-process. The signal handlers only call
@@ -84,12 +85,16 @@ class Server:
             self.metrics,
             StaticFiles(static),
             lambda: self.state,
-            lambda: (len(self._connections), self.capacity),
+            lambda: (self.active_sessions, self.capacity),
             lambda: self._ctx.model.info if self._ctx is not None else None,
         )
         self._ctx: ServerContext | None = None
-        self._ws: WsServer | None = None
-        self._connections: set[Connection] = set()
+        audio = OpenAIAudio(lambda: self._ctx, self._admit_job, config.max_upload_bytes)
+        posts = {TRANSCRIPTIONS_PATH: audio.transcriptions, TRANSLATIONS_PATH: audio.translations}
+        self.app = build_app(self._routes, {STREAM_PATH: self._handle}, posts)
+        self._jobs = 0  # REST transcriptions running: each takes a session's place
+        self._host: Host | None = None
+        self._connections: set[SessionRunner] = set()
         self._drained = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -97,10 +102,9 @@ class Server:
     # ---------------------------------------------------------------- public
     @property
     def port(self) -> int:
-        if self._ws is None:
+        if self._host is None:
             raise RuntimeError("the server is not listening")
-        port: int = self._ws.sockets[0].getsockname()[1]
-        return port
+        return self._host.port
 
     @property
     def url(self) -> str:
@@ -114,7 +118,8 @@ class Server:
 
     @property
     def active_sessions(self) -> int:
-        return len(self._connections)
+        """Streams open plus REST transcriptions running."""
+        return len(self._connections) + self._jobs
 
     async def run(self, on_ready: Callable[[Server], None] | None = None) -> None:
         """Start, serve until `request_shutdown()` (SIGTERM/SIGINT), then drain and stop."""
@@ -139,16 +144,13 @@ class Server:
 
     async def startup(self) -> None:
         """Listen (so /healthz answers 503), load and warm up the model, then accept sessions."""
-        self._ws = await serve(
-            self._handle,
-            self.config.host,
-            self.config.port,
-            process_request=self._routes.process_request,
-            max_size=2 * self.config.max_frame_bytes,  # the hard cap; see docs/protocol.md
-            compression=None,  # PCM does not deflate well; saves CPU and memory per session
-            close_timeout=CLOSE_GRACE_S,
+        host = Host(
+            self.app,
+            max_message_bytes=2 * self.config.max_frame_bytes,  # the hard cap; docs/protocol.md
             server_header=f"streamasr/{__version__}",
         )
+        await host.start(self.config.host, self.config.port)
+        self._host = host
         log.info("listening on %s:%d, loading %s", self.config.host, self.port, self.config.model)
         await self._pool.run(set_torch_threads, self.config.threads)
         model, load_s = await self._pool.run(self._model_factory, self.config.model)
@@ -191,8 +193,8 @@ class Server:
         self.state = "stopping"
         self.metrics.ready.set(0)
         notify("STOPPING=1")
-        if self._ws is not None:
-            self._ws.close(close_connections=False)  # stop accepting; open sessions drain below
+        if self._host is not None:
+            self._host.stop_accepting()  # open sessions drain below
         log.info("shutting down: draining %d session(s)", len(self._connections))
         for conn in list(self._connections):
             conn.end("shutdown")
@@ -200,8 +202,8 @@ class Server:
             log.warning("drain timeout: closing %d session(s) now", len(self._connections))
             for conn in list(self._connections):
                 conn.abort(grace_s=FORCE_CLOSE_GRACE_S)
-        if self._ws is not None:
-            await self._ws.wait_closed()
+        if self._host is not None:
+            await self._host.stop()
         self._pool.shutdown()
         if self._trimmer is not None:
             self._trimmer.cancel()
@@ -217,8 +219,9 @@ class Server:
             await asyncio.sleep(TRIM_INTERVAL_S)
 
     async def wait_idle(self, timeout_s: float) -> bool:
-        """True once no session is open; False after `timeout_s` or a forced stop."""
-        if not self._connections:
+        """True once no session (stream or REST job) is open; False after `timeout_s` or a
+        forced stop."""
+        if not self.active_sessions:
             return True
         self._drained.clear()
         drained = asyncio.create_task(self._drained.wait())
@@ -228,32 +231,58 @@ class Server:
         )
         drained.cancel()
         forced.cancel()
-        return not self._connections
+        return not self.active_sessions
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        """The websockets handler: one session per connection, within max_sessions."""
+    async def _handle(self, websocket: WebSocket) -> None:
+        """The protocol v1 WebSocket: one session per connection, within max_sessions."""
+        ws = AsgiChannel(websocket)
+        await ws.accept()
         if self.state == "stopping":  # the handshake finished just as the drain began
             await _close(ws, CloseCode.GOING_AWAY, "server shutting down")
             return
         if self._ctx is None or self.state != "ready":
             await _close(ws, CloseCode.TRY_AGAIN, "server not ready")
             return
-        if len(self._connections) >= self.capacity:
+        if self.active_sessions >= self.capacity:
             await self._reject_busy(ws)
             return
-        conn = Connection(ws, self._ctx)
+        codec = ServerProtocol(
+            max_frame_bytes=self.config.max_frame_bytes, model=self._ctx.model.info
+        )
+        conn = SessionRunner(ws, codec, self._ctx)
         self._connections.add(conn)
         self.metrics.sessions.inc()
-        self.metrics.sessions_active.set(len(self._connections))
+        self.metrics.sessions_active.set(self.active_sessions)
         try:
             await conn.run()
         finally:
             self._connections.discard(conn)
-            self.metrics.sessions_active.set(len(self._connections))
-            if not self._connections:
+            self.metrics.sessions_active.set(self.active_sessions)
+            if not self.active_sessions:
                 self._drained.set()
 
-    async def _reject_busy(self, ws: ServerConnection) -> None:
+    def _admit_job(self) -> Callable[[], None] | None:
+        """A session's place for a REST transcription: its release, or None when full."""
+        if self.state != "ready" or self.active_sessions >= self.capacity:
+            self.metrics.rejected.labels(reason="busy").inc()
+            return None
+        self._jobs += 1
+        self.metrics.sessions.inc()
+        self.metrics.sessions_active.set(self.active_sessions)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._jobs -= 1
+                self.metrics.sessions_active.set(self.active_sessions)
+                if not self.active_sessions:
+                    self._drained.set()
+
+        return release
+
+    async def _reject_busy(self, ws: AsgiChannel) -> None:
         self.metrics.rejected.labels(reason="busy").inc()
         self.metrics.errors.labels(code=ErrorCode.SERVER_BUSY.value).inc()
         limit = self.capacity
@@ -262,17 +291,17 @@ class Server:
         try:
             async with asyncio.timeout(CLOSE_GRACE_S):
                 await ws.send(frame)
-        except (TimeoutError, ConnectionClosed):
+        except (TimeoutError, ChannelClosed):
             pass
         await _close(ws, CloseCode.TRY_AGAIN, f"server busy: {limit} sessions")
 
 
-async def _close(ws: ServerConnection, code: int, reason: str) -> None:
+async def _close(ws: AsgiChannel, code: int, reason: str) -> None:
     try:
         async with asyncio.timeout(CLOSE_GRACE_S):
             await ws.close(code, reason)
     except TimeoutError:
-        ws.transport.abort()
+        ws.abort()
 
 
 __all__ = ["STREAM_PATH", "ModelFactory", "Server"]

@@ -55,6 +55,7 @@ class ServerConfig:
     dtype: str = "auto"  # auto (float32 on CPU; on CUDA the model's half type), float32, ...
     outgoing_queue: int = 64  # messages queued for a client that does not read (partials merge)
     max_backlog_s: float = 10.0  # audio queued for the decoder per session before reads pause
+    max_upload_bytes: int = 104_857_600  # largest file a REST transcription takes (100 MiB)
     static_dir: str | None = None  # files served at /; None: the page shipped in the package
     log_level: str = "info"  # debug, info, warning, error
 
@@ -104,6 +105,7 @@ _POSITIVE = (
     "slow_partials_lag_s",
     "outgoing_queue",
     "max_backlog_s",
+    "max_upload_bytes",
 )
 
 

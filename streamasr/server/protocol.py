@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from streamasr.audio.pcm import ENCODINGS, decode_pcm
+from streamasr.audio.pcm import ENCODINGS, decode_pcm, sample_bytes
 from streamasr.audio.resample import MAX_RATE, MIN_RATE
 from streamasr.config import SessionConfig
 from streamasr.errors import AudioFormatError, InputError
@@ -100,14 +100,15 @@ class ProtocolError(InputError):
 class AudioFormat:
     """The layout of the binary frames of a session."""
 
-    encoding: str = "pcm_s16le"  # "pcm_s16le" or "pcm_f32le", little-endian, interleaved
+    encoding: str = "pcm_s16le"  # "pcm_s16le" or "pcm_f32le" (little-endian, interleaved),
+    # "pcm_mulaw" or "pcm_alaw" (G.711)
     sample_rate: int = 16_000  # Hz, MIN_RATE..MAX_RATE; resampled to 16 kHz on the server
     channels: int = 1  # 1 or 2; stereo is averaged to mono
 
     @property
     def bytes_per_frame(self) -> int:
         """Bytes of one sample frame (all channels of one instant)."""
-        return (2 if self.encoding == "pcm_s16le" else 4) * self.channels
+        return sample_bytes(self.encoding) * self.channels
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -283,7 +284,20 @@ class SessionEnded:
         return {"type": self.type, "reason": self.reason}
 
 
-ServerMessage = Event | WarningEvent | SessionStarted | SessionEnded
+@dataclass(frozen=True)
+class Mark:
+    """Where the session's events stand, for a codec; never sent as such. `kind`: "flush"
+    (the events of a flush follow), "flushed" (they are all out), "settled" (the utterance that
+    just stopped has its final out, if it has one)."""
+
+    kind: str
+    type: str = field(default="mark", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "kind": self.kind}
+
+
+ServerMessage = Event | WarningEvent | SessionStarted | SessionEnded | Mark
 
 
 def error_event(code: ErrorCode, message: str) -> ErrorEvent:
@@ -335,7 +349,19 @@ class Close:
     reason: str
 
 
-Action = Start | Audio | Flush | End | SendError | Close
+@dataclass(frozen=True)
+class Reply:
+    """Frames a codec answers with itself, sent in order with the session's messages."""
+
+    frames: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """The client is there though it sends no audio: restart the idle timer."""
+
+
+Action = Start | Audio | Flush | End | SendError | Close | Reply | KeepAlive
 
 
 class State(enum.Enum):
@@ -386,6 +412,14 @@ class ServerProtocol:
         if state is State.AWAITING_START:
             return [Close(close_code, reason)]
         return []
+
+    def open(self) -> list[Action]:
+        """Nothing happens before the client's first message."""
+        return []
+
+    def encode(self, message: ServerMessage) -> list[str]:
+        """The frames of an outgoing message: its `event` (the runner's codec call)."""
+        return [] if isinstance(message, Mark) else [self.event(message)]
 
     def event(self, message: ServerMessage) -> str:
         """The JSON text frame of an outgoing message, with the next `seq` of this session."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from streamasr import SAMPLE_RATE
 from streamasr.events import TranscriptFinal, TranscriptPartial
-from streamasr.server.protocol import End, Flush, ServerMessage
+from streamasr.server.protocol import End, Flush, Reply, ServerMessage
 
 Command = Flush | End
 
@@ -76,7 +76,7 @@ class CloseRequest:
     reason: str
 
 
-Outgoing = ServerMessage | CloseRequest
+Outgoing = ServerMessage | CloseRequest | Reply
 
 
 class Outbox:

@@ -1,21 +1,20 @@
-"""Plain HTTP on the WebSocket port: /healthz, /metrics, static files, and the access checks."""
+"""Plain HTTP on the daemon's port: /healthz, /metrics, /v1/models, static files, and the
+access checks (Origin, token) every path and WebSocket passes first."""
 
 from __future__ import annotations
 
 import hmac
 import http
 import json
-from collections.abc import Callable
-from urllib.parse import parse_qs, urlsplit
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
 
 from streamasr.models.base import ModelInfo
 from streamasr.server.config import ServerConfig, is_loopback
 from streamasr.server.metrics import CONTENT_TYPE, ServerMetrics
-from streamasr.server.protocol import STREAM_PATH
 from streamasr.server.static import StaticFiles
 
 HEALTH_PATH = "/healthz"
@@ -27,29 +26,20 @@ def response(
     status: http.HTTPStatus,
     body: bytes | str,
     content_type: str = "text/plain; charset=utf-8",
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """A complete HTTP response; the connection closes after it (no keep-alive)."""
-    data = body.encode() if isinstance(body, str) else body
-    h = Headers()
-    h["Content-Type"] = content_type
-    h["Content-Length"] = str(len(data))
-    h["Connection"] = "close"
-    h["Cache-Control"] = "no-cache"
-    h["X-Content-Type-Options"] = "nosniff"
-    for key, value in (headers or {}).items():
-        h[key] = value
-    return Response(status.value, status.phrase, h, data)
+    """A complete HTTP response, never cached nor sniffed."""
+    h = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", **(headers or {})}
+    return Response(body, status.value, headers=h, media_type=content_type)
 
 
-def bearer_token(request: Request) -> str | None:
-    """The token of `Authorization: Bearer X`, else of the `?token=X` query parameter."""
+def bearer_token(request: HTTPConnection) -> str | None:
+    """The token of `Authorization: Bearer X` (or `Token X`), else of the `?token=X` query."""
     auth = request.headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
+    if scheme.lower() in ("bearer", "token") and value.strip():
         return value.strip()
-    tokens = parse_qs(urlsplit(request.path).query).get("token")
-    return tokens[0] if tokens else None
+    return request.query_params.get("token")
 
 
 def origin_allowed(origin: str | None, host: str | None, config: ServerConfig) -> bool:
@@ -67,7 +57,7 @@ def origin_allowed(origin: str | None, host: str | None, config: ServerConfig) -
 
 
 class Routes:
-    """`process_request` for websockets: answer plain HTTP, gate the WebSocket upgrade."""
+    """The HTTP endpoints, and `refuse`: the access checks of every request and WebSocket."""
 
     def __init__(
         self,
@@ -85,38 +75,30 @@ class Routes:
         self.sessions = sessions  # (open, most taken at once)
         self.model = model  # None until the model is loaded
 
-    def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
+    def refuse(self, request: HTTPConnection, guarded: bool, session: bool) -> Response | None:
+        """The response that refuses `request`, or None to let it through: a browser page of
+        another origin (403); without the token where one is set, on a `guarded` path (401);
+        a `session` (a WebSocket of an API) before the model is ready (503)."""
         if not origin_allowed(
             request.headers.get("Origin"), request.headers.get("Host"), self.config
         ):
-            return self._reject(path, "origin", http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
-        if path == HEALTH_PATH:
-            return self._health(request)
-        if path in (METRICS_PATH, STREAM_PATH, MODELS_PATH) and not self._authorized(request):
+            forbidden = http.HTTPStatus.FORBIDDEN
+            return self._reject(session, "origin", forbidden, "origin not allowed\n")
+        if guarded and not self._authorized(request):
             return self._reject(
-                path,
+                session,
                 "unauthorized",
                 http.HTTPStatus.UNAUTHORIZED,
                 "missing or wrong token\n",
                 {"WWW-Authenticate": 'Bearer realm="streamasr"'},
             )
-        if path == METRICS_PATH:
-            return response(http.HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
-        if path == MODELS_PATH:
-            return self._models()
-        if path == STREAM_PATH:
-            if self.state() != "ready":
-                return self._reject(
-                    path, "not_ready", http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.state()}\n"
-                )
-            return None  # go on with the WebSocket handshake
-        found = self.static.lookup(path)
-        if found is None:
-            return response(http.HTTPStatus.NOT_FOUND, "not found\n")
-        return response(http.HTTPStatus.OK, found.body, found.content_type)
+        if session and self.state() != "ready":
+            return self._reject(
+                session, "not_ready", http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.state()}\n"
+            )
+        return None
 
-    def _health(self, request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
         """200 `ok` when ready, else 503 with the state. Headers give the sessions open and
         free; with `?free=N` (N 1 when empty) a ready daemon with fewer than N free is 503
         `full`, so a load balancer's check sends new streams only where they fit."""
@@ -131,17 +113,20 @@ class Routes:
             return response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.state()}\n", headers=headers
             )
-        wanted = parse_qs(urlsplit(request.path).query, keep_blank_values=True).get("free")
+        wanted = request.query_params.get("free")
         if wanted is not None:
             try:
-                need = int(wanted[0] or "1")
+                need = int(wanted or "1")
             except ValueError:
                 return response(http.HTTPStatus.BAD_REQUEST, "free must be an integer\n")
             if free < need:
                 return response(http.HTTPStatus.SERVICE_UNAVAILABLE, "full\n", headers=headers)
         return response(http.HTTPStatus.OK, "ok\n", headers=headers)
 
-    def _models(self) -> Response:
+    async def metrics_page(self, request: Request) -> Response:
+        return response(http.HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
+
+    async def models(self, request: Request) -> Response:
         """The loaded model as OpenAI's `GET /v1/models` lists models, with its languages
         (null: any) and tasks; 503 while it loads."""
         info = self.model()
@@ -157,7 +142,13 @@ class Routes:
         body = json.dumps({"object": "list", "data": [entry]})
         return response(http.HTTPStatus.OK, body, "application/json")
 
-    def _authorized(self, request: Request) -> bool:
+    async def static_file(self, request: Request) -> Response:
+        found = self.static.lookup(request.url.path)
+        if found is None:
+            return response(http.HTTPStatus.NOT_FOUND, "not found\n")
+        return response(http.HTTPStatus.OK, found.body, found.content_type)
+
+    def _authorized(self, request: HTTPConnection) -> bool:
         if self.config.token is None:
             return True
         given = bearer_token(request)
@@ -165,12 +156,12 @@ class Routes:
 
     def _reject(
         self,
-        path: str,
+        session: bool,
         reason: str,
         status: http.HTTPStatus,
         body: str,
         headers: dict[str, str] | None = None,
     ) -> Response:
-        if path == STREAM_PATH:
+        if session:
             self.metrics.rejected.labels(reason=reason).inc()
         return response(status, body, headers=headers)

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any
 
 import numpy as np
@@ -171,7 +172,7 @@ def masked_binary_frame(payload: bytes) -> bytes:
 @dataclass
 class HttpReply:
     status: int
-    headers: dict[str, str]
+    headers: Message  # names case-insensitive, as in HTTP
     body: bytes
 
 
@@ -179,9 +180,9 @@ def _get(url: str, headers: dict[str, str]) -> HttpReply:
     request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as reply:
-            return HttpReply(reply.status, dict(reply.headers), reply.read())
+            return HttpReply(reply.status, reply.headers, reply.read())
     except urllib.error.HTTPError as exc:
-        return HttpReply(exc.code, dict(exc.headers), exc.read())
+        return HttpReply(exc.code, exc.headers, exc.read())
 
 
 async def http_get(server: Server, path: str, headers: dict[str, str] | None = None) -> HttpReply:

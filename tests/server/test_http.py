@@ -40,7 +40,7 @@ async def test_health_is_503_until_the_model_is_warm(make_server: Any) -> None:
 
     server = await make_server(model_factory=slow_factory, start=False)
     startup = asyncio.create_task(server.startup())
-    while server._ws is None:  # the listener comes first, then the model
+    while server._host is None:  # the listener comes first, then the model
         await asyncio.sleep(0.01)
     before = await http_get(server, "/healthz")
     assert (before.status, before.body) == (503, b"starting\n")

@@ -149,8 +149,8 @@ async def test_a_stalled_client_is_closed_and_never_delays_the_others(
         while not errors.labels(code="bad_audio")._value.get():
             await asyncio.sleep(0.01)
         # small kernel buffers on the server side too, so kilobytes (not megabytes) fill them
-        [conn] = [c for c in server._connections if c.ws.remote_address[1] == _port(writer)]
-        sock = conn.ws.transport.get_extra_info("socket")
+        [conn] = [c for c in server._connections if c.channel.peer_port == _port(writer)]
+        sock = conn.channel.transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         try:
             async with asyncio.timeout(20.0):

@@ -1,4 +1,11 @@
-"""The asyncio shell of one WebSocket session: read, decode and send tasks around the protocol."""
+"""One session's asyncio shell, for every transport: read, decode and send tasks around a codec.
+
+`SessionRunner` owns what every front door shares: the bounded `Inbox` and `Outbox`, the
+session and its driver, the idle and length limits, the lag policy, metrics, and the closing
+(drain, abort, a client too slow). A `Channel` is the socket (an ASGI WebSocket) and a `Codec`
+the API spoken on it (protocol v1, OpenAI Realtime, Deepgram): its messages in, `Action`s out;
+the runner's outgoing messages in, its frames out.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +14,22 @@ import logging
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from streamasr import SAMPLE_RATE
 from streamasr.config import SessionConfig
 from streamasr.engine.driver import SessionDriver
 from streamasr.engine.scheduler import Scheduler
 from streamasr.engine.session import Session
-from streamasr.events import ErrorEvent, TranscriptFinal, TranscriptPartial, WarningEvent
+from streamasr.events import (
+    ErrorEvent,
+    SpeechStopped,
+    TranscriptFinal,
+    TranscriptPartial,
+    WarningEvent,
+)
 from streamasr.models.base import AsrModel
 from streamasr.server.config import ServerConfig
 from streamasr.server.metrics import ServerMetrics
@@ -30,9 +41,11 @@ from streamasr.server.protocol import (
     End,
     ErrorCode,
     Flush,
+    KeepAlive,
+    Mark,
+    Reply,
     SendError,
     ServerMessage,
-    ServerProtocol,
     SessionEnded,
     SessionStart,
     SessionStarted,
@@ -48,6 +61,50 @@ CLOSE_GRACE_S = 2.0  # wait this long for the client's close frame, then drop th
 SHUTDOWN_REASON = "server shutting down"
 
 
+class ChannelClosed(Exception):
+    """The peer went away: nothing more can be read or sent."""
+
+
+class Channel(Protocol):
+    """A message socket: one WebSocket, whatever serves it."""
+
+    async def receive(self) -> str | bytes:
+        """The next message; raises `ChannelClosed` once the peer has gone."""
+        ...
+
+    async def send(self, text: str) -> None:
+        """Send a text message; raises `ChannelClosed` once the peer has gone."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """The closing handshake; drop the connection if it does not end in time."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection now."""
+        ...
+
+
+class Codec(Protocol):
+    """One API's messages: frames in, `Action`s out; the runner's messages in, frames out."""
+
+    def open(self) -> list[Action]:
+        """What happens as the connection opens, before any message."""
+        ...
+
+    def receive_text(self, text: str) -> list[Action]: ...
+
+    def receive_bytes(self, data: bytes) -> list[Action]: ...
+
+    def end(self, reason: str, *, close_code: CloseCode = CloseCode.NORMAL) -> list[Action]:
+        """A server-side end (idle, max_length, shutdown): finalise if a session is open."""
+        ...
+
+    def encode(self, message: ServerMessage) -> list[str]:
+        """The frames of one outgoing message (none: this API has no such message)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ServerContext:
     """What every connection shares; read-only, so no per-client state lives on it."""
@@ -60,16 +117,14 @@ class ServerContext:
     scheduler: Scheduler  # runs every session's model calls on the shared inference threads
 
 
-class Connection:
-    """One client: a `ServerProtocol`, a `Session`, an `Inbox`, an `Outbox`, three tasks."""
+class SessionRunner:
+    """One client: a `Channel`, a `Codec`, a `Session`, an `Inbox`, an `Outbox`, three tasks."""
 
-    def __init__(self, ws: ServerConnection, ctx: ServerContext) -> None:
-        self.ws = ws
+    def __init__(self, channel: Channel, codec: Codec, ctx: ServerContext) -> None:
+        self.channel = channel
         self.ctx = ctx
         self.session_id = uuid.uuid4().hex
-        self.protocol = ServerProtocol(
-            max_frame_bytes=ctx.config.max_frame_bytes, model=ctx.model.info
-        )
+        self.protocol = codec
         self.outbox = Outbox(ctx.config.outgoing_queue, ctx.metrics.dropped_partials.inc)
         self._inbox: Inbox | None = None
         self._driver: SessionDriver | None = None  # drives the session, once started
@@ -81,13 +136,14 @@ class Connection:
         self._idle_deadline: float | None = None
         self._max_length: asyncio.TimerHandle | None = None
         self._grace_s = CLOSE_GRACE_S  # how long the closing handshake may take
+        self._sending = False  # the sender waits for the channel to take a message
 
     # ---------------------------------------------------------------- lifecycle
     async def run(self) -> None:
         """Serve the session until it ends, then close the socket; never raises."""
         loop = asyncio.get_running_loop()
         self._idle_deadline = loop.time() + self.ctx.config.idle_timeout_s
-        self._spawn(self._read())
+        self._spawn(self._open())
         self._spawn(self._send(), sender=True)
         try:
             await self._done.wait()
@@ -135,7 +191,7 @@ class Connection:
         """The edge of every task of this connection: a failure ends this session only."""
         try:
             await coro
-        except ConnectionClosed:
+        except ChannelClosed:
             self._finish(None)  # the client went away: nothing more can be sent
         except Exception:
             log.exception("session %s failed", self.session_id)
@@ -147,21 +203,25 @@ class Connection:
 
     async def _close_socket(self) -> None:
         if self._close_with is None:
-            self.ws.transport.abort()  # the client is gone or a close is already under way
+            self.channel.abort()  # the client is gone or a close is already under way
             return
         code, reason = self._close_with
         try:
             async with asyncio.timeout(self._grace_s):
-                await self.ws.close(code, reason)
+                await self.channel.close(code, reason)
         except TimeoutError:  # a client that does not read never sees our close frame
-            self.ws.transport.abort()
+            self.channel.abort()
 
     # ---------------------------------------------------------------- reading
+    async def _open(self) -> None:
+        await self._apply(self.protocol.open())
+        await self._read()
+
     async def _read(self) -> None:
         while True:
             try:
                 async with asyncio.timeout_at(self._idle_deadline):
-                    message = await self.ws.recv()
+                    message = await self.channel.receive()
             except TimeoutError:
                 self.end("idle")
                 continue
@@ -184,6 +244,10 @@ class Connection:
                     await self._inbox.put_command(action)
             elif isinstance(action, SendError):
                 self._queue(action.error)
+            elif isinstance(action, Reply):
+                self._queue(action)
+            elif isinstance(action, KeepAlive):
+                self._touch()
             elif isinstance(action, Close):
                 self._close_now(action.code, close_reason or action.reason)
 
@@ -203,11 +267,15 @@ class Connection:
 
     async def _on_audio(self, samples: np.ndarray) -> None:
         assert self._inbox is not None and self._clock is not None  # Start comes first
-        loop = asyncio.get_running_loop()
-        self._clock.mark(samples.size, loop.time())
-        self._idle_deadline = loop.time() + self.ctx.config.idle_timeout_s
+        self._clock.mark(samples.size, asyncio.get_running_loop().time())
+        self._touch()
         self.ctx.metrics.audio_seconds.inc(samples.size / self._clock.sample_rate)
         await self._inbox.put_audio(samples)
+
+    def _touch(self) -> None:
+        if self._idle_deadline is not None:  # None: the session is ending
+            loop = asyncio.get_running_loop()
+            self._idle_deadline = loop.time() + self.ctx.config.idle_timeout_s
 
     def _on_max_length(self) -> None:
         self._idle_deadline = None
@@ -225,12 +293,16 @@ class Connection:
             t0 = loop.time()
             # The session's work runs on the pool; its model calls on the scheduler, awaited
             # here: no thread waits for a model call.
+            events: list[ServerMessage]
             if isinstance(item, np.ndarray):
-                events = await driver.run_async(offload, session.feed, item)
+                events = [*await driver.run_async(offload, session.feed, item)]
             elif isinstance(item, Flush):
-                events = await driver.run_async(offload, session.flush)
+                self._queue(Mark("flush"))
+                events = [*await driver.run_async(offload, session.flush), Mark("flushed")]
             else:
-                events = await driver.run_async(offload, session.close)
+                events = [*await driver.run_async(offload, session.close)]
+            if any(isinstance(event, SpeechStopped) for event in events):
+                events.append(Mark("settled"))
             self.ctx.metrics.decode_seconds.observe(loop.time() - t0)
             for event in events:
                 self._queue(event)
@@ -279,7 +351,7 @@ class Connection:
             self._queue(WarningEvent("caught_up", "back to real time; partials resume", lag))
 
     # ---------------------------------------------------------------- sending
-    def _queue(self, message: ServerMessage | CloseRequest) -> None:
+    def _queue(self, message: ServerMessage | CloseRequest | Reply) -> None:
         if self._done.is_set():  # closing: nothing more will be sent
             return
         if isinstance(message, ErrorEvent) and not self.outbox.closed:
@@ -290,8 +362,8 @@ class Connection:
             self.abort(CloseCode.POLICY, "client too slow")
 
     def _write_blocked(self) -> bool:
-        """The socket is not taking our bytes: the client does not read (fast enough)."""
-        return self.ws.transport.get_write_buffer_size() > 0
+        """The channel is not taking our bytes: the client does not read (fast enough)."""
+        return self._sending
 
     def _close_now(self, code: int, reason: str) -> None:
         """A fatal error: drop pending audio, send what is queued (the error last), close."""
@@ -314,8 +386,15 @@ class Connection:
             if isinstance(message, CloseRequest):
                 self._finish((message.code, message.reason))
                 return
-            self._observe(message)
-            await self.ws.send(self.protocol.event(message))
+            if isinstance(message, Reply):
+                frames = list(message.frames)
+            else:
+                self._observe(message)
+                frames = self.protocol.encode(message)
+            self._sending = True
+            for frame in frames:
+                await self.channel.send(frame)
+            self._sending = False
 
     def _observe(self, message: ServerMessage) -> None:
         """The metrics of a message on its way out: speech by language, latency."""

@@ -1,0 +1,121 @@
+"""The daemon's one ASGI application: the HTTP routes and the WebSocket front doors.
+
+Every request passes the access checks first (`AccessCheck`); each WebSocket API is a codec on
+the one `SessionRunner`, reached through an `AsgiChannel`. The app is plain ASGI (Starlette):
+uvicorn serves it by default (`server/host.py`) and any ASGI host can mount it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from streamasr.server.host import TRANSPORT_EXTENSION
+from streamasr.server.protocol import STREAM_PATH
+from streamasr.server.routes import HEALTH_PATH, METRICS_PATH, MODELS_PATH, Routes
+from streamasr.server.runner import ChannelClosed
+
+SessionHandler = Callable[[WebSocket], Awaitable[None]]
+
+
+class AsgiChannel:
+    """A `Channel` over an ASGI WebSocket (Starlette's)."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        extension = websocket.scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+        self.transport = extension["transport"] if extension else None
+
+    @property
+    def peer_port(self) -> int | None:
+        client = self.websocket.client
+        return client.port if client else None
+
+    async def accept(self) -> None:
+        await self.websocket.accept()
+
+    async def receive(self) -> str | bytes:
+        try:
+            message = await self.websocket.receive()
+        except WebSocketDisconnected as exc:
+            raise ChannelClosed from exc
+        if message["type"] == "websocket.disconnect":
+            raise ChannelClosed
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"")
+
+    async def send(self, text: str) -> None:
+        try:
+            await self.websocket.send_text(text)
+        except (WebSocketDisconnect, WebSocketDisconnected) as exc:
+            raise ChannelClosed from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):  # already closed
+            await self.websocket.close(code, reason)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def guarded(path: str) -> bool:
+    """Paths behind the token: every API and the metrics; not the page, nor /healthz."""
+    return path == METRICS_PATH or path.startswith("/v1/")
+
+
+class AccessCheck:
+    """ASGI middleware: `Routes.refuse` on every request and WebSocket handshake."""
+
+    def __init__(self, app: ASGIApp, routes: Routes) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        session = scope["type"] == "websocket"
+        refusal = self.routes.refuse(HTTPConnection(scope), guarded(scope["path"]), session)
+        if refusal is None:
+            await self.app(scope, receive, send)
+        elif not session:
+            await refusal(scope, receive, send)
+        else:
+            websocket = WebSocket(scope, receive, send)
+            if "websocket.http.response" in scope.get("extensions", {}):
+                await websocket.send_denial_response(refusal)
+            else:  # a host without the denial extension: a bare 403
+                await websocket.close()
+
+
+def build_app(
+    routes: Routes,
+    sessions: Mapping[str, SessionHandler],
+    posts: Mapping[str, Callable[[Request], Awaitable[Response]]],
+) -> Any:
+    """The ASGI app: `routes`' HTTP endpoints, a WebSocket handler per path in `sessions`, a
+    POST handler per path in `posts`, static files for every other GET."""
+    table: list[Any] = [
+        Route(HEALTH_PATH, routes.health),
+        Route(METRICS_PATH, routes.metrics_page),
+        Route(MODELS_PATH, routes.models),
+        *(WebSocketRoute(path, handler) for path, handler in sessions.items()),
+        *(Route(path, handler, methods=["POST"]) for path, handler in posts.items()),
+        Route("/{path:path}", routes.static_file),
+    ]
+    app = Starlette(routes=table)
+    return AccessCheck(app, routes)
+
+
+__all__ = ["STREAM_PATH", "AccessCheck", "AsgiChannel", "build_app"]
