@@ -66,9 +66,11 @@ def errors(ref: str, hyp: str, language: str) -> tuple[int, int]:
     return word_errors(r, units(hyp, language)), len(r)
 
 
-def stream(model: Any, audio: np.ndarray) -> tuple[list[TranscriptFinal], float]:
+def stream(
+    model: Any, audio: np.ndarray, config: SessionConfig | None = None
+) -> tuple[list[TranscriptFinal], float]:
     """The finals of `audio` streamed through a session, and the seconds spent in its calls."""
-    session = LocalSession(model, SessionConfig())
+    session = LocalSession(model, config or SessionConfig())
     finals: list[TranscriptFinal] = []
     spent = 0.0
     for i in range(0, len(audio) + 1, CHUNK):

@@ -41,6 +41,9 @@ class DecodeConfig:
     # runs at ~4 tokens/s, so a longer run is a loop that would waste the step's compute
     condition_on_previous: bool = True  # prompt with the text of previous finals
     prompt_tokens: int = 64  # at most this many tokens of previous text in the prompt
+    max_bias_tokens: int = 159  # the session's prompt and keywords beyond this are cut: with the
+    # 64 of previous text, Whisper's 223 (a longer bias pushed the previous text out, and cost
+    # 50% more compute per decode: bench/biasing.py)
     language_switch_margin: float = 0.3  # language "auto" leaves the previous language only for
     # one this much more probable (docs/engine.md, "Languages")
     no_speech_threshold: float = 0.6  # drop a window whose no-speech probability is above this ...
@@ -94,6 +97,8 @@ class SessionConfig:
     language_policy: str = "utterance"  # auto: "utterance" detects in every utterance (keeping
     # the previous language unless another is clearly more probable); "once" detects in the
     # first utterance with text and keeps that language for the session
+    prompt: str = ""  # text that steers every decode: names, spellings, style (context biasing)
+    keywords: tuple[str, ...] = ()  # words and names likely to be said, likewise
     agreement: int = 3  # LocalAgreement-n: a word is stable once n consecutive hypotheses agree
     # (3: the final takes back stable words in 16% of utterances, against 28% with 2)
     vad: VadConfig = field(default_factory=VadConfig)

@@ -118,7 +118,7 @@ class ErrorEvent:
 class WarningEvent:
     """Not an error: the server tells the client how it is coping (e.g. behind real time)."""
 
-    code: str  # "behind_real_time" or "caught_up"
+    code: str  # "behind_real_time", "caught_up" or "bias_cut"
     message: str
     lag_s: float  # how long ago the audio being processed now arrived
     type: str = field(default="warning", init=False)

@@ -102,6 +102,9 @@ class TranscribeRequest:
     prior_language: str | None = None  # the language of `prompt`: "auto" keeps it unless another
     # is clearly more probable (`DecodeConfig.language_switch_margin`); a decode in any other
     # language drops the prompt, so one language's text never steers another's
+    bias: list[int] = field(default_factory=list)  # the session's prompt and keywords, always at
+    # the head of the context whatever its language (context biasing; a model without a text
+    # context ignores it)
 
 
 class AsrModel(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -357,11 +358,15 @@ class WhisperModel:
 
     # ---------------------------------------------------------------- decoding
     def prompt_tokens(
-        self, prompt: list[int], max_prompt: int, start: tuple[int, ...]
+        self,
+        prompt: list[int],
+        max_prompt: int,
+        start: tuple[int, ...],
+        bias: Sequence[int] = (),
     ) -> list[int]:
-        """The decoder's prompt: up to `max_prompt` tokens of previous text, then the
-        start-of-transcript sequence `start` (`WhisperTokens.start`)."""
-        prev = prompt[-max_prompt:] if max_prompt > 0 else []
+        """The decoder's prompt: the `bias` tokens, up to `max_prompt` tokens of previous
+        text, then the start-of-transcript sequence `start` (`WhisperTokens.start`)."""
+        prev = [*bias, *(prompt[-max_prompt:] if max_prompt > 0 else [])]
         return ([self.tokens.sot_prev, *prev] if prev else []) + list(start)
 
     @torch.inference_mode()
@@ -430,6 +435,7 @@ class WhisperModel:
                     list(r.draft or []),
                     start=self.tokens.start(language, r.task),
                     language=language,
+                    bias=list(r.bias),
                     language_probability=probability,
                 )
             )

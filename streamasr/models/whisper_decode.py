@@ -10,7 +10,7 @@ soon as it ends; a step's cost is mostly the weight reads, which the rows share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +46,7 @@ class DecodeRow:
     start: tuple[int, ...]  # the start-of-transcript sequence (`WhisperTokens.start`)
     language: str | None = None  # what `start` names, for the result
     language_probability: float | None = None  # when it was detected
+    bias: list[int] = field(default_factory=list)  # kept at the head of the prompt
 
 
 @dataclass
@@ -192,9 +193,11 @@ def greedy_batch(model: WhisperModel, rows: list[DecodeRow]) -> list[DecodeResul
 
 
 def _prefill_state(model: WhisperModel, row: DecodeRow) -> _State:
-    max_prompt = min(row.options.prompt_tokens, model.max_target_positions // 2 - 1)
+    limit = model.max_target_positions // 2 - 1  # Whisper's own cap on the previous text
+    bias = row.bias[:limit]
+    max_prompt = min(row.options.prompt_tokens, limit - len(bias))
     prompt = row.prompt if row.options.condition_on_previous else []
-    head = model.prompt_tokens(prompt, max_prompt, row.start)
+    head = model.prompt_tokens(prompt, max_prompt, row.start, bias)
     by_length = 8 + int(row.options.max_tokens_per_second * row.num_frames / 100)
     room = model.max_target_positions - len(head) - len(row.prefix) - 1
     return _State(

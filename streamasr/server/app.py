@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from starlette.websockets import WebSocket
 
@@ -18,8 +20,9 @@ from streamasr.config import SessionConfig
 from streamasr.engine.scheduler import Scheduler, SchedulerConfig
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
-from streamasr.server.asgi import AsgiChannel, build_app
-from streamasr.server.config import ServerConfig
+from streamasr.server.asgi import AsgiChannel, Refused, build_app
+from streamasr.server.config import ServerConfig, load_config
+from streamasr.server.deepgram import LISTEN_PATH, deepgram_codec
 from streamasr.server.host import Host
 from streamasr.server.metrics import ServerMetrics
 from streamasr.server.notify import notify
@@ -31,8 +34,15 @@ from streamasr.server.protocol import (
     ServerProtocol,
     error_event,
 )
+from streamasr.server.realtime import REALTIME_PATH, realtime_codec
 from streamasr.server.routes import Routes
-from streamasr.server.runner import CLOSE_GRACE_S, ChannelClosed, ServerContext, SessionRunner
+from streamasr.server.runner import (
+    CLOSE_GRACE_S,
+    ChannelClosed,
+    Codec,
+    ServerContext,
+    SessionRunner,
+)
 from streamasr.server.static import PACKAGE_STATIC, StaticFiles
 from streamasr.server.worker import (
     TRIM_INTERVAL_S,
@@ -47,6 +57,21 @@ from streamasr.server.worker import (
 log = logging.getLogger(__name__)
 
 ModelFactory = Callable[[str], AsrModel]
+# A codec for one WebSocket connection, from its handshake (raises `Refused` to refuse it)
+CodecFactory = Callable[[WebSocket, ServerContext], Codec]
+
+
+def v1_codec(websocket: WebSocket, ctx: ServerContext) -> Codec:
+    """Protocol v1 (docs/protocol.md)."""
+    return ServerProtocol(max_frame_bytes=ctx.config.max_frame_bytes, model=ctx.model.info)
+
+
+# The WebSocket APIs: path -> codec factory
+SESSION_APIS: dict[str, CodecFactory] = {
+    STREAM_PATH: v1_codec,
+    LISTEN_PATH: deepgram_codec,
+    REALTIME_PATH: realtime_codec,
+}
 # Threads for the sessions' own work. It is mostly Python, under the GIL: more threads would
 # only contend for it.
 SESSION_THREADS = min(4, os.cpu_count() or 1)
@@ -91,7 +116,8 @@ class Server:
         self._ctx: ServerContext | None = None
         audio = OpenAIAudio(lambda: self._ctx, self._admit_job, config.max_upload_bytes)
         posts = {TRANSCRIPTIONS_PATH: audio.transcriptions, TRANSLATIONS_PATH: audio.translations}
-        self.app = build_app(self._routes, {STREAM_PATH: self._handle}, posts)
+        sessions = {path: self._api(make) for path, make in SESSION_APIS.items()}
+        self.app = build_app(self._routes, sessions, posts, self.lifespan)
         self._jobs = 0  # REST transcriptions running: each takes a session's place
         self._host: Host | None = None
         self._connections: set[SessionRunner] = set()
@@ -151,7 +177,13 @@ class Server:
         )
         await host.start(self.config.host, self.config.port)
         self._host = host
-        log.info("listening on %s:%d, loading %s", self.config.host, self.port, self.config.model)
+        log.info("listening on %s:%d", self.config.host, self.port)
+        await self.load()
+
+    async def load(self) -> None:
+        """Load and warm up the model, then accept sessions (`startup` without listening: what
+        the app's ASGI lifespan runs under another host)."""
+        log.info("loading %s", self.config.model)
         await self._pool.run(set_torch_threads, self.config.threads)
         model, load_s = await self._pool.run(self._model_factory, self.config.model)
         _, warm_s = await self._pool.run(warm_up, model)
@@ -204,13 +236,26 @@ class Server:
                 conn.abort(grace_s=FORCE_CLOSE_GRACE_S)
         if self._host is not None:
             await self._host.stop()
+        await self._unload()
+        log.info("stopped")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """The ASGI lifespan, for a host other than `run`'s: load at its startup; at its
+        shutdown, finalise every session (within the drain time) and stop."""
+        await self.load()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def _unload(self) -> None:
         self._pool.shutdown()
         if self._trimmer is not None:
             self._trimmer.cancel()
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.close)  # after the calls already queued
         self.state = "stopped"
-        log.info("stopped")
 
     # ---------------------------------------------------------------- internals
     async def _trim_heap(self) -> None:
@@ -233,23 +278,35 @@ class Server:
         forced.cancel()
         return not self.active_sessions
 
-    async def _handle(self, websocket: WebSocket) -> None:
-        """The protocol v1 WebSocket: one session per connection, within max_sessions."""
+    def _api(self, make_codec: CodecFactory) -> Callable[[WebSocket], Awaitable[None]]:
+        async def handle(websocket: WebSocket) -> None:
+            await self._handle(websocket, make_codec)
+
+        return handle
+
+    async def _handle(self, websocket: WebSocket, make_codec: CodecFactory) -> None:
+        """One WebSocket session of an API, within max_sessions; the codec speaks the API."""
+        ctx = self._ctx
+        if ctx is None:  # the access check refused it already, unless the state just changed
+            await websocket.close(CloseCode.TRY_AGAIN, "server not ready")
+            return
+        try:
+            codec = make_codec(websocket, ctx)
+        except Refused as refused:  # the handshake asked for what this API cannot do
+            await refused.send(websocket)
+            return
         ws = AsgiChannel(websocket)
         await ws.accept()
         if self.state == "stopping":  # the handshake finished just as the drain began
             await _close(ws, CloseCode.GOING_AWAY, "server shutting down")
             return
-        if self._ctx is None or self.state != "ready":
+        if self.state != "ready":
             await _close(ws, CloseCode.TRY_AGAIN, "server not ready")
             return
         if self.active_sessions >= self.capacity:
-            await self._reject_busy(ws)
+            await self._reject_busy(ws, codec)
             return
-        codec = ServerProtocol(
-            max_frame_bytes=self.config.max_frame_bytes, model=self._ctx.model.info
-        )
-        conn = SessionRunner(ws, codec, self._ctx)
+        conn = SessionRunner(ws, codec, ctx)
         self._connections.add(conn)
         self.metrics.sessions.inc()
         self.metrics.sessions_active.set(self.active_sessions)
@@ -282,15 +339,15 @@ class Server:
 
         return release
 
-    async def _reject_busy(self, ws: AsgiChannel) -> None:
+    async def _reject_busy(self, ws: AsgiChannel, codec: Codec) -> None:
         self.metrics.rejected.labels(reason="busy").inc()
         self.metrics.errors.labels(code=ErrorCode.SERVER_BUSY.value).inc()
         limit = self.capacity
         message = f"the server is at its limit of {limit} sessions; try again later"
-        frame = ServerProtocol(max_frame_bytes=0).event(error_event(ErrorCode.SERVER_BUSY, message))
         try:
             async with asyncio.timeout(CLOSE_GRACE_S):
-                await ws.send(frame)
+                for frame in codec.encode(error_event(ErrorCode.SERVER_BUSY, message)):
+                    await ws.send(frame)
         except (TimeoutError, ChannelClosed):
             pass
         await _close(ws, CloseCode.TRY_AGAIN, f"server busy: {limit} sessions")
@@ -304,4 +361,14 @@ async def _close(ws: AsgiChannel, code: int, reason: str) -> None:
         ws.abort()
 
 
-__all__ = ["STREAM_PATH", "ModelFactory", "Server"]
+def create_app() -> Any:
+    """The daemon as an ASGI app for another host, e.g. `uvicorn --factory
+    streamasr.server.app:create_app`: settings from the `STREAMASR_*` variables and the TOML
+    file named by `STREAMASR_CONFIG`, as for `serve`; the model loads at the host's lifespan
+    startup, and the host's shutdown drains the sessions."""
+    file = os.environ.get("STREAMASR_CONFIG")
+    config = load_config(Path(file) if file else None, os.environ)
+    return Server(config).app
+
+
+__all__ = ["STREAM_PATH", "ModelFactory", "Server", "create_app"]

@@ -13,12 +13,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from streamasr.server.host import TRANSPORT_EXTENSION
+from streamasr.server.openapi import OPENAPI_PATH, openapi
 from streamasr.server.protocol import STREAM_PATH
 from streamasr.server.routes import HEALTH_PATH, METRICS_PATH, MODELS_PATH, Routes
 from streamasr.server.runner import ChannelClosed
@@ -40,7 +41,10 @@ class AsgiChannel:
         return client.port if client else None
 
     async def accept(self) -> None:
-        await self.websocket.accept()
+        # A browser that sent its key as `Sec-WebSocket-Protocol: token, KEY` (`bearer_token`)
+        # aborts unless the server picks the `token` subprotocol.
+        offered = self.websocket.scope.get("subprotocols", [])
+        await self.websocket.accept("token" if "token" in offered else None)
 
     async def receive(self) -> str | bytes:
         try:
@@ -69,6 +73,25 @@ class AsgiChannel:
             self.transport.abort()
 
 
+class Refused(Exception):
+    """A WebSocket handshake refused with an HTTP response (bad parameters, say)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+    async def send(self, websocket: WebSocket) -> None:
+        await deny(websocket, self.response)
+
+
+async def deny(websocket: WebSocket, response: Response) -> None:
+    """Refuse a WebSocket handshake with `response`; a bare 403 where the host cannot."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close()
+
+
 def guarded(path: str) -> bool:
     """Paths behind the token: every API and the metrics; not the page, nor /healthz."""
     return path == METRICS_PATH or path.startswith("/v1/")
@@ -92,29 +115,32 @@ class AccessCheck:
         elif not session:
             await refusal(scope, receive, send)
         else:
-            websocket = WebSocket(scope, receive, send)
-            if "websocket.http.response" in scope.get("extensions", {}):
-                await websocket.send_denial_response(refusal)
-            else:  # a host without the denial extension: a bare 403
-                await websocket.close()
+            await deny(WebSocket(scope, receive, send), refusal)
+
+
+async def _openapi(request: Request) -> Response:
+    return JSONResponse(openapi())
 
 
 def build_app(
     routes: Routes,
     sessions: Mapping[str, SessionHandler],
     posts: Mapping[str, Callable[[Request], Awaitable[Response]]],
+    lifespan: Any = None,
 ) -> Any:
     """The ASGI app: `routes`' HTTP endpoints, a WebSocket handler per path in `sessions`, a
-    POST handler per path in `posts`, static files for every other GET."""
+    POST handler per path in `posts`, static files for every other GET; `lifespan` runs
+    under a host that sends ASGI lifespan events."""
     table: list[Any] = [
         Route(HEALTH_PATH, routes.health),
         Route(METRICS_PATH, routes.metrics_page),
         Route(MODELS_PATH, routes.models),
+        Route(OPENAPI_PATH, _openapi),
         *(WebSocketRoute(path, handler) for path, handler in sessions.items()),
         *(Route(path, handler, methods=["POST"]) for path, handler in posts.items()),
         Route("/{path:path}", routes.static_file),
     ]
-    app = Starlette(routes=table)
+    app = Starlette(routes=table, lifespan=lifespan)
     return AccessCheck(app, routes)
 
 

@@ -32,7 +32,7 @@ from streamasr.errors import AudioFileError
 from streamasr.events import TranscriptFinal
 from streamasr.formats import RENDERERS
 from streamasr.scripts import unspaced
-from streamasr.server.protocol import SessionStart
+from streamasr.server.protocol import ProtocolError, SessionStart, check_prompt
 from streamasr.server.runner import ServerContext
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
@@ -220,13 +220,20 @@ def _parse(form: FormData, task: str, ctx: ServerContext) -> AudioRequest:
         model=text.get("model", ""),
         language=language,
         task=task,
-        prompt=text.get("prompt", ""),
+        prompt=_prompt(text.get("prompt", "")),
         temperature=temperature,
         response_format=response_format,
         words="word" in granularities,
         segments="segment" in granularities or not granularities,
         stream=stream,
     )
+
+
+def _prompt(prompt: str) -> str:
+    try:
+        return check_prompt(prompt)
+    except ProtocolError as exc:
+        raise ApiError(http.HTTPStatus.BAD_REQUEST, exc.message, "prompt") from exc
 
 
 def _read_upload(upload: UploadFile) -> np.ndarray:
@@ -242,7 +249,7 @@ async def _transcribe(
     ctx: ServerContext, samples: np.ndarray, job: AudioRequest
 ) -> AsyncIterator[TranscriptFinal]:
     """The finals of one file: a session without partials, its model calls on the scheduler."""
-    options = SessionStart(language=job.language, task=job.task, partials=False)
+    options = SessionStart(language=job.language, task=job.task, partials=False, prompt=job.prompt)
     config = options.session_config(ctx.session_config)
     session = Session(ctx.model, config, SAMPLE_RATE)
     driver = SessionDriver(session, ctx.scheduler)

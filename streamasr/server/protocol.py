@@ -142,6 +142,32 @@ class AudioFormat:
         return cls(encoding, rate, channels)
 
 
+MAX_PROMPT_CHARS = 1000  # a prompt longer than this is refused (Whisper reads ~220 tokens)
+MAX_KEYWORDS = 100
+MAX_KEYWORD_CHARS = 100
+
+
+def check_prompt(prompt: str) -> str:
+    """`prompt`, unless it is over `MAX_PROMPT_CHARS` (invalid_start)."""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ProtocolError(
+            ErrorCode.INVALID_START, f"'prompt' is over {MAX_PROMPT_CHARS} characters"
+        )
+    return prompt
+
+
+def check_keywords(keywords: list[Any]) -> tuple[str, ...]:
+    """`keywords` as a tuple: at most `MAX_KEYWORDS` strings of at most `MAX_KEYWORD_CHARS`."""
+    if len(keywords) > MAX_KEYWORDS:
+        raise ProtocolError(ErrorCode.INVALID_START, f"over {MAX_KEYWORDS} 'keywords'")
+    if not all(isinstance(k, str) and 0 < len(k) <= MAX_KEYWORD_CHARS for k in keywords):
+        raise ProtocolError(
+            ErrorCode.INVALID_START,
+            f"'keywords' must be strings of 1 to {MAX_KEYWORD_CHARS} characters",
+        )
+    return tuple(keywords)
+
+
 def _field(obj: dict[str, Any], name: str, value: object, kind: type) -> Any:
     """`value` if it is a `kind` (bool is not an int here), else an invalid_start error."""
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
@@ -160,6 +186,8 @@ class SessionStart:
     task: str = "transcribe"  # or "translate" (into English), where the model can
     partials: bool = True  # send transcript.partial messages
     word_timestamps: bool = True  # word timings in transcript.final
+    prompt: str = ""  # text that steers the decoding: names, spellings (context biasing)
+    keywords: tuple[str, ...] = ()  # words and names likely to be said
     version: int = PROTOCOL_VERSION
     type: ClassVar[str] = "session.start"
 
@@ -172,13 +200,21 @@ class SessionStart:
             "task": self.task,
             "partials": self.partials,
             "word_timestamps": self.word_timestamps,
+            "prompt": self.prompt,
+            "keywords": list(self.keywords),
         }
 
     def session_config(self, base: SessionConfig) -> SessionConfig:
         """`base` (the server's engine settings) with this session's options."""
         decode = dataclasses.replace(base.decode, word_timestamps=self.word_timestamps)
         return dataclasses.replace(
-            base, partials=self.partials, language=self.language, task=self.task, decode=decode
+            base,
+            partials=self.partials,
+            language=self.language,
+            task=self.task,
+            decode=decode,
+            prompt=self.prompt,
+            keywords=self.keywords,
         )
 
     def to_json(self) -> str:
@@ -200,6 +236,8 @@ class SessionStart:
             task=_field(obj, "task", obj.get("task", "transcribe"), str),
             partials=_field(obj, "partials", obj.get("partials", True), bool),
             word_timestamps=_field(obj, "word_timestamps", obj.get("word_timestamps", True), bool),
+            prompt=check_prompt(_field(obj, "prompt", obj.get("prompt", ""), str)),
+            keywords=check_keywords(_field(obj, "keywords", obj.get("keywords", []), list)),
         )
 
 

@@ -34,11 +34,15 @@ def response(
 
 
 def bearer_token(request: HTTPConnection) -> str | None:
-    """The token of `Authorization: Bearer X` (or `Token X`), else of the `?token=X` query."""
+    """The token of `Authorization: Bearer X` (or `Token X`), else of a browser's WebSocket
+    `Sec-WebSocket-Protocol: token, X` (Deepgram's way), else of the `?token=X` query."""
     auth = request.headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() in ("bearer", "token") and value.strip():
         return value.strip()
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    if len(offered) == 2 and offered[0] == "token" and offered[1]:
+        return offered[1]
     return request.query_params.get("token")
 
 

@@ -259,6 +259,13 @@ class SessionRunner:
         self._clock = ArrivalClock(rate)
         limits = self.ctx.config.protocol_limits
         self._queue(SessionStarted(self.session_id, self.ctx.model.info, options, limits))
+        if session.bias_cut:
+            kept = session.config.decode.max_bias_tokens
+            message = (
+                f"the prompt and keywords are {kept + session.bias_cut} tokens; the first "
+                f"{kept} steer the decoding, the rest is dropped"
+            )
+            self._queue(WarningEvent("bias_cut", message, 0.0))
         self.ctx.metrics.count_session(options.language, self.ctx.model.info.languages)
         self._compute = self._spawn(self._decode_loop())
         loop = asyncio.get_running_loop()

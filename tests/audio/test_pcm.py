@@ -83,3 +83,25 @@ def test_f32_is_clipped_to_unit_range() -> None:
 def test_empty_input_is_empty_output() -> None:
     y = decode_pcm(b"", encoding="pcm_s16le", channels=2)
     assert y.shape == (0,) and y.dtype == np.float32
+
+
+def test_g711_matches_the_itu_tables() -> None:
+    """Codes of ITU-T G.711 with their linear values (16-bit scale)."""
+    mulaw = decode_pcm(bytes([0xFF, 0x7F, 0x80, 0x00, 0xEF]), encoding="pcm_mulaw", channels=1)
+    assert (mulaw * 32768).tolist() == [0, 0, 32124, -32124, 132]
+    alaw = decode_pcm(bytes([0xD5, 0x55, 0xAA, 0x2A]), encoding="pcm_alaw", channels=1)
+    assert (alaw * 32768).tolist() == [8, -8, 32256, -32256]
+    stereo = decode_pcm(bytes([0x80, 0x00]), encoding="pcm_mulaw", channels=2)
+    assert stereo.tolist() == [0.0]  # +32124 and -32124 average to 0
+
+
+def test_g711_matches_the_stdlib_decoder_on_every_code() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        audioop = pytest.importorskip("audioop")  # the stdlib reference, until Python 3.13
+    codes = bytes(range(256))
+    for encoding, expand in (("pcm_mulaw", audioop.ulaw2lin), ("pcm_alaw", audioop.alaw2lin)):
+        want = np.frombuffer(expand(codes, 2), "<i2") / 32768
+        assert np.array_equal(decode_pcm(codes, encoding=encoding, channels=1), want)

@@ -34,6 +34,7 @@ class FakeModel:
             {
                 "frames": num_frames,
                 "prompt": list(prompt),
+                "bias": list(request.bias),
                 "prefix": prefix,
                 "words": word_timestamps,
             }

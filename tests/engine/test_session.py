@@ -13,7 +13,7 @@ from streamasr import SAMPLE_RATE
 from streamasr.config import SessionConfig, VadConfig
 from streamasr.engine.calls import ModelCall
 from streamasr.engine.driver import LocalSession
-from streamasr.engine.session import Session
+from streamasr.engine.session import Session, bias_text
 from streamasr.events import (
     Event,
     SpeechStarted,
@@ -77,6 +77,33 @@ def test_previous_finals_prompt_the_next_utterance(sentences: list[np.ndarray]) 
     prompts = [c["prompt"] for c in model.calls]
     assert prompts[0] == []
     assert any(p for p in prompts)  # the second utterance saw the first one's tokens
+
+
+def test_the_prompt_and_keywords_head_every_decode(sentences: list[np.ndarray]) -> None:
+    text = bias_text("  Board notes. ", ("Siobhan", " Oaxaca ", "", "Enugu"))
+    assert text == "Board notes. Today we talked about Siobhan, Oaxaca and Enugu."
+    assert bias_text("", ("Tromsø",)) == "Today we talked about Tromsø."
+    assert bias_text("", ()) == ""
+    model = FakeModel()  # its text is " w0 w1 ...": the prompt "w5 w7" is tokens 5 and 7
+    session = LocalSession(model, SessionConfig(prompt="w5 w7"))
+    audio = np.concatenate([sentences[0], speech.silence(1.0), sentences[1], speech.silence(1.0)])
+    feed_all(session, audio)
+    session.close()
+    assert model.calls and all(c["bias"] == [5, 7] for c in model.calls)
+    assert any(c["prompt"] for c in model.calls)  # the previous finals follow the bias
+    plain = FakeModel()
+    LocalSession(plain).feed(sentences[0])
+    assert all(c["bias"] == [] for c in plain.calls)
+
+
+def test_a_bias_over_its_budget_is_cut_and_said(sentences: list[np.ndarray]) -> None:
+    model = FakeModel()
+    long = " ".join(f"w{i}" for i in range(200))
+    session = Session(model, SessionConfig(prompt=long))
+    assert session.bias_cut == 200 - 159  # DecodeConfig.max_bias_tokens
+    LocalSession(model, SessionConfig(prompt=long)).feed(sentences[0])
+    assert model.calls and all(c["bias"] == list(range(159)) for c in model.calls)
+    assert Session(model, SessionConfig(prompt="w1 w2")).bias_cut == 0
 
 
 def test_close_is_final_and_bad_input_is_rejected(speech_audio: np.ndarray) -> None:

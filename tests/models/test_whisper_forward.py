@@ -121,3 +121,28 @@ def test_forced_prefix_is_kept_and_continued(rand_whisper: WhisperModel) -> None
         ),
     )
     assert forced.tokens[: len(free.tokens)] == free.tokens[: len(forced.tokens)]
+
+
+def test_the_bias_heads_the_prompt_and_is_never_cut(rand_whisper: WhisperModel) -> None:
+    m = rand_whisper
+    start = m.tokens.start("en", "transcribe")
+    context = list(range(100, 300))  # 200 tokens of previous text
+    head = m.prompt_tokens(context, 64, start, bias=[7, 8, 9])
+    assert head == [m.tokens.sot_prev, 7, 8, 9, *context[-64:], *start]
+    assert m.prompt_tokens([], 64, start, bias=[7]) == [m.tokens.sot_prev, 7, *start]
+    assert m.prompt_tokens([], 64, start) == list(start)
+    feats = np.random.default_rng(5).standard_normal((80, 3000)).astype(np.float32)
+    heads: list[list[int]] = []
+    build = m.prompt_tokens
+
+    def spy(*args: Any, **kwargs: Any) -> list[int]:
+        heads.append(build(*args, **kwargs))
+        return heads[-1]
+
+    m.prompt_tokens = spy  # type: ignore[method-assign]
+    try:
+        opts = DecodeConfig(max_new_tokens=2, max_repeat_ngram=0)
+        run_one(m, TranscribeRequest(feats, 3000, context, opts, bias=[7, 8, 9]))
+    finally:
+        del m.prompt_tokens
+    assert heads == [[m.tokens.sot_prev, 7, 8, 9, *context[-64:], *start]]  # through `run`

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import socket
@@ -15,6 +16,8 @@ from email.message import Message
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+import soxr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -34,6 +37,30 @@ def pcm16(x: np.ndarray) -> bytes:
 def dequantized(x: np.ndarray) -> np.ndarray:
     """What the server decodes from `pcm16(x)`: the reference input for a local Session."""
     return np.frombuffer(pcm16(x), dtype="<i2").astype(np.float32) / np.float32(32768.0)
+
+
+def pcm24(x: np.ndarray) -> bytes:
+    """16 kHz float audio as the API's 24 kHz 16-bit PCM."""
+    y = soxr.resample(x, 16_000, 24_000)
+    return (np.clip(y, -1, 1) * 32767).round().astype("<i2").tobytes()
+
+
+def wav_bytes(x: np.ndarray, rate: int = 16_000, fmt: str = "WAV") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, x, rate, format=fmt, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def deepgram_sdk_client(port: int, key: str) -> Any:
+    """The official Deepgram SDK's async client, pointed at the daemon on `port`."""
+    from deepgram import AsyncDeepgramClient
+    from deepgram.environment import DeepgramClientEnvironment
+
+    host = f"127.0.0.1:{port}"
+    env = DeepgramClientEnvironment(
+        base=f"http://{host}", production=f"ws://{host}", agent=f"ws://{host}", agent_rest=""
+    )
+    return AsyncDeepgramClient(api_key=key, environment=env)
 
 
 def ws_url(server: Server, query: str = "") -> str:

@@ -238,3 +238,24 @@ async def test_models_lists_the_loaded_model_and_its_languages(make_server: Any)
         "languages": ["en"],
         "tasks": ["transcribe"],
     }
+
+
+async def test_openapi_describes_every_front_door_without_a_token(make_server: Any) -> None:
+    server = await make_server(token="t0k3n")
+    reply = await http_get(server, "/openapi.json")
+    assert reply.status == 200 and reply.headers["Content-Type"] == "application/json"
+    spec = json.loads(reply.body)
+    assert spec["openapi"].startswith("3.1")
+    paths = spec["paths"]
+    for path in ("/healthz", "/metrics", "/v1/models", "/v1/stream", "/v1/realtime", "/v1/listen"):
+        assert path in paths, path
+    form = paths["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]
+    fields = form["multipart/form-data"]["schema"]["properties"]
+    assert fields["response_format"]["enum"] == ["json", "text", "srt", "vtt", "verbose_json"]
+    assert (
+        "language"
+        not in paths["/v1/audio/translations"]["post"]["requestBody"]["content"][
+            "multipart/form-data"
+        ]["schema"]["properties"]
+    )
+    assert (await http_get(server, "/v1/models")).status == 401  # the APIs keep their token

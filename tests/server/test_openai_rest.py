@@ -4,7 +4,6 @@ the official `openai` SDK on real tiny.en speech."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
 from pathlib import Path
@@ -13,22 +12,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import soundfile as sf
 import speech
 from fake_model import FakeModel
-from server_helpers import assert_served, dequantized, reference_finals
+from server_helpers import assert_served, dequantized, reference_finals, wav_bytes
 
 from streamasr.server.app import Server
 from streamasr.server.config import ServerConfig
 from streamasr.textnorm import wer
 
 TOKEN = "rest-test-token"
-
-
-def wav_bytes(x: np.ndarray, rate: int = 16_000, fmt: str = "WAV") -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, x, rate, format=fmt, subtype="PCM_16")
-    return buffer.getvalue()
 
 
 async def post(

@@ -127,6 +127,12 @@ def test_bad_audio_frames_are_dropped_and_the_session_goes_on() -> None:
         ({"language": 7}, ErrorCode.INVALID_START, 1007),
         ({"task": "translate"}, ErrorCode.UNSUPPORTED_TASK, 1007),
         ({"task": ["transcribe"]}, ErrorCode.INVALID_START, 1007),
+        ({"prompt": 5}, ErrorCode.INVALID_START, 1007),
+        ({"prompt": "x" * 1001}, ErrorCode.INVALID_START, 1007),
+        ({"keywords": "Kubernetes"}, ErrorCode.INVALID_START, 1007),
+        ({"keywords": ["ok", 3]}, ErrorCode.INVALID_START, 1007),
+        ({"keywords": [""]}, ErrorCode.INVALID_START, 1007),
+        ({"keywords": ["k"] * 101}, ErrorCode.INVALID_START, 1007),
     ],
 )
 def test_an_invalid_session_start_is_fatal(
@@ -231,3 +237,14 @@ def test_session_started_lists_the_models_languages_and_tasks() -> None:
     assert SessionStarted("id", ANY_LANGUAGE, SessionStart(), {}).to_dict()["languages"] is None
     config = options.session_config(SessionConfig())
     assert (config.language, config.task) == ("es", "translate")
+
+
+def test_prompt_and_keywords_reach_the_session_config() -> None:
+    p = proto()
+    [action] = p.receive_text(
+        start(prompt="Notes of the ACME board.", keywords=["Siobhan", "Oaxaca"])
+    )
+    assert isinstance(action, Start)
+    config = action.options.session_config(SessionConfig())
+    assert config.prompt == "Notes of the ACME board."
+    assert config.keywords == ("Siobhan", "Oaxaca")

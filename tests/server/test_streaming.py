@@ -227,3 +227,12 @@ async def test_partials_can_be_turned_off(server: Server, speech_clips: list[np.
     check_clean(result)
     assert result.of("transcript.partial") == []
     assert [f["words"] for f in result.of("transcript.final")] == [[]]
+
+
+async def test_a_prompt_over_the_budget_is_cut_with_a_warning(server: Server) -> None:
+    long = " ".join(f"w{i}" for i in range(200))  # FakeModel: 200 tokens
+    start = {"type": "session.start", "prompt": long[:1000]}
+    result = await session(server, [json.dumps(start), json.dumps({"type": "session.end"})])
+    assert result.types == ["session.started", "warning", "session.ended"], result.messages
+    warning = result.of("warning")[0]
+    assert warning["code"] == "bias_cut" and "the first 159" in warning["message"]
