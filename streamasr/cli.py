@@ -113,6 +113,13 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a browser origin allowed besides same-origin, e.g. https://example.org; repeatable",
     )
     s.add_argument(
+        "--allow-host",
+        dest="allow_hosts",
+        action="append",
+        metavar="NAME",
+        help="without a token, a Host name served besides loopback (DNS rebinding guard)",
+    )
+    s.add_argument(
         "--max-sessions",
         type=int,
         help="concurrent sessions (0: derived from the measured cost of a final at start-up)",
@@ -144,8 +151,9 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
     limit_malloc_arenas()  # before any thread allocates
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
-    if flags.get("allow_origins") is not None:
-        flags["allow_origins"] = tuple(flags["allow_origins"])
+    for name in ("allow_origins", "allow_hosts"):
+        if flags.get(name) is not None:
+            flags[name] = tuple(flags[name])
     config = load_config(args.config, os.environ, flags)
     logging.basicConfig(
         level=config.log_level.upper(),

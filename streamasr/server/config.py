@@ -32,6 +32,7 @@ class ServerConfig:
     token: str | None = None  # bearer token; required when host is not loopback
     allow_origins: tuple[str, ...] = ()  # extra browser origins; same-origin is always allowed,
     # "*" allows any origin
+    allow_hosts: tuple[str, ...] = ()  # without a token: Host names served besides loopback
     max_sessions: int = 0  # concurrent sessions; one more is accepted, then closed 1013.
     # 0: derived at start-up from the measured time of one final (`estimate_capacity`)
     max_frame_bytes: int = 1_048_576  # largest binary frame (1 MiB: 32 s of 16 kHz s16 mono)

@@ -44,6 +44,7 @@ from streamasr.server.protocol import (
     Flush,
     KeepAlive,
     Mark,
+    ProtocolError,
     Reply,
     SendError,
     ServerMessage,
@@ -51,6 +52,7 @@ from streamasr.server.protocol import (
     SessionStart,
     Start,
     error_event,
+    load_json,
 )
 from streamasr.server.runner import ServerContext
 
@@ -119,9 +121,9 @@ class DeepgramCodec:
         if len(text.encode("utf-8", "replace")) > MAX_TEXT_BYTES:
             return self._fail(ErrorCode.FRAME_TOO_BIG, f"text message over {MAX_TEXT_BYTES} B")
         try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            return self._schema_error(ErrorCode.BAD_JSON, f"the message is not JSON: {exc}", text)
+            obj = load_json(text)
+        except ProtocolError as exc:
+            return self._schema_error(ErrorCode.BAD_JSON, exc.message, text)
         kind = obj.get("type") if isinstance(obj, dict) else None
         if not isinstance(kind, str):
             return self._schema_error(

@@ -264,12 +264,20 @@ class SessionEnd:
 ClientMessage = SessionStart | SessionFlush | SessionEnd
 
 
-def parse_client_message(text: str) -> ClientMessage:
-    """One client text frame to its message; raises ProtocolError when it is not one."""
+def load_json(text: str) -> Any:
+    """A client's JSON text; ProtocolError `bad_json` when it is not JSON or nests too deeply
+    for the parser (`"[" * 40000` is under the text limit)."""
     try:
-        obj = json.loads(text)
+        return json.loads(text)
     except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError from lone surrogates
         raise ProtocolError(ErrorCode.BAD_JSON, f"text frame is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_JSON, "text frame nests too deeply") from None
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    """One client text frame to its message; raises ProtocolError when it is not one."""
+    obj = load_json(text)
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError(
             ErrorCode.BAD_MESSAGE, "a text frame must be a JSON object with a string 'type'"

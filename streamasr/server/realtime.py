@@ -54,6 +54,7 @@ from streamasr.server.protocol import (
     ServerMessage,
     SessionStart,
     Start,
+    load_json,
 )
 from streamasr.server.realtime_session import FORMATS, RealtimeError, RealtimeSettings
 from streamasr.server.runner import ServerContext
@@ -110,11 +111,9 @@ class RealtimeCodec:
         if self.ended:
             return []
         try:
-            event = json.loads(text)
-        except ValueError:
-            return self._error("the event is not valid JSON", "invalid_json")
-        except RecursionError:
-            return self._error("the event nests too deeply", "invalid_json")
+            event = load_json(text)
+        except ProtocolError as exc:
+            return self._error(exc.message, "invalid_json")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return self._error("an event is a JSON object with a string `type`", param="type")
         kind = event["type"]

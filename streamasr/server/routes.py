@@ -54,10 +54,27 @@ def origin_allowed(origin: str | None, host: str | None, config: ServerConfig) -
     """
     if origin is None or "*" in config.allow_origins or origin in config.allow_origins:
         return True
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+        hostname = parts.hostname or ""
+    except ValueError:  # "http://[": not an origin a browser sends
+        return False
     if host is None or parts.netloc.lower() != host.lower():
         return False
-    return config.token is not None or is_loopback(parts.hostname or "")
+    return config.token is not None or is_loopback(hostname)
+
+
+def host_allowed(host: str | None, config: ServerConfig) -> bool:
+    """Without a token, the `Host` a request names must be loopback or listed in
+    `allow_hosts`: a page whose DNS name an attacker rebinds to 127.0.0.1 still names its own
+    host, so it cannot read an open daemon's pages and metrics. No `Host`: not a browser."""
+    if config.token is not None or host is None:
+        return True
+    try:
+        name = urlsplit(f"//{host}").hostname or ""
+    except ValueError:
+        return False
+    return is_loopback(name) or name in config.allow_hosts
 
 
 class Routes:
@@ -88,6 +105,9 @@ class Routes:
         ):
             forbidden = http.HTTPStatus.FORBIDDEN
             return self._reject(session, "origin", forbidden, "origin not allowed\n")
+        if not host_allowed(request.headers.get("Host"), self.config):
+            forbidden = http.HTTPStatus.FORBIDDEN
+            return self._reject(session, "host", forbidden, "host not allowed\n")
         if guarded and not self._authorized(request):
             return self._reject(
                 session,
@@ -147,7 +167,7 @@ class Routes:
         return response(http.HTTPStatus.OK, body, "application/json")
 
     async def static_file(self, request: Request) -> Response:
-        found = self.static.lookup(request.url.path)
+        found = self.static.lookup(request.scope["path"])  # `request.url` fails on "//["
         if found is None:
             return response(http.HTTPStatus.NOT_FOUND, "not found\n")
         return response(http.HTTPStatus.OK, found.body, found.content_type)

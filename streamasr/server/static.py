@@ -52,9 +52,9 @@ class StaticFiles:
         if any(p in ("..", ".") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
             return None  # no traversal, no hidden files
         path = self.root.joinpath(*parts)
-        if path.is_dir():
-            path = path / "index.html"
-        try:
+        try:  # a name over the file system's limit raises, as a missing one does
+            if path.is_dir():
+                path = path / "index.html"
             resolved = path.resolve(strict=True)
         except (OSError, RuntimeError):
             return None

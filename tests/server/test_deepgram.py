@@ -356,12 +356,13 @@ async def test_token_schemes_and_subprotocol(make_server: Any) -> None:
 async def test_garbage_gets_errors_and_the_session_goes_on(
     server: Server, speech_clips: list[np.ndarray]
 ) -> None:
-    garbage = ["not json", '{"type": "Bogus"}', "[1, 2]", '{"no": "type"}']
+    deep = "[" * 40_000  # under the 64 KiB text limit, too deep for the JSON parser
+    garbage = ["not json", '{"type": "Bogus"}', "[1, 2]", '{"no": "type"}', deep]
     configure = json.dumps({"type": "Configure", "keyterms": ["streamasr"]})
     audio = chunked(pcm16(speech_clips[1]))
     result = await listen(server, [*garbage, configure, *audio, CLOSE])
     errors = result.of("Error")
-    assert [e["message"] for e in errors] == garbage  # the offending text, each
+    assert [e["message"] for e in errors] == [*garbage[:-1], deep[:1000]]  # the text, each
     assert {e["variant"] for e in errors} == {"SchemaError"}
     assert result.of("ConfigureFailure")[0]["code"] == "CONFIGURE_KEYTERMS_NOT_SUPPORTED"
     assert result.transcript.startswith("w0") and result.types[-1] == "Metadata"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -150,10 +151,24 @@ async def test_origins_outside_the_allowlist_are_refused(make_server: Any) -> No
         with pytest.raises(InvalidStatus) as refused:
             await connect(ws_url(server), additional_headers={"Origin": origin})
         assert refused.value.response.status_code == 403, origin
-    # DNS rebinding: a foreign name resolved to 127.0.0.1 is same-origin by Host, yet refused
-    rebinding = {"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"}
-    assert (await http_get(server, "/metrics", rebinding)).status == 403
-    assert server.metrics.rejected.labels(reason="origin")._value.get() == 3
+    # DNS rebinding: a foreign name resolved to 127.0.0.1 is same-origin by Host, yet refused;
+    # a same-origin GET carries no Origin, as browsers send it: its Host refuses it
+    rebinding = {"Host": f"evil.example:{port}"}
+    for path in ("/metrics", "/", "/healthz"):
+        assert (await http_get(server, path, rebinding)).status == 403, path
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(
+            ws_url(server),
+            additional_headers={**rebinding, "Origin": f"http://{rebinding['Host']}"},
+        )
+    assert refused.value.response.status_code == 403
+    assert server.metrics.rejected.labels(reason="origin")._value.get() == 4
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        assert (await http_get(server, "/healthz", {"Host": host})).status == 200, host
+    listed = await make_server(allow_hosts=("captions.lan",))
+    assert (await http_get(listed, "/healthz", {"Host": "captions.lan:8765"})).status == 200
+    with_token = await make_server(token="t0k3n-long-enough")  # a token guards it instead
+    assert (await http_get(with_token, "/healthz", rebinding)).status == 200
     await assert_served(server)
 
 
@@ -259,3 +274,37 @@ async def test_openapi_describes_every_front_door_without_a_token(make_server: A
         ]["schema"]["properties"]
     )
     assert (await http_get(server, "/v1/models")).status == 401  # the APIs keep their token
+
+
+async def raw_status(port: int, path: str, headers: dict[str, bytes]) -> int:
+    """The status of a hand-made GET (urllib would refuse or fix these requests)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = b"".join(k.encode() + b": " + v + b"\r\n" for k, v in headers.items())
+    writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"\r\n")
+    await writer.drain()
+    line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    return int(line.split()[1])
+
+
+async def test_malformed_requests_get_their_answer_not_a_500(
+    make_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_server(token="t0k3n-long-enough")
+    cases = [
+        ("/", {"Origin": b"http://["}, 403),
+        ("//[", {}, 404),
+        ("/" + "a" * 300, {}, 404),  # a name over the file system's limit
+        ("/metrics", {"Authorization": b"Bearer caf\xe9"}, 401),
+        ("/metrics?token=caf%E9", {}, 401),
+        ("/metrics?token=%FF%FE", {}, 401),
+    ]
+    for path, headers, status in cases:
+        assert await raw_status(server.port, path, headers) == status, (path, headers)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    await assert_served_with_token(server, "t0k3n-long-enough")
+
+
+async def assert_served_with_token(server: Server, token: str) -> None:
+    reply = await http_get(server, "/metrics", {"Authorization": f"Bearer {token}"})
+    assert reply.status == 200

@@ -86,6 +86,7 @@ def test_flush_and_end_in_order_and_input_after_end_is_ignored() -> None:
     ("text", "code"),
     [
         ("{not json", ErrorCode.BAD_JSON),
+        ("[" * 40_000, ErrorCode.BAD_JSON),  # under the text limit, too deep for the parser
         ("[1, 2]", ErrorCode.BAD_MESSAGE),
         ('{"type": 5}', ErrorCode.BAD_MESSAGE),
         ('{"type": "session.pause"}', ErrorCode.UNKNOWN_TYPE),
