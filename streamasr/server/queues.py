@@ -2,7 +2,9 @@
 
 - `Inbox` (client -> decoder), policy **pause-reading**: audio waits here for the decoder, up to
   `max_samples`; a reader that would go over waits, so the server stops reading that socket and
-  TCP flow control slows the sender down. Nothing is dropped, and no other session waits.
+  TCP flow control slows the sender down. Nothing is dropped, and no other session waits. A
+  flush takes a tenth of the room (each one can cost a final decode), so a flood of flushes
+  pauses reading too: at most ten wait.
 - `Outbox` (server -> client), policy **merge-partials, never drop finals**: a queued partial is
   dropped as soon as a newer partial or the final of its segment is queued; if the queue still
   holds more than `limit` messages, `put` says so and the connection closes 1008 "client too slow".
@@ -48,9 +50,18 @@ class Inbox:
             self._samples += samples.size
             self._cond.notify_all()
 
+    @property
+    def flush_samples(self) -> int:
+        """The room one queued flush takes."""
+        return max(1, self.max_samples // 10)
+
     async def put_command(self, command: Command) -> None:
-        """Queue a flush or an end behind the audio already queued; never waits for space."""
+        """Queue a flush or an end behind the audio already queued. An end never waits; a
+        flush waits for room (each is answered, so none is merged with another)."""
         async with self._cond:
+            if isinstance(command, Flush):
+                await self._cond.wait_for(lambda: self._samples < self.max_samples)
+                self._samples += self.flush_samples
             self._items.append(command)
             self._cond.notify_all()
 
@@ -59,7 +70,11 @@ class Inbox:
         async with self._cond:
             await self._cond.wait_for(lambda: bool(self._items))
             if not isinstance(self._items[0], np.ndarray):
-                return self._items.popleft()
+                command = self._items.popleft()
+                if isinstance(command, Flush):
+                    self._samples -= self.flush_samples
+                    self._cond.notify_all()
+                return command
             chunks: list[np.ndarray] = []
             while self._items and isinstance(self._items[0], np.ndarray):
                 chunks.append(self._items.popleft())  # type: ignore[arg-type]

@@ -46,14 +46,15 @@ async def test_inbox_coalesces_audio_keeps_order_and_pauses_when_full() -> None:
     box = Inbox(max_samples=10)
     await box.put_audio(np.ones(4, np.float32))
     await box.put_audio(np.ones(7, np.float32))  # 11 >= 10: the next put waits
-    await box.put_command(Flush())
-    blocked = asyncio.create_task(box.put_audio(np.zeros(3, np.float32)))
+    flush = asyncio.create_task(box.put_command(Flush()))  # a flush waits for room too
     await asyncio.sleep(0.01)
-    assert not blocked.done() and box.queued_samples == 11
+    assert not flush.done() and box.queued_samples == 11
     first = await box.get()
     assert isinstance(first, np.ndarray) and first.size == 11
-    await blocked
-    assert isinstance(await box.get(), Flush)
+    await flush
+    assert box.queued_samples == box.flush_samples == 1  # a tenth of the room
+    await box.put_audio(np.zeros(3, np.float32))
+    assert isinstance(await box.get(), Flush) and box.queued_samples == 3
     await box.put_command(End("client"))
     third = await box.get()
     assert isinstance(third, np.ndarray) and third.size == 3

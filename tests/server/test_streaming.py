@@ -31,6 +31,7 @@ from websockets.asyncio.client import connect
 from streamasr.models.base import DecodeResult, TranscribeRequest
 from streamasr.server import queues
 from streamasr.server.app import Server
+from streamasr.server.protocol import Flush
 
 END = json.dumps({"type": "session.end"})
 FLUSH = json.dumps({"type": "session.flush"})
@@ -236,3 +237,25 @@ async def test_a_prompt_over_the_budget_is_cut_with_a_warning(server: Server) ->
     assert result.types == ["session.started", "warning", "session.ended"], result.messages
     warning = result.of("warning")[0]
     assert warning["code"] == "bias_cut" and "the first 159" in warning["message"]
+
+
+async def test_a_flood_of_flushes_waits_in_the_bounded_backlog(
+    make_server: Any, speech_clips: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peak: list[int] = []
+    put = queues.Inbox.put_command
+
+    async def spy(self: queues.Inbox, command: Any) -> None:
+        await put(self, command)
+        peak.append(sum(isinstance(i, Flush) for i in self._items))
+
+    monkeypatch.setattr(queues.Inbox, "put_command", spy)
+    server = await make_server(model_factory=lambda _: SlowModel())
+    audio = speech_clips[2]
+    flush = json.dumps({"type": "session.flush"})
+    frames: list[str | bytes] = [pcm16(audio), *[flush] * 300, json.dumps({"type": "session.end"})]
+    result = await session(server, frames, timeout_s=60)
+    check_clean(result)
+    assert len(peak) == 301 and max(peak) <= 11  # at most a tenth of the room each
+    assert result.final_texts == reference_finals(audio)
+    await assert_served(server)
