@@ -138,9 +138,10 @@ class Producer:
                     await self._apply(self.protocol.receive_text(message))
                 else:
                     await self._apply(self.protocol.receive_bytes(message))
-                if self.split_requested and not self._ended:
-                    self.split_requested = False
-                    await self._call(self._recorder().split)
+                if self.split_requested:
+                    self.split_requested = False  # with no meeting open there is none to end
+                    if self.recorder is not None and not self._ended:
+                        await self._call(self.recorder.split)
         except ChannelClosed:
             pass  # the meeting ends below, keeping what was said
         except Exception:

@@ -81,3 +81,18 @@ async def test_access_checks(listener: tuple[MeetingListener, list[dict[str, Any
     assert [r["type"] for r in records] == ["meeting.started", "meeting.ended"]
     assert records[1]["finals"] == 0 and records[1]["reason"] == "end"
     assert (Path(records[1]["dir"]) / "transcript.md").is_file()
+
+
+async def test_a_split_before_the_meeting_opens_changes_nothing(
+    listener: tuple[MeetingListener, list[dict[str, Any]]],
+) -> None:
+    server, records = listener
+    async with connect(server.url + f"?token={TOKEN}") as ws:
+        await ws.send("{not json")  # connected, nothing started yet
+        server.split()  # what SIGUSR1 calls
+        await ws.send(json.dumps({"type": "session.end"}))
+        replies = [json.loads(m) async for m in ws]
+    assert [m["type"] for m in replies] == ["error", "session.started", "session.ended"]
+    assert replies[0]["code"] == "bad_json" and not replies[0]["fatal"]
+    assert ws.close_code == 1000
+    assert [r["type"] for r in records] == ["meeting.started", "meeting.ended"]
