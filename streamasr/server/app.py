@@ -308,15 +308,23 @@ class Server:
             return
         conn = SessionRunner(ws, codec, ctx)
         self._connections.add(conn)
-        self.metrics.sessions.inc()
-        self.metrics.sessions_active.set(self.active_sessions)
+        self._opened()
         try:
             await conn.run()
         finally:
             self._connections.discard(conn)
-            self.metrics.sessions_active.set(self.active_sessions)
-            if not self.active_sessions:
-                self._drained.set()
+            self._closed()
+
+    def _opened(self) -> None:
+        """A session (stream or REST job) took a place."""
+        self.metrics.sessions.inc()
+        self.metrics.sessions_active.set(self.active_sessions)
+
+    def _closed(self) -> None:
+        """A session gave its place back: the drain may be over."""
+        self.metrics.sessions_active.set(self.active_sessions)
+        if not self.active_sessions:
+            self._drained.set()
 
     def _admit_job(self) -> Callable[[], None] | None:
         """A session's place for a REST transcription: its release, or None when full."""
@@ -324,8 +332,7 @@ class Server:
             self.metrics.rejected.labels(reason="busy").inc()
             return None
         self._jobs += 1
-        self.metrics.sessions.inc()
-        self.metrics.sessions_active.set(self.active_sessions)
+        self._opened()
         released = False
 
         def release() -> None:
@@ -333,9 +340,7 @@ class Server:
             if not released:
                 released = True
                 self._jobs -= 1
-                self.metrics.sessions_active.set(self.active_sessions)
-                if not self.active_sessions:
-                    self._drained.set()
+                self._closed()
 
         return release
 
