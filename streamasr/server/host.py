@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from typing import Any
 
@@ -24,6 +25,25 @@ log = logging.getLogger(__name__)
 # which plain ASGI cannot; elsewhere the close waits for the host's own timeout.
 TRANSPORT_EXTENSION = "streamasr.transport"
 CLOSE_TIMEOUT_S = 2.0  # after our close frame: how long the client has to answer it
+
+
+_SECRET = re.compile(r"([?&](?:token|api_key)=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactSecrets(logging.Filter):
+    """Hides `?token=` values in uvicorn's log lines ("WebSocket /v1/stream?token=..."
+    [accepted]): a browser can pass its token only in the query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRET.sub(r"\1***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+for _name in ("uvicorn.error", "uvicorn.access"):
+    logging.getLogger(_name).addFilter(RedactSecrets())
 
 
 class _WebSocketProtocol(WebSocketsSansIOProtocol):

@@ -313,3 +313,20 @@ async def test_malformed_requests_get_their_answer_not_a_500(
 async def assert_served_with_token(server: Server, token: str) -> None:
     reply = await http_get(server, "/metrics", {"Authorization": f"Bearer {token}"})
     assert reply.status == 200
+
+
+async def test_tokens_in_the_query_never_reach_the_log(
+    make_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cret-query-token-value"
+    server = await make_server(token=secret)
+    caplog.set_level(logging.DEBUG)
+    async with connect(ws_url(server, f"?token={secret}")) as ws:
+        await ws.send(json.dumps({"type": "session.end"}))
+        assert json.loads(await ws.recv())["type"] == "session.started"
+    assert (await http_get(server, f"/metrics?token={secret}")).status == 200
+    daemon = "\n".join(  # the daemon's log; the test's own client logs its request itself
+        r.getMessage() for r in caplog.records if r.name.startswith(("uvicorn", "streamasr"))
+    )
+    assert "/v1/stream?token=***" in daemon  # the line is there, its secret is not
+    assert secret not in daemon
