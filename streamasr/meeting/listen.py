@@ -27,7 +27,7 @@ from streamasr.errors import InputError
 from streamasr.events import Event
 from streamasr.meeting.recorder import Emit, MeetingRecorder
 from streamasr.models.base import AsrModel
-from streamasr.server.asgi import AsgiChannel
+from streamasr.server.asgi import AsgiChannel, close_channel, deny
 from streamasr.server.config import is_loopback
 from streamasr.server.host import Host
 from streamasr.server.protocol import (
@@ -231,7 +231,7 @@ class Producer:
 
     async def _close(self, code: int, reason: str) -> None:
         self._ended = True
-        await close_socket(self.ws, code, reason)
+        await close_channel(self.ws, code, reason)
 
 
 class MeetingListener:
@@ -290,7 +290,7 @@ class MeetingListener:
         ws = AsgiChannel(websocket)
         await ws.accept()
         if self._stopping:
-            await close_socket(ws, CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+            await close_channel(ws, CloseCode.GOING_AWAY, SHUTDOWN_REASON)
             return
         if self.producer is not None:
             await self._refuse(ws)
@@ -311,7 +311,7 @@ class MeetingListener:
                 await ws.send(frame)
         except (TimeoutError, ChannelClosed):
             pass
-        await close_socket(ws, CloseCode.TRY_AGAIN, BUSY_REASON)
+        await close_channel(ws, CloseCode.TRY_AGAIN, BUSY_REASON)
 
 
 class _ProducerCheck:
@@ -329,7 +329,7 @@ class _ProducerCheck:
         elif scope["type"] == "http":
             await refusal(scope, receive, send)
         else:
-            await WebSocket(scope, receive, send).send_denial_response(refusal)
+            await deny(WebSocket(scope, receive, send), refusal)
 
     def _refusal(self, request: HTTPConnection) -> Response | None:
         if request.url.path != STREAM_PATH:
@@ -346,15 +346,6 @@ class _ProducerCheck:
                 headers={"WWW-Authenticate": 'Bearer realm="streamasr"'},
             )
         return None
-
-
-async def close_socket(ws: AsgiChannel, code: int, reason: str) -> None:
-    """Close with `code`; drop the TCP connection if the peer does not answer in time."""
-    try:
-        async with asyncio.timeout(CLOSE_GRACE_S):
-            await ws.close(code, reason)
-    except TimeoutError:
-        ws.abort()
 
 
 async def listen(config: ListenConfig, model: AsrModel, emit: Emit) -> None:

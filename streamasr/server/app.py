@@ -20,7 +20,7 @@ from streamasr.config import SessionConfig
 from streamasr.engine.scheduler import Scheduler, SchedulerConfig
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
-from streamasr.server.asgi import AsgiChannel, Refused, build_app
+from streamasr.server.asgi import AsgiChannel, Refused, build_app, close_channel
 from streamasr.server.config import ServerConfig, load_config
 from streamasr.server.deepgram import LISTEN_PATH, deepgram_codec
 from streamasr.server.host import Host
@@ -298,10 +298,10 @@ class Server:
         ws = AsgiChannel(websocket)
         await ws.accept()
         if self.state == "stopping":  # the handshake finished just as the drain began
-            await _close(ws, CloseCode.GOING_AWAY, "server shutting down")
+            await close_channel(ws, CloseCode.GOING_AWAY, "server shutting down")
             return
         if self.state != "ready":
-            await _close(ws, CloseCode.TRY_AGAIN, "server not ready")
+            await close_channel(ws, CloseCode.TRY_AGAIN, "server not ready")
             return
         if self.active_sessions >= self.capacity:
             await self._reject_busy(ws, codec)
@@ -355,15 +355,7 @@ class Server:
                     await ws.send(frame)
         except (TimeoutError, ChannelClosed):
             pass
-        await _close(ws, CloseCode.TRY_AGAIN, f"server busy: {limit} sessions")
-
-
-async def _close(ws: AsgiChannel, code: int, reason: str) -> None:
-    try:
-        async with asyncio.timeout(CLOSE_GRACE_S):
-            await ws.close(code, reason)
-    except TimeoutError:
-        ws.abort()
+        await close_channel(ws, CloseCode.TRY_AGAIN, f"server busy: {limit} sessions")
 
 
 def create_app() -> Any:

@@ -7,6 +7,7 @@ uvicorn serves it by default (`server/host.py`) and any ASGI host can mount it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -22,7 +23,7 @@ from streamasr.server.host import TRANSPORT_EXTENSION
 from streamasr.server.openapi import OPENAPI_PATH, openapi
 from streamasr.server.protocol import STREAM_PATH
 from streamasr.server.routes import HEALTH_PATH, METRICS_PATH, MODELS_PATH, Routes
-from streamasr.server.runner import ChannelClosed
+from streamasr.server.runner import CLOSE_GRACE_S, ChannelClosed
 
 SessionHandler = Callable[[WebSocket], Awaitable[None]]
 
@@ -71,6 +72,15 @@ class AsgiChannel:
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+async def close_channel(ws: AsgiChannel, code: int, reason: str) -> None:
+    """Close with `code`; drop the connection if the peer does not answer in time."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_S):
+            await ws.close(code, reason)
+    except TimeoutError:
+        ws.abort()
 
 
 class Refused(Exception):
