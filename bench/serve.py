@@ -287,19 +287,26 @@ async def run_round(
     return result
 
 
-async def start_daemon(args: argparse.Namespace, max_clients: int) -> tuple[Any, str]:
-    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
-    argv = ["--port", "0", "--model", model, "--max-sessions", str(max_clients)]
-    argv += ["--workers", str(args.workers)]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    log = open(args.log, "w")  # noqa: SIM115 - the daemon writes to it until it exits
+async def start_daemon(
+    model: str,
+    log_path: str | Path,
+    max_sessions: int,
+    *,
+    port: int = 0,
+    extra: list[str] | None = None,
+) -> tuple[Any, str]:
+    """`streamasr serve` on loopback (`port` 0: a free one), its log in `log_path`; (process,
+    ws URL) once it is ready."""
+    model = str(Path(model).resolve()) if Path(model).exists() else model
+    argv = ["--port", str(port), "--model", model, "--max-sessions", str(max_sessions)]
+    log = open(log_path, "w")  # noqa: SIM115 - the daemon writes to it until it exits
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "streamasr.cli",
         "serve",
         *argv,
+        *(extra or []),
         stdout=asyncio.subprocess.PIPE,
         stderr=log,
         cwd=tempfile.gettempdir(),  # not the checkout: its kernels/ folder must not be importable
@@ -309,7 +316,7 @@ async def start_daemon(args: argparse.Namespace, max_clients: int) -> tuple[Any,
     match = re.search(r"http://([^/]+)/", line)
     if not match:
         proc.kill()
-        raise SystemExit(f"the daemon did not start; see {args.log}")
+        raise SystemExit(f"the daemon did not start; see {log_path}")
     return proc, f"ws://{match[1]}/v1/stream"
 
 
@@ -317,7 +324,14 @@ async def main_async(args: argparse.Namespace) -> int:
     clips = load_clips(args.corpus)
     ns = [int(x) for x in args.clients.split(",")]
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    proc, url = (None, args.url) if args.url else await start_daemon(args, max(ns))
+    extra = ["--workers", str(args.workers)] + (
+        ["--threads", str(args.threads)] if args.threads else []
+    )
+    proc, url = (
+        (None, args.url)
+        if args.url
+        else await start_daemon(args.model, args.log, max(ns), extra=extra)
+    )
     print(f"# {url}, {args.seconds:g} s per client per round, cpu: {_cpu()}", flush=True)
     print(HEADER, flush=True)
     best = 0

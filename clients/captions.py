@@ -7,6 +7,9 @@ A file is streamed paced at `--speed` times real time, in its own sample rate (t
 resamples); `--mic` records 16 kHz mono through sounddevice (optional: pip install sounddevice).
 On a terminal the current partial is rewritten in place and each final gets its own line; on a
 pipe only the finals are printed; `--json` prints every server message as one JSON line.
+Server text is printed with escape sequences and control characters removed (`--json`
+escapes them), so a broken or hostile server cannot drive the terminal. A token is not sent
+over plain ws:// to another host unless `--insecure-token`.
 Ctrl-C ends the session (session.end) and waits for the last finals; a second Ctrl-C quits.
 Exit codes: 0 done, 1 the server ended the session with an error, 2 usage, file or connection
 errors (one line on stderr), 130 a second Ctrl-C.
@@ -16,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import shutil
 import signal
 import sys
@@ -30,6 +31,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from streamasr.net import add_token_args, token_refusal
 from streamasr.server.protocol import (
     STREAM_PATH,
     AudioFormat,
@@ -37,6 +39,7 @@ from streamasr.server.protocol import (
     SessionStart,
     parse_server_message,
 )
+from streamasr.textsafe import safe_json, safe_text
 
 DEFAULT_URL = f"ws://127.0.0.1:8765{STREAM_PATH}"
 FRAME_S = 0.1  # audio per WebSocket frame
@@ -138,12 +141,12 @@ class Printer:
 
     def show(self, msg: dict[str, Any]) -> None:
         if self.as_json:
-            print(json.dumps(msg, ensure_ascii=False), file=self.out, flush=True)
+            print(safe_json(msg), file=self.out, flush=True)
             return
         kind = msg["type"]
         if kind == "transcript.partial" and self.tty:
             width = shutil.get_terminal_size().columns - 1
-            text = msg["text"].strip()
+            text = safe_text(msg["text"]).strip()
             if len(text) > width:  # keep the tail: one line, so \r can rewrite it
                 text = "…" + text[-(width - 1) :]
             self.out.write(f"\r\x1b[K{text}")
@@ -151,10 +154,11 @@ class Printer:
             self.partial_shown = True
         elif kind == "transcript.final":
             self._clear()
-            print(msg["text"].strip(), file=self.out, flush=True)
+            print(safe_text(msg["text"]).strip(), file=self.out, flush=True)
         elif kind == "error":
             self._clear()
-            print(f"server error {msg['code']}: {msg['message']}", file=sys.stderr, flush=True)
+            error = safe_text(f"server error {msg['code']}: {msg['message']}")
+            print(error, file=sys.stderr, flush=True)
 
     def _clear(self) -> None:
         if self.partial_shown:
@@ -198,12 +202,15 @@ async def receive(ws: ClientConnection, printer: Printer) -> int:
     except ConnectionClosed:
         pass
     if ws.close_code not in (None, 1000) and not fatal:
-        print(f"connection closed: {ws.close_code} {ws.close_reason}", file=sys.stderr)
+        print(safe_text(f"connection closed: {ws.close_code} {ws.close_reason}"), file=sys.stderr)
         return 1
     return 1 if fatal else 0
 
 
 async def run(args: argparse.Namespace) -> int:
+    refusal = token_refusal(args, args.url)
+    if refusal:
+        raise UsageError(refusal)
     stop = asyncio.Event()
     if args.mic:
         fmt = AudioFormat("pcm_s16le", MIC_RATE, 1)
@@ -263,11 +270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("file", nargs="?", help="an audio file (wav, flac, ogg, ...)")
     src.add_argument("--mic", action="store_true", help="the default microphone (sounddevice)")
     p.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's WebSocket ({DEFAULT_URL})")
-    p.add_argument(
-        "--token",
-        default=os.environ.get("STREAMASR_TOKEN"),
-        help="bearer token (default: $STREAMASR_TOKEN; the flag shows in ps)",
-    )
+    add_token_args(p)
     p.add_argument("--json", action="store_true", help="print every server message as JSON")
     p.add_argument("--language", default="auto", help="spoken language: a code such as es (auto)")
     p.add_argument(
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run(args))
     except UsageError as exc:
-        print(f"captions: {exc}", file=sys.stderr)
+        print(f"captions: {safe_text(str(exc))}", file=sys.stderr)  # may quote the server
         return 2
     except KeyboardInterrupt:
         return 130

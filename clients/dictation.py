@@ -6,6 +6,10 @@ Listening toggles on SIGUSR1, so a desktop shortcut can run `pkill -USR1 -f clie
 it starts listening unless --start-paused. `--once` types the first utterance and exits.
 Typing: xdotool on X11, wtype or ydotool on Wayland, the clipboard (xclip / wl-copy) otherwise;
 --backend picks one. See docs/dictation.md.
+Server text is typed on one line with control characters, escape sequences and bidi overrides
+removed, so a broken or hostile server cannot press Enter or send escapes into a terminal; with
+--punctuation the words "new line" still become a newline, whoever sent them. A token is not sent
+over plain ws:// to another host unless --insecure-token.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import numpy as np
 
+from streamasr.net import add_token_args, token_refusal
 from streamasr.server.protocol import (
     STREAM_PATH,
     AudioFormat,
@@ -30,6 +35,7 @@ from streamasr.server.protocol import (
     SessionStart,
     parse_server_message,
 )
+from streamasr.textsafe import safe_text
 
 RATE = 16_000
 CHUNK = RATE // 20  # 50 ms frames
@@ -192,6 +198,9 @@ def pcm16(x: np.ndarray) -> bytes:
 async def dictate(args: argparse.Namespace) -> int:
     from websockets.asyncio.client import connect
 
+    refusal = token_refusal(args, args.url)
+    if refusal:
+        raise SystemExit(f"dictation: {refusal}")
     backend = args.backend or choose_backend(os.environ)
     committer = Committer(args.punctuation)
     listening = asyncio.Event()
@@ -225,12 +234,12 @@ async def dictate(args: argparse.Namespace) -> int:
             async for raw in ws:
                 msg = parse_server_message(str(raw))
                 if msg["type"] == "transcript.final":
-                    text = committer.text(msg["text"])
+                    text = committer.text(safe_text(msg["text"]))
                     type_text(text, backend)
                     if text and args.once:
                         break
                 elif msg["type"] == "error" and msg.get("fatal"):
-                    print(f"dictation: {msg['message']}", file=sys.stderr)
+                    print(f"dictation: {safe_text(msg['message'])}", file=sys.stderr)
                     return 1
         finally:
             sender.cancel()
@@ -240,7 +249,7 @@ async def dictate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default=f"ws://127.0.0.1:8765{STREAM_PATH}")
-    p.add_argument("--token", default=os.environ.get("STREAMASR_TOKEN"))
+    add_token_args(p)
     p.add_argument("--device", help="sound input (sounddevice name or index)")
     p.add_argument(
         "--input",

@@ -124,7 +124,18 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=int,
         help="concurrent sessions (0: derived from the measured cost of a final at start-up)",
     )
+    s.add_argument(
+        "--max-client-sessions",
+        type=int,
+        help="sessions one client address may hold (0: half of --max-sessions; loopback: any)",
+    )
     s.add_argument("--max-frame-bytes", type=int, help="largest binary frame (1048576)")
+    s.add_argument(
+        "--max-messages",
+        dest="max_messages_per_s",
+        type=float,
+        help="messages read from one client a second; more wait in the socket (200)",
+    )
     s.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds (30)")
     s.add_argument("--max-session", dest="max_session_s", type=float, help="seconds (14400)")
     s.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (10)")
@@ -137,6 +148,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=list(ENCODERS),
         help=f"window: re-encode per update; chunked: cached prefix ({SessionConfig.encoder})",
     )
+    s.add_argument("--tls-cert", help="PEM certificate (chain): serve https:// and wss://")
+    s.add_argument("--tls-key", help="the certificate's PEM private key (if not in --tls-cert)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
@@ -147,6 +160,7 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
     from streamasr.server.app import Server
     from streamasr.server.config import load_config
+    from streamasr.server.host import redact_logs
     from streamasr.server.worker import limit_malloc_arenas
 
     limit_malloc_arenas()  # before any thread allocates
@@ -160,6 +174,7 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",  # no timestamps: journald adds them
     )
+    redact_logs()  # tokens in headers and queries, which uvicorn and websockets log at DEBUG
     if config.log_level != "debug":  # websockets logs every connection and HTTP reply at INFO
         logging.getLogger("websockets").setLevel(logging.WARNING)
 

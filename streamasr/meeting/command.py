@@ -54,6 +54,14 @@ def add_meeting_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "required on an address other than loopback",
     )
     m.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="--listen: end a producer's meeting and close it after S seconds without audio "
+        "(default 60), so an idle connection cannot hold the one producer slot",
+    )
+    m.add_argument(
         "--speed",
         default="max",
         help="file pacing: a factor of real time (1, 4, ...) or max (default)",
@@ -148,7 +156,12 @@ def _listen(args: argparse.Namespace, outdir: Path, out: TextIO) -> int:
     host, port = parse_listen(args.listen)
     try:
         config = ListenConfig(
-            outdir, host, port, args.token or None, silence_timeout_s=args.silence_timeout
+            outdir,
+            host,
+            port,
+            args.token or None,
+            silence_timeout_s=args.silence_timeout,
+            **({} if args.idle_timeout is None else {"idle_timeout_s": args.idle_timeout}),
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None

@@ -1,16 +1,18 @@
-"""`streamasr meeting --listen`: a WebSocket (protocol v1) audio producer records a meeting."""
+"""`streamasr meeting --listen`: a WebSocket (protocol v1) audio producer records a meeting.
+
+Each producer is a `SessionRunner`, as a daemon client is, whose `Recording` is the meeting's
+notes (`MeetingNotes`): every final is on disk before the producer hears of it, and whatever
+way the connection ends, the audio received is transcribed into the meeting.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hmac
 import http
 import logging
 import signal
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,34 +24,25 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from streamasr.config import SessionConfig
-from streamasr.engine.driver import LocalSession
+from streamasr.engine.scheduler import Scheduler, SchedulerConfig
 from streamasr.errors import InputError
-from streamasr.events import Event
-from streamasr.meeting.recorder import Emit, MeetingRecorder
+from streamasr.meeting.recorder import Emit, MeetingNotes
 from streamasr.models.base import AsrModel
+from streamasr.net import is_loopback
 from streamasr.server.asgi import AsgiChannel, close_channel, deny
-from streamasr.server.config import is_loopback
+from streamasr.server.config import ServerConfig, token_problem
 from streamasr.server.host import Host
+from streamasr.server.metrics import ServerMetrics
 from streamasr.server.protocol import (
     STREAM_PATH,
-    Action,
-    Audio,
-    Close,
     CloseCode,
-    End,
     ErrorCode,
-    Flush,
-    SendError,
-    ServerMessage,
     ServerProtocol,
-    SessionEnded,
-    SessionStart,
-    SessionStarted,
-    Start,
     error_event,
 )
 from streamasr.server.routes import bearer_token, response
-from streamasr.server.runner import ChannelClosed
+from streamasr.server.runner import SessionRunner
+from streamasr.server.session_io import ChannelClosed, ServerContext
 from streamasr.server.worker import DecodePool
 
 log = logging.getLogger(__name__)
@@ -57,8 +50,6 @@ log = logging.getLogger(__name__)
 CLOSE_GRACE_S = 2.0  # wait this long for the producer's close frame, then drop the connection
 BUSY_REASON = "busy: another producer is recording"
 SHUTDOWN_REASON = "meeting recorder shutting down"
-# meeting.ended reason for each way a producer's meeting can end
-END_REASONS = {"client": "end", "shutdown": "shutdown"}
 
 
 @dataclass(frozen=True)
@@ -71,167 +62,36 @@ class ListenConfig:
     token: str | None = None  # bearer token (Authorization header or ?token=)
     silence_timeout_s: float | None = None  # as for the other sources: ends the meeting
     max_frame_bytes: int = 1_048_576  # the daemon's default: 32 s of 16 kHz s16 mono
+    idle_timeout_s: float = 60.0  # no audio for this long: the meeting ends, the producer's
+    # slot is given back (close 1000 "idle")
     session: SessionConfig = dataclasses.field(default_factory=SessionConfig)  # the engine's
     # settings; partials and word timings follow each producer's session.start
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65_535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
-        if self.token == "":
-            raise ValueError("the token must not be empty")
+        problem = token_problem(self.token)
+        if problem:
+            raise ValueError(problem)
+        if not self.idle_timeout_s > 0:
+            raise ValueError(f"the idle timeout must be positive, got {self.idle_timeout_s}")
         if self.token is None and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to listen on {self.host!r} without a token: set --token or "
                 "STREAMASR_TOKEN (or listen on 127.0.0.1)"
             )
 
-    @property
-    def limits(self) -> dict[str, float | None]:
-        """The limits a producer is told in session.started: no idle or length limit here."""
-        return {
-            "max_frame_bytes": self.max_frame_bytes,
-            "idle_timeout_s": None,
-            "max_session_s": None,
-        }
-
-
-class Producer:
-    """One connected producer: its `ServerProtocol`, its `LocalSession`, and its meeting.
-
-    Frames are handled one at a time, each model call awaited on the decode pool before the
-    next frame is read: a producer faster than the model is paused by TCP flow control
-    (the daemon's pause-reading policy) and its events go back in order, each final only
-    once it is on disk.
-    """
-
-    def __init__(self, ws: AsgiChannel, listener: MeetingListener) -> None:
-        self.ws = ws
-        self.listener = listener
-        self.config = listener.config
-        self.protocol = ServerProtocol(
-            max_frame_bytes=self.config.max_frame_bytes, model=listener.model.info
+    def server_config(self) -> ServerConfig:
+        """The limits of a producer's session, as the daemon's settings: no length limit."""
+        return ServerConfig(
+            host=self.host,
+            port=self.port,
+            token=self.token,
+            max_frame_bytes=self.max_frame_bytes,
+            idle_timeout_s=self.idle_timeout_s,
+            max_session_s=None,
+            encoder=self.session.encoder,
         )
-        self.recorder: MeetingRecorder | None = None
-        self.split_requested = False
-        self._stop = asyncio.Event()
-        self._ended = False  # the meeting is over and the socket closing
-        self._end_reason = "disconnect"  # meeting.ended reason unless session.end came first
-
-    def stop(self) -> None:
-        """Shutdown: finalise, send the last finals and session.ended, close 1001."""
-        self._stop.set()
-
-    async def run(self) -> None:
-        """Serve the producer until its meeting ends; never raises."""
-        stopping = asyncio.create_task(self._stop.wait())
-        try:
-            while not self._ended:
-                receiving = asyncio.create_task(self.ws.receive())
-                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not receiving.done():
-                    receiving.cancel()  # safe: the host keeps an unread message for later
-                    actions = self.protocol.end("shutdown", close_code=CloseCode.GOING_AWAY)
-                    await self._apply(actions, close_reason=SHUTDOWN_REASON)
-                    break
-                message = receiving.result()  # ChannelClosed: the producer went away
-                if isinstance(message, str):
-                    await self._apply(self.protocol.receive_text(message))
-                else:
-                    await self._apply(self.protocol.receive_bytes(message))
-                if self.split_requested:
-                    self.split_requested = False  # with no meeting open there is none to end
-                    if self.recorder is not None and not self._ended:
-                        await self._call(self.recorder.split)
-        except ChannelClosed:
-            pass  # the meeting ends below, keeping what was said
-        except Exception:
-            log.exception("meeting producer failed")
-            self._end_reason = "error"
-            await self._send_error(ErrorCode.INTERNAL_ERROR, "internal error; see the log")
-            await self._close(CloseCode.INTERNAL, "internal error")
-        finally:
-            stopping.cancel()
-            await self._end_meeting()
-
-    # ---------------------------------------------------------------- actions
-    async def _apply(self, actions: list[Action], close_reason: str | None = None) -> None:
-        for action in actions:
-            if isinstance(action, Start):
-                await self._start(action.options)
-            elif isinstance(action, Audio):
-                await self._call(self._recorder().feed, action.samples)
-            elif isinstance(action, Flush):
-                await self._call(self._recorder().flush)
-            elif isinstance(action, End):
-                await self._finish(action.reason)
-            elif isinstance(action, SendError):
-                await self._send(action.error)
-            elif isinstance(action, Close):
-                # a fatal error (or shutdown before any audio): the meeting, if one is open,
-                # ends in `run` with every final written so far
-                self._end_reason = "error"
-                await self._close(action.code, close_reason or action.reason)
-
-    def _recorder(self) -> MeetingRecorder:
-        if self.recorder is None:  # the protocol core starts a session before anything else
-            raise RuntimeError("no meeting is open")
-        return self.recorder
-
-    async def _start(self, options: SessionStart) -> None:
-        session_config = options.session_config(self.config.session)
-        rate = options.audio.sample_rate
-        stream = LocalSession(self.listener.model, session_config, sample_rate=rate)
-        self.recorder = MeetingRecorder(
-            stream, self.config.out, self.listener.emit, self.config.silence_timeout_s
-        )
-        await self.listener.pool.run(self.recorder.open_meeting)  # mkdir and fsync: off the loop
-        info = self.listener.model.info
-        await self._send(SessionStarted(uuid.uuid4().hex, info, options, self.config.limits))
-
-    async def _call(self, method: Callable[..., list[Event]], *args: object) -> None:
-        """A recorder call on the decode pool, then its events to the producer, in order."""
-        events, _ = await self.listener.pool.run(method, *args)
-        await self._send_all(events)
-
-    async def _finish(self, reason: str) -> None:
-        """session.end or shutdown: finalise, send the finals and session.ended, close."""
-        self._ended = True
-        if self.recorder is not None:
-            events, _ = await self.listener.pool.run(self.recorder.close, END_REASONS[reason])
-            self.recorder = None
-            await self._send_all(events)
-        await self._send(SessionEnded(reason))
-        if reason == "shutdown":
-            await self._close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
-        else:
-            await self._close(CloseCode.NORMAL, "")
-
-    async def _end_meeting(self) -> None:
-        """The producer is gone or failed: finalise into the transcript, render, tell stdout."""
-        recorder, self.recorder = self.recorder, None
-        if recorder is None:
-            return
-        try:
-            await self.listener.pool.run(recorder.close, self._end_reason)
-        except Exception:  # a broken session: keep the finals written so far, render them
-            log.exception("finalising the meeting failed")
-            await self.listener.pool.run(recorder.end_meeting, self._end_reason)
-
-    # ---------------------------------------------------------------- sending
-    async def _send_all(self, events: list[Event]) -> None:
-        for event in events:
-            await self._send(event)
-
-    async def _send(self, message: ServerMessage) -> None:
-        await self.ws.send(self.protocol.event(message))
-
-    async def _send_error(self, code: ErrorCode, message: str) -> None:
-        with contextlib.suppress(ChannelClosed):  # it may be the producer that broke
-            await self._send(error_event(code, message))
-
-    async def _close(self, code: int, reason: str) -> None:
-        self._ended = True
-        await close_channel(self.ws, code, reason)
 
 
 class MeetingListener:
@@ -242,7 +102,12 @@ class MeetingListener:
         self.model = model
         self.emit = emit
         self.pool = pool
-        self.producer: Producer | None = None
+        # one producer, so one inference thread and no batching
+        self.scheduler = Scheduler(model, SchedulerConfig(max_batch=1, budget_ms=0.0, workers=1))
+        self.ctx = ServerContext(
+            config.server_config(), model, config.session, pool, ServerMetrics(), self.scheduler
+        )
+        self.producer: SessionRunner | None = None
         app = Starlette(routes=[WebSocketRoute(STREAM_PATH, self._handle)])
         self.app = _ProducerCheck(app, config.token)
         self._host: Host | None = None
@@ -271,9 +136,10 @@ class MeetingListener:
         self._host = host
 
     def split(self) -> None:
-        """End the current producer's meeting at the next frame; its next speech opens one."""
+        """End the current producer's meeting, its speech so far finalised; its next speech
+        opens one. A no-op before the producer's session.start."""
         if self.producer is not None:
-            self.producer.split_requested = True
+            self.producer.cut()
 
     async def stop(self) -> None:
         """Stop accepting; the open meeting is finalised and its producer closed 1001."""
@@ -282,7 +148,7 @@ class MeetingListener:
             return
         self._host.stop_accepting()
         if self.producer is not None:
-            self.producer.stop()
+            self.producer.end("shutdown")
         await self._idle.wait()
         await self._host.stop()
 
@@ -295,7 +161,11 @@ class MeetingListener:
         if self.producer is not None:
             await self._refuse(ws)
             return
-        producer = self.producer = Producer(ws, self)
+        notes = MeetingNotes(self.config.out, self.emit, self.config.silence_timeout_s)
+        codec = ServerProtocol(max_frame_bytes=self.config.max_frame_bytes, model=self.model.info)
+        producer = self.producer = SessionRunner(
+            ws, codec, self.ctx, recording=notes, shutdown_reason=SHUTDOWN_REASON
+        )
         self._idle.clear()
         try:
             await producer.run()
@@ -369,3 +239,4 @@ async def listen(config: ListenConfig, model: AsrModel, emit: Emit) -> None:
         for sig in handlers:
             loop.remove_signal_handler(sig)
         pool.shutdown()
+        await asyncio.to_thread(listener.scheduler.close)

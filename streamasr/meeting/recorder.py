@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -16,6 +16,8 @@ from streamasr.meeting.sources import AudioSource
 from streamasr.meeting.store import MeetingWriter
 
 Emit = Callable[[dict[str, Any]], None]
+# meeting.ended reason for each way a producer's session can end (`SessionEnded.reason`)
+END_REASONS = {"client": "end"}
 
 
 class Transcriber(Protocol):
@@ -33,26 +35,20 @@ class Transcriber(Protocol):
     def close(self) -> list[Event]: ...
 
 
-class MeetingRecorder:
-    """Feeds a Session and files its finals into meeting directories under `out`.
+class MeetingNotes:
+    """Files a session's finals into meeting directories under `out`, as the events come.
 
     A meeting opens at the first final with text (so noise blips make no empty directories)
-    and its clock starts at that utterance's first sample; or at `open_meeting()`, when a
-    producer connecting is what starts it. It ends on `split()`, `close()`, or
-    once no speech has been heard for `silence_timeout_s` of audio (sample clock, not wall
-    clock); the next final then opens a new meeting. `emit` gets each final after its fsync.
+    and its clock starts at that utterance's first sample; or at `opened()`, when a producer
+    connecting is what starts it. It ends on `cut()`, `closed()`, or once no speech has been
+    heard for `silence_timeout_s` of audio (sample clock, not wall clock); the next final then
+    opens a new meeting. `emit` gets each final after its fsync. This is the daemon's
+    `Recording` for `meeting --listen`; `MeetingRecorder` drives it for the other sources.
     """
 
-    def __init__(
-        self,
-        session: Transcriber,
-        out: Path,
-        emit: Emit,
-        silence_timeout_s: float | None = None,
-    ) -> None:
+    def __init__(self, out: Path, emit: Emit, silence_timeout_s: float | None = None) -> None:
         if silence_timeout_s is not None and silence_timeout_s <= 0:
             raise ValueError(f"silence timeout must be positive, got {silence_timeout_s}")
-        self.session = session
         self.out = out
         self.emit = emit
         self.timeout_samples = (
@@ -63,40 +59,14 @@ class MeetingRecorder:
         self._speaking = False
         self._last_voice_end = 0
 
-    def feed(self, samples: np.ndarray) -> list[Event]:
-        """Feed audio; returns the session's events, each final already on disk."""
-        events = self._handle(self.session.feed(samples))
-        if (
-            self.writer is not None
-            and self.timeout_samples is not None
-            and not self._speaking
-            and self.session.position - self._last_voice_end >= self.timeout_samples
-        ):
-            self.end_meeting("silence")
-        return events
-
-    def open_meeting(self) -> None:
-        """Open a meeting now, its clock at the current stream position, speech or not."""
+    def opened(self, position: int) -> None:
+        """Open a meeting now, its clock at stream position `position`, speech or not."""
         if self.writer is None:
-            self._open(self.session.position)
+            self._open(position)
 
-    def flush(self) -> list[Event]:
-        """Finalise pending speech; the meeting goes on."""
-        return self._handle(self.session.flush())
-
-    def split(self) -> list[Event]:
-        """Finalise pending speech and end the current meeting; the next speech starts one."""
-        events = self._handle(self.session.flush())
-        self.end_meeting("split")
-        return events
-
-    def close(self, reason: str = "end") -> list[Event]:
-        """Finalise pending speech for good and end the meeting (render its files)."""
-        events = self._handle(self.session.close())
-        self.end_meeting(reason)
-        return events
-
-    def _handle(self, events: list[Event]) -> list[Event]:
+    def record(self, events: Sequence[object], position: int) -> None:
+        """File the finals among `events` (each on disk when this returns); end the meeting
+        after `silence_timeout_s` without speech up to stream position `position`."""
         for ev in events:
             if isinstance(ev, SpeechStarted):
                 self._speaking = True
@@ -105,7 +75,21 @@ class MeetingRecorder:
                 self._last_voice_end = ev.sample
             elif isinstance(ev, TranscriptFinal):
                 self._record(ev)
-        return events
+        if (
+            self.writer is not None
+            and self.timeout_samples is not None
+            and not self._speaking
+            and position - self._last_voice_end >= self.timeout_samples
+        ):
+            self.end_meeting("silence")
+
+    def cut(self) -> None:
+        """End the current meeting; the next speech starts one."""
+        self.end_meeting("split")
+
+    def closed(self, reason: str) -> None:
+        """The session is over: end the meeting (render its files)."""
+        self.end_meeting(END_REASONS.get(reason, reason))
 
     def _record(self, final: TranscriptFinal) -> None:
         writer = self.writer
@@ -136,6 +120,48 @@ class MeetingRecorder:
                 "reason": reason,
             }
         )
+
+
+class MeetingRecorder(MeetingNotes):
+    """`MeetingNotes` of a `Transcriber` it feeds itself: the microphone or a file."""
+
+    def __init__(
+        self,
+        session: Transcriber,
+        out: Path,
+        emit: Emit,
+        silence_timeout_s: float | None = None,
+    ) -> None:
+        super().__init__(out, emit, silence_timeout_s)
+        self.session = session
+
+    def feed(self, samples: np.ndarray) -> list[Event]:
+        """Feed audio; returns the session's events, each final already on disk."""
+        return self._filed(self.session.feed(samples))
+
+    def open_meeting(self) -> None:
+        """Open a meeting now, its clock at the current stream position, speech or not."""
+        self.opened(self.session.position)
+
+    def flush(self) -> list[Event]:
+        """Finalise pending speech; the meeting goes on."""
+        return self._filed(self.session.flush())
+
+    def split(self) -> list[Event]:
+        """Finalise pending speech and end the current meeting; the next speech starts one."""
+        events = self._filed(self.session.flush())
+        self.cut()
+        return events
+
+    def close(self, reason: str = "end") -> list[Event]:
+        """Finalise pending speech for good and end the meeting (render its files)."""
+        events = self._filed(self.session.close())
+        self.end_meeting(reason)
+        return events
+
+    def _filed(self, events: list[Event]) -> list[Event]:
+        self.record(events, self.session.position)
+        return events
 
 
 def run_meeting(source: AudioSource, recorder: MeetingRecorder) -> None:

@@ -27,14 +27,48 @@ def default_out_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path.home() / ".local" / "share" / "streamasr" / "meetings"
 
 
+# Transcripts are private notes: whatever the umask, only their owner may read them.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def _mkdir_private(path: Path) -> None:
+    """mkdir `path` with DIR_MODE, exclusively; the umask can only clear bits, so chmod after."""
+    os.mkdir(path, DIR_MODE)
+    os.chmod(path, DIR_MODE)
+
+
+def _makedirs_private(path: Path) -> None:
+    """Create `path` and its missing parents with DIR_MODE; existing ones are left as they are."""
+    if path.is_dir():
+        return
+    _makedirs_private(path.parent)
+    try:
+        _mkdir_private(path)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """os.open(path, O_CREAT | flags) with FILE_MODE, also for a file that already existed."""
+    fd = os.open(path, os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | flags, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _make_meeting_dir(out: Path, now: float) -> Path:
     """Create a new, empty directory named by UTC start time; never reuse an existing one."""
-    out.mkdir(parents=True, exist_ok=True)
+    _makedirs_private(out)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     for n in range(1, 1000):
         path = out / (stamp if n == 1 else f"{stamp}-{n:03d}")
         try:
-            path.mkdir()  # exclusive: a restart in the same second gets a suffix
+            _mkdir_private(path)  # exclusive: a restart in the same second gets a suffix
         except FileExistsError:
             continue
         return path
@@ -63,9 +97,7 @@ class MeetingWriter:
         self.origin_sample = origin_sample  # stream sample at which the meeting's clock is 0
         self.count = 0
         # O_APPEND: every write lands at the end, so a restart can never overwrite a line
-        self._fd: int | None = os.open(
-            self.path / JSONL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
-        )
+        self._fd: int | None = _open_private(self.path / JSONL, os.O_WRONLY | os.O_APPEND)
         _fsync_dir(self.path)  # the new dir entry and file survive a power cut too
 
     def append(self, final: TranscriptFinal) -> dict[str, Any]:
@@ -159,7 +191,8 @@ def render_dir(meeting_dir: Path) -> list[Path]:
     for name, text in zip(RENDERED, texts, strict=True):
         path = meeting_dir / name
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
+        with os.fdopen(_open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(tmp, path)  # a reader never sees half a file
         paths.append(path)
     return paths

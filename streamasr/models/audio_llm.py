@@ -13,6 +13,7 @@ each call feeds only the newly committed tokens into it, then the rest of the pr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ from streamasr.models.glm_encoder import (
 from streamasr.models.resolve import hub_instructions
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+# Context biasing of an audio-LLM: the session's `bias_text` follows the instruction as one
+# more sentence of the user's turn, "... into text. Context: Today we talked about A and B."
+BIAS_INTRO = "Context:"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class PromptTemplate:
     before: tuple[int, ...]  # ids up to and including the token that opens the audio
     audio_token: int
     after: tuple[int, ...]  # ids after the audio, through the assistant turn's opening
+    bias_at: int | None = None  # where in `after` the instruction ends (None: no slot found)
+    bias_intro: tuple[int, ...] = ()  # ids that open a context sentence after the instruction
 
     @classmethod
     def from_example(cls, ids: Sequence[int], audio_token: int, count: int) -> PromptTemplate:
@@ -60,8 +66,38 @@ class PromptTemplate:
         start = at[0] if at else len(ids)
         return cls(tuple(ids[:start]), audio_token, tuple(ids[start + count :]))
 
-    def ids(self, n_audio: int) -> list[int]:
-        return [*self.before, *[self.audio_token] * n_audio, *self.after]
+    def with_bias_slot(self, longer: PromptTemplate) -> PromptTemplate:
+        """This prompt, with context biasing placed where `longer`, the same prompt built with
+        `instruction_with_bias`, differs from it; unchanged when they differ in
+        more than that one run of ids (the model's chat template moved something else)."""
+        at = 0
+        while at < min(len(self.after), len(longer.after)) and self.after[at] == longer.after[at]:
+            at += 1
+        rest = self.after[at:]
+        intro = longer.after[at : len(longer.after) - len(rest)]
+        if self.before != longer.before or not intro or longer.after[at + len(intro) :] != rest:
+            return self
+        return dataclasses.replace(self, bias_at=at, bias_intro=tuple(intro))
+
+    def after_ids(self, bias: Sequence[int] = ()) -> list[int]:
+        """The ids after the audio: with `bias` (a session's prompt and keywords, `bias_text`)
+        as a context sentence at the end of the instruction, where this model has a slot."""
+        if not bias or self.bias_at is None:
+            return list(self.after)
+        at = self.bias_at
+        return [*self.after[:at], *self.bias_intro, *bias, *self.after[at:]]
+
+    def ids(self, n_audio: int, bias: Sequence[int] = ()) -> list[int]:
+        return [*self.before, *[self.audio_token] * n_audio, *self.after_ids(bias)]
+
+
+def instruction_with_bias(instruction: str) -> str:
+    """The instruction followed by `BIAS_INTRO`, as the model's template is rendered to find
+    its context slot (see `PromptTemplate.with_bias_slot`)."""
+    text = instruction.rstrip()
+    if not text:
+        return BIAS_INTRO
+    return f"{text}{'' if text.endswith(('.', '!', '?')) else '.'} {BIAS_INTRO}"
 
 
 def require_weights(model_dir: Path, repo_id: str, what: str) -> None:
@@ -183,10 +219,11 @@ class AudioLlmAdapter:
         tokens = self.projector(stack_frames(states))  # (1, groups, d_lm)
         return tokens[0, : audio_token_count(num_frames)]
 
-    def prompt_embeddings(self, audio: torch.Tensor, extra: Sequence[int] = ()) -> torch.Tensor:
-        """Embeddings (T, d) of the chat prompt with `audio` (n, d) spliced in, then `extra`."""
+    def prompt_embeddings(self, audio: torch.Tensor, bias: Sequence[int] = ()) -> torch.Tensor:
+        """Embeddings (T, d) of the chat prompt with `audio` (n, d) spliced in and `bias` in
+        its context slot."""
         t = self.template
-        return self._embed([*t.before], audio, [*t.after, *extra])
+        return self._embed([*t.before], audio, t.after_ids(bias))
 
     def _embed(self, before: list[int], audio: torch.Tensor, after: list[int]) -> torch.Tensor:
         # The placeholder's own row may not exist (Tiny Audio shrinks the vocab): it is never
@@ -241,19 +278,20 @@ class AudioLlmAdapter:
         prompt prefix, then the rest."""
         stream: AudioLlmStream = r.cache
         draft = list(r.draft or [])
+        after = self.template.after_ids(r.bias)
         extra = len(r.prefix) + len(draft) + r.options.max_new_tokens + 2
-        lm = self._extend_prefix(stream, audio, extra)
-        head = self._embed([], audio[stream.lm_audio :], list(self.template.after))
+        lm = self._extend_prefix(stream, audio, len(after) + extra)
+        head = self._embed([], audio[stream.lm_audio :], after)
         return LlmRow(head, r.num_frames, r.options, list(r.prefix), draft, cache=lm)
 
     def _extend_prefix(self, stream: AudioLlmStream, audio: torch.Tensor, extra: int) -> KVCache:
         """Feed the decoder the prompt up to the last committed audio token of `audio` (n, d)
-        that it has not seen; return the stream's decoder cache, with room for the whole
-        prompt and `extra` positions more."""
+        that it has not seen; return the stream's decoder cache, with room for the prompt up
+        to its audio and `extra` positions more."""
         n = audio.shape[0]
-        before, after = list(self.template.before), self.template.after
-        m = max(min(stream.n_audio, n if after else n - 1), 0)  # one position must follow
-        room = len(before) + len(stream.audio) + len(after) + extra
+        before = list(self.template.before)
+        m = max(min(stream.n_audio, n if self.template.after else n - 1), 0)  # one must follow
+        room = len(before) + len(stream.audio) + extra
         lm = stream.lm = self.lm.reserve(stream.lm, room)
         if stream.lm_audio > m:  # this prompt holds fewer tokens than the prefix: forget those
             lm.trim(len(before) + m)
@@ -270,7 +308,7 @@ class AudioLlmAdapter:
         """`AsrModel.run`: the windows and tails are encoded in one pass and each prompt
         prefilled on its own; the decoding steps of all of them run batched. `prompt`
         (previous text) is not used: the chat prompt these models were trained on has no slot
-        for it. No word timings."""
+        for it; `bias` (context biasing) follows the instruction. No word timings."""
         return greedy_rows(self.lm, self._rows(requests), self.eos_ids, self.decode_tokens)
 
     def new_step_batch(self, capacity: int) -> LlmStepBatch:
@@ -299,7 +337,7 @@ class AudioLlmAdapter:
             audio = self._window_tokens(states, r.num_frames)
             rows.append(
                 LlmRow(
-                    self.prompt_embeddings(audio),
+                    self.prompt_embeddings(audio, r.bias),
                     r.num_frames,
                     r.options,
                     list(r.prefix),

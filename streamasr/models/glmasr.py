@@ -18,7 +18,12 @@ import torch
 
 from streamasr import SAMPLE_RATE
 from streamasr.errors import ModelFormatError
-from streamasr.models.audio_llm import AudioLlmAdapter, PromptTemplate, require_weights
+from streamasr.models.audio_llm import (
+    AudioLlmAdapter,
+    PromptTemplate,
+    instruction_with_bias,
+    require_weights,
+)
 from streamasr.models.causal_lm import CausalLm
 from streamasr.models.glm_encoder import HOP_SAMPLES, GlmAudioEncoder, audio_tokens_for_samples
 
@@ -66,8 +71,17 @@ def prompt_template(processor: Any, audio_token_id: int) -> PromptTemplate:
         log.warning("the GLM-ASR processor has no chat template; using transformers' default")
         processor.chat_template = CHAT_TEMPLATE
     dummy = np.zeros(_TEMPLATE_SECONDS * SAMPLE_RATE, dtype=np.float32)
-    ids = processor.apply_transcription_request(dummy)["input_ids"][0].tolist()
-    return PromptTemplate.from_example(ids, audio_token_id, audio_tokens_for_samples(len(dummy)))
+    count = audio_tokens_for_samples(len(dummy))
+
+    def render(prompt: str | None) -> PromptTemplate:
+        ids = processor.apply_transcription_request(dummy, prompt=prompt)["input_ids"][0]
+        return PromptTemplate.from_example(ids.tolist(), audio_token_id, count)
+
+    instruction = str(getattr(processor, "default_transcription_prompt", "") or "")
+    plain = render(None)
+    if not instruction:
+        return plain
+    return plain.with_bias_slot(render(instruction_with_bias(instruction)))
 
 
 def _check_feature_extractor(fe: Any, n_mels: int) -> int:

@@ -24,7 +24,12 @@ from torch import nn
 
 from streamasr.config import DecodeConfig
 from streamasr.errors import ModelFormatError, ModelNotFoundError
-from streamasr.models.audio_llm import AudioLlmAdapter, PromptTemplate, require_weights
+from streamasr.models.audio_llm import (
+    AudioLlmAdapter,
+    PromptTemplate,
+    instruction_with_bias,
+    require_weights,
+)
 from streamasr.models.causal_lm import CausalLm
 from streamasr.models.glm_encoder import MERGE, GlmAudioEncoder
 from streamasr.models.resolve import resolve_model_dir
@@ -120,22 +125,27 @@ def transcribe_prompt(model_dir: Path) -> str:
 def prompt_template(
     tokenizer: Any, *, system_prompt: str, instruction: str, audio_token_id: int
 ) -> PromptTemplate:
-    """Upstream's prompt: ChatML with `<audio>` x n then " " + instruction, thinking off."""
+    """Upstream's prompt: ChatML with `<audio>` x n then " " + instruction, thinking off; with
+    a context-biasing slot after the instruction."""
     if not getattr(tokenizer, "chat_template", None):
         raise ModelFormatError(
             "the Tiny Audio tokenizer has no chat template: copy the repo's chat_template.jinja "
             "(or a tokenizer_config.json that holds one) into the model dir"
         )
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    user = AUDIO_TOKEN + (f" {instruction}" if instruction else "")
-    messages.append({"role": "user", "content": user})
-    out = tokenizer.apply_chat_template(
-        messages, tokenize=True, add_generation_prompt=True, enable_thinking=False
-    )
-    ids = out["input_ids"] if isinstance(out, Mapping) else out
-    if ids and isinstance(ids[0], list):
-        ids = ids[0]
-    return PromptTemplate.from_example([int(t) for t in ids], audio_token_id, 1)
+
+    def render(instruction: str) -> PromptTemplate:
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        user = AUDIO_TOKEN + (f" {instruction}" if instruction else "")
+        messages.append({"role": "user", "content": user})
+        out = tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, enable_thinking=False
+        )
+        ids = out["input_ids"] if isinstance(out, Mapping) else out
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        return PromptTemplate.from_example([int(t) for t in ids], audio_token_id, 1)
+
+    return render(instruction).with_bias_slot(render(instruction_with_bias(instruction)))
 
 
 def _pointers(model_dir: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from streamasr.config import SessionConfig
 from streamasr.engine.scheduler import Scheduler, SchedulerConfig
 from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
+from streamasr.net import is_loopback
 from streamasr.server.asgi import AsgiChannel, Refused, build_app, close_channel
 from streamasr.server.config import ServerConfig, load_config
 from streamasr.server.deepgram import LISTEN_PATH, deepgram_codec
@@ -36,13 +38,8 @@ from streamasr.server.protocol import (
 )
 from streamasr.server.realtime import REALTIME_PATH, realtime_codec
 from streamasr.server.routes import Routes
-from streamasr.server.runner import (
-    CLOSE_GRACE_S,
-    ChannelClosed,
-    Codec,
-    ServerContext,
-    SessionRunner,
-)
+from streamasr.server.runner import SessionRunner
+from streamasr.server.session_io import CLOSE_GRACE_S, ChannelClosed, Codec, ServerContext
 from streamasr.server.static import PACKAGE_STATIC, StaticFiles
 from streamasr.server.worker import (
     TRIM_INTERVAL_S,
@@ -119,6 +116,7 @@ class Server:
         sessions = {path: self._api(make) for path, make in SESSION_APIS.items()}
         self.app = build_app(self._routes, sessions, posts, self.lifespan)
         self._jobs = 0  # REST transcriptions running: each takes a session's place
+        self._by_client: Counter[str] = Counter()  # sessions of each non-loopback address
         self._host: Host | None = None
         self._connections: set[SessionRunner] = set()
         self._drained = asyncio.Event()
@@ -134,13 +132,19 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The caption page's URL (the WebSocket is at ws://.../v1/stream)."""
+        """The caption page's URL (the WebSocket is at ws://.../v1/stream, wss:// with TLS)."""
         host = self.config.host
         if host in ("", "0.0.0.0", "::"):
             host = socket.gethostname()
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self.config.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}/"
+
+    @property
+    def client_limit(self) -> int:
+        """Sessions one non-loopback client address may hold at once."""
+        return self.config.max_client_sessions or max(1, self.capacity // 2)
 
     @property
     def active_sessions(self) -> int:
@@ -174,6 +178,8 @@ class Server:
             self.app,
             max_message_bytes=2 * self.config.max_frame_bytes,  # the hard cap; docs/protocol.md
             server_header=f"streamasr/{__version__}",
+            tls_cert=self.config.tls_cert,
+            tls_key=self.config.tls_key,
         )
         await host.start(self.config.host, self.config.port)
         self._host = host
@@ -303,36 +309,61 @@ class Server:
         if self.state != "ready":
             await close_channel(ws, CloseCode.TRY_AGAIN, "server not ready")
             return
-        if self.active_sessions >= self.capacity:
-            await self._reject_busy(ws, codec)
+        client = _client_key(websocket.client.host if websocket.client else None)
+        refusal = self._refusal(client)
+        if refusal is not None:
+            await self._reject_busy(ws, codec, *refusal)
             return
         conn = SessionRunner(ws, codec, ctx)
         self._connections.add(conn)
-        self._opened()
+        self._opened(client)
         try:
             await conn.run()
         finally:
             self._connections.discard(conn)
-            self._closed()
+            self._closed(client)
 
-    def _opened(self) -> None:
+    def _refusal(self, client: str | None) -> tuple[str, str] | None:
+        """Why a new session of `client` is refused (the message and the close reason), if it
+        is: the server is full, or that client holds its share."""
+        if self.active_sessions >= self.capacity:
+            limit = self.capacity
+            message = f"the server is at its limit of {limit} sessions; try again later"
+            return message, f"server busy: {limit} sessions"
+        if client is not None and self._by_client[client] >= self.client_limit:
+            limit = self.client_limit
+            message = f"{client} already holds {limit} sessions, the most one client may hold"
+            return message, f"client busy: {limit} sessions"
+        return None
+
+    def _opened(self, client: str | None) -> None:
         """A session (stream or REST job) took a place."""
+        if client is not None:
+            self._by_client[client] += 1
         self.metrics.sessions.inc()
         self.metrics.sessions_active.set(self.active_sessions)
 
-    def _closed(self) -> None:
+    def _closed(self, client: str | None) -> None:
         """A session gave its place back: the drain may be over."""
+        if client is not None:
+            self._by_client[client] -= 1
+            if not self._by_client[client]:
+                del self._by_client[client]
         self.metrics.sessions_active.set(self.active_sessions)
         if not self.active_sessions:
             self._drained.set()
 
-    def _admit_job(self) -> Callable[[], None] | None:
-        """A session's place for a REST transcription: its release, or None when full."""
-        if self.state != "ready" or self.active_sessions >= self.capacity:
+    def _admit_job(self, address: str | None) -> Callable[[], None] | str:
+        """A session's place for a REST transcription: its release, or why there is none."""
+        client = _client_key(address)
+        refusal = self._refusal(client)
+        if self.state != "ready":
+            refusal = ("the server is shutting down; try another", "")
+        if refusal is not None:
             self.metrics.rejected.labels(reason="busy").inc()
-            return None
+            return refusal[0]
         self._jobs += 1
-        self._opened()
+        self._opened(client)
         released = False
 
         def release() -> None:
@@ -340,22 +371,27 @@ class Server:
             if not released:
                 released = True
                 self._jobs -= 1
-                self._closed()
+                self._closed(client)
 
         return release
 
-    async def _reject_busy(self, ws: AsgiChannel, codec: Codec) -> None:
+    async def _reject_busy(self, ws: AsgiChannel, codec: Codec, message: str, reason: str) -> None:
         self.metrics.rejected.labels(reason="busy").inc()
         self.metrics.errors.labels(code=ErrorCode.SERVER_BUSY.value).inc()
-        limit = self.capacity
-        message = f"the server is at its limit of {limit} sessions; try again later"
         try:
             async with asyncio.timeout(CLOSE_GRACE_S):
                 for frame in codec.encode(error_event(ErrorCode.SERVER_BUSY, message)):
                     await ws.send(frame)
         except (TimeoutError, ChannelClosed):
             pass
-        await close_channel(ws, CloseCode.TRY_AGAIN, f"server busy: {limit} sessions")
+        await close_channel(ws, CloseCode.TRY_AGAIN, reason)
+
+
+def _client_key(address: str | None) -> str | None:
+    """The address a client's sessions are counted under; None (not counted): loopback."""
+    if address is None or is_loopback(address):
+        return None
+    return address
 
 
 def create_app() -> Any:

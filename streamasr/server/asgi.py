@@ -23,7 +23,7 @@ from streamasr.server.host import TRANSPORT_EXTENSION
 from streamasr.server.openapi import OPENAPI_PATH, openapi
 from streamasr.server.protocol import STREAM_PATH
 from streamasr.server.routes import HEALTH_PATH, METRICS_PATH, MODELS_PATH, Routes
-from streamasr.server.runner import CLOSE_GRACE_S, ChannelClosed
+from streamasr.server.session_io import CLOSE_GRACE_S, ChannelClosed
 
 SessionHandler = Callable[[WebSocket], Awaitable[None]]
 
@@ -35,6 +35,7 @@ class AsgiChannel:
         self.websocket = websocket
         extension = websocket.scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
         self.transport = extension["transport"] if extension else None
+        self._host = extension["host"] if extension else None  # uvicorn's protocol, ours
 
     @property
     def peer_port(self) -> int | None:
@@ -64,10 +65,20 @@ class AsgiChannel:
             await self.websocket.send_text(text)
         except (WebSocketDisconnect, WebSocketDisconnected) as exc:
             raise ChannelClosed from exc
+        except RuntimeError as exc:  # uvicorn's "Unexpected ASGI message ... after ... close"
+            if self._closing:  # it closed the socket itself
+                raise ChannelClosed from exc
+            raise
 
     async def close(self, code: int, reason: str) -> None:
+        if self._closing:  # uvicorn closed it itself (a frame over the limit, bad UTF-8)
+            return
         with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):  # already closed
             await self.websocket.close(code, reason)
+
+    @property
+    def _closing(self) -> bool:
+        return self._host is not None and bool(self._host.closing)
 
     def abort(self) -> None:
         if self.transport is not None:

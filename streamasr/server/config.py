@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import tomllib
 import types
 import typing
@@ -16,6 +15,7 @@ from streamasr.config import ENCODERS, SessionConfig
 from streamasr.errors import InputError
 from streamasr.models.loader import DEFAULT_MODEL
 from streamasr.models.placement import check_compute, check_dtype
+from streamasr.net import is_loopback
 
 ENV_PREFIX = "STREAMASR_"
 
@@ -35,9 +35,15 @@ class ServerConfig:
     allow_hosts: tuple[str, ...] = ()  # without a token: Host names served besides loopback
     max_sessions: int = 0  # concurrent sessions; one more is accepted, then closed 1013.
     # 0: derived at start-up from the measured time of one final (`estimate_capacity`)
+    max_client_sessions: int = 0  # sessions of one client address at once (streams and REST
+    # jobs); 0: half of max_sessions, at least 1. Loopback clients are not limited (behind a
+    # proxy on this machine, its X-Forwarded-For names the client)
     max_frame_bytes: int = 1_048_576  # largest binary frame (1 MiB: 32 s of 16 kHz s16 mono)
+    max_messages_per_s: float = 200.0  # messages read from one client a second (a burst of as
+    # many at once); more wait in the socket: 20 ms frames stream at 4x real time
     idle_timeout_s: float = 30.0  # no audio for this long: finalise, close 1000 "idle"
-    max_session_s: float = 14_400.0  # session length limit (4 h): finalise, close 1008
+    max_session_s: float | None = 14_400.0  # session length limit (4 h): finalise, close 1008;
+    # None: no limit (a recorded meeting)
     drain_timeout_s: float = 10.0  # on SIGTERM: time for open sessions to send their finals
     workers: int = 1  # inference threads shared by all sessions, each with its own continuous
     # batch (with max_batch 1: plain decode threads)
@@ -58,6 +64,8 @@ class ServerConfig:
     max_backlog_s: float = 10.0  # audio queued for the decoder per session before reads pause
     max_upload_bytes: int = 104_857_600  # largest file a REST transcription takes (100 MiB)
     static_dir: str | None = None  # files served at /; None: the page shipped in the package
+    tls_cert: str | None = None  # PEM certificate (chain) file: serve https:// and wss://
+    tls_key: str | None = None  # its PEM private key file (None: the key is in `tls_cert`)
     log_level: str = "info"  # debug, info, warning, error
 
     def __post_init__(self) -> None:
@@ -72,8 +80,11 @@ class ServerConfig:
             raise ConfigError(f"batch_budget_ms must not be negative, got {self.batch_budget_ms}")
         if self.encoder not in ENCODERS:
             raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}; not {self.encoder!r}")
-        if self.token == "":
-            raise ConfigError("token must not be empty")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ConfigError("tls_key needs tls_cert, the certificate it belongs to")
+        problem = token_problem(self.token)
+        if problem:
+            raise ConfigError(problem)
         try:
             check_compute(self.compute)
             check_dtype(self.dtype)
@@ -97,6 +108,7 @@ class ServerConfig:
 
 _POSITIVE = (
     "max_frame_bytes",
+    "max_messages_per_s",
     "idle_timeout_s",
     "max_session_s",
     "drain_timeout_s",
@@ -112,24 +124,31 @@ _POSITIVE = (
 
 def _check_positive(config: ServerConfig) -> None:
     for name in _POSITIVE:
-        if getattr(config, name) <= 0:
+        if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
-    if config.max_sessions < 0:
-        raise ConfigError(
-            f"max_sessions must be 0 (derived) or positive, got {config.max_sessions}"
-        )
+    for name in ("max_sessions", "max_client_sessions"):
+        value = getattr(config, name)
+        if value < 0:
+            raise ConfigError(f"{name} must be 0 (derived) or positive, got {value}")
     if config.threads is not None and config.threads <= 0:
         raise ConfigError(f"threads must be positive, got {config.threads}")
 
 
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1; False for wildcards and other addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+MIN_TOKEN_CHARS = 16  # a guessable token is no token: `openssl rand -hex 16` gives 32
+
+
+def token_problem(token: str | None) -> str | None:
+    """Why `token` cannot guard a server (too short, not printable ASCII), or None."""
+    if token is None:
+        return None
+    if len(token) < MIN_TOKEN_CHARS:
+        return (
+            f"the token must be at least {MIN_TOKEN_CHARS} characters, got {len(token)}: "
+            "make one with `openssl rand -hex 16`"
+        )
+    if not (token.isascii() and token.isprintable()) or " " in token or "," in token:
+        return "the token must be printable ASCII without spaces or commas"
+    return None
 
 
 def load_config(

@@ -54,7 +54,7 @@ from streamasr.server.protocol import (
     error_event,
     load_json,
 )
-from streamasr.server.runner import ServerContext
+from streamasr.server.session_io import ServerContext
 
 LISTEN_PATH = "/v1/listen"
 _SCHEMA_ERRORS = (ErrorCode.BAD_JSON, ErrorCode.BAD_MESSAGE, ErrorCode.UNKNOWN_TYPE)

@@ -17,6 +17,8 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import CloseCode
+from websockets.protocol import State
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +29,43 @@ TRANSPORT_EXTENSION = "streamasr.transport"
 CLOSE_TIMEOUT_S = 2.0  # after our close frame: how long the client has to answer it
 
 
-_SECRET = re.compile(r"([?&](?:token|api_key)=)[^&\s\"']+", re.IGNORECASE)
+_SECRETS = (
+    re.compile(r"([?&](?:token|api_key)=)[^&\s\"']+", re.IGNORECASE),  # a browser's ?token=
+    # header lines ("< Authorization: Bearer T") and ASGI scopes ((b'authorization', b'...'))
+    re.compile(
+        r"((?:proxy-)?authorization|sec-websocket-protocol|x-api-key|cookie)"
+        r"(['\"]?\s*[:,]\s*b?['\"]?)[^'\"\r\n]+",
+        re.IGNORECASE,
+    ),
+)
+# loggers that write requests (their lines, headers or scopes) at some level
+REQUEST_LOGGERS = ("uvicorn.error", "uvicorn.access", "uvicorn.asgi", "websockets.server")
 
 
 class RedactSecrets(logging.Filter):
-    """Hides `?token=` values in uvicorn's log lines ("WebSocket /v1/stream?token=..."
-    [accepted]): a browser can pass its token only in the query."""
+    """Hides tokens in log lines: `?token=` and `api_key=` values, and the values of the
+    headers that carry one (`Authorization`, `Sec-WebSocket-Protocol`, ...), which uvicorn and
+    websockets write at DEBUG (and TRACE)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = _SECRET.sub(r"\1***", message)
+        message = redacted = record.getMessage()
+        for pattern in _SECRETS:
+            redacted = pattern.sub(r"\1\2***" if pattern.groups == 2 else r"\1***", redacted)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
 
 
-for _name in ("uvicorn.error", "uvicorn.access"):
-    logging.getLogger(_name).addFilter(RedactSecrets())
+_REDACT = RedactSecrets()
+for _name in REQUEST_LOGGERS:  # for whatever handlers a host's log config gives them
+    logging.getLogger(_name).addFilter(_REDACT)
+
+
+def redact_logs() -> None:
+    """Hide secrets in every line of this process's log, whichever logger writes it: on the
+    root logger's handlers, which every propagated record reaches."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_REDACT)
 
 
 class _WebSocketProtocol(WebSocketsSansIOProtocol):
@@ -57,7 +79,31 @@ class _WebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # unset when the handshake was refused
         if scope is not None:
-            scope["extensions"][TRANSPORT_EXTENSION] = {"transport": self.transport}
+            scope["extensions"][TRANSPORT_EXTENSION] = {"transport": self.transport, "host": self}
+
+    def send_receive_event_to_app(self) -> None:
+        """uvicorn's, but a text message that is not UTF-8 is a WARNING (the client's fault:
+        uvicorn logs a traceback at ERROR) and closes 1007 only while the connection is open;
+        in its closing handshake, which uvicorn fails at with an error of its own, it is
+        dropped."""
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = b"".join(self.frames)
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                log.warning("a client sent a text message that is not UTF-8: closing 1007")
+                if self.conn.state is State.OPEN:
+                    self.conn.send_close(CloseCode.INVALID_DATA)
+                    self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
+    @property
+    def closing(self) -> bool:
+        """This side sent its close frame (the app's, or its own for a frame over the size
+        limit or bad UTF-8): the app may send nothing more."""
+        return bool(self.close_sent)
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
@@ -95,7 +141,15 @@ class _Server(uvicorn.Server):
 class Host:
     """One ASGI app on uvicorn: `start`, later `stop_accepting`, then `stop`."""
 
-    def __init__(self, app: Any, *, max_message_bytes: int, server_header: str) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_message_bytes: int,
+        server_header: str,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> None:
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -107,6 +161,8 @@ class Host:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=1,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
         )
         self._server = _Server(config)
         self._sockets: list[socket.socket] = []
@@ -120,10 +176,15 @@ class Host:
         return port
 
     async def start(self, host: str, port: int) -> None:
-        """Bind (`OSError` when the address is taken or not ours) and serve."""
-        self._sockets = bind(host, port)
+        """Bind (`OSError` when the address is taken or not ours, or the TLS files cannot be
+        read) and serve."""
         server = self._server
-        server.config.load()
+        try:
+            server.config.load()  # reads the TLS files, if any
+        except (OSError, ValueError) as exc:
+            cert, key = server.config.ssl_certfile, server.config.ssl_keyfile
+            raise OSError(f"cannot serve TLS with {cert} (key {key or 'in it'}): {exc}") from exc
+        self._sockets = bind(host, port)
         server.lifespan = server.config.lifespan_class(server.config)
         await server.startup(sockets=self._sockets)
         self._main = asyncio.create_task(server.main_loop())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -15,6 +15,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from streamasr import SAMPLE_RATE
+from streamasr.events import TranscriptFinal, TranscriptPartial
 
 if TYPE_CHECKING:
     from streamasr.engine.scheduler import Scheduler
@@ -103,6 +106,24 @@ class ServerMetrics:
 
     def count_final(self, language: str | None, seconds: float) -> None:
         self.language_speech_seconds.labels(language=language or "unknown").inc(seconds)
+
+    def observe_sent(
+        self, message: object, arrived: Callable[[int], float | None], now: float
+    ) -> None:
+        """The metrics of a message on its way out at `now`: speech by language, and the
+        latency of a transcript from the arrival of its audio's end (`arrived(sample)`, the
+        session's `ArrivalClock.time_of`)."""
+        if not isinstance(message, TranscriptPartial | TranscriptFinal):
+            return
+        if isinstance(message, TranscriptFinal) and message.text:
+            seconds = (message.end_sample - message.start_sample) / SAMPLE_RATE
+            self.count_final(message.language, seconds)
+        t = arrived(message.end_sample)
+        if t is not None:
+            hist = (
+                self.final_latency if isinstance(message, TranscriptFinal) else self.partial_latency
+            )
+            hist.observe(max(0.0, now - t))
 
     def watch(self, scheduler: Scheduler) -> None:
         """Export the inference threads' counters, read from `scheduler` at each scrape."""

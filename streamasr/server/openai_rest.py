@@ -33,7 +33,7 @@ from streamasr.events import TranscriptFinal
 from streamasr.formats import RENDERERS
 from streamasr.scripts import unspaced
 from streamasr.server.protocol import ProtocolError, SessionStart, check_prompt
-from streamasr.server.runner import ServerContext
+from streamasr.server.session_io import ServerContext
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 TRANSLATIONS_PATH = "/v1/audio/translations"
@@ -80,7 +80,8 @@ class AudioRequest:
     stream: bool
 
 
-Admit = Callable[[], Callable[[], None] | None]  # a slot's release, or None when full
+# a session's place for a client address: its release, or why there is none
+Admit = Callable[[str | None], Callable[[], None] | str]
 
 
 class OpenAIAudio:
@@ -105,11 +106,11 @@ class OpenAIAudio:
             return ApiError(
                 http.HTTPStatus.SERVICE_UNAVAILABLE, "the model is loading", kind="server_error"
             ).response()
-        release = self.admit()
-        if release is None:
+        release = self.admit(request.client.host if request.client else None)
+        if isinstance(release, str):
             return ApiError(
                 http.HTTPStatus.TOO_MANY_REQUESTS,
-                "the server is at its session limit; try again later",
+                release,
                 code="server_busy",
                 kind="rate_limit_error",
             ).response()

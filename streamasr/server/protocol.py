@@ -148,12 +148,24 @@ MAX_KEYWORD_CHARS = 100
 
 
 def check_prompt(prompt: str) -> str:
-    """`prompt`, unless it is over `MAX_PROMPT_CHARS` (invalid_start)."""
+    """`prompt`, unless it is over `MAX_PROMPT_CHARS` or not text (invalid_start)."""
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ProtocolError(
             ErrorCode.INVALID_START, f"'prompt' is over {MAX_PROMPT_CHARS} characters"
         )
+    _check_text(prompt, "prompt")
     return prompt
+
+
+def _check_text(text: str, name: str) -> None:
+    """JSON may spell a lone UTF-16 surrogate ("\\ud800"), which is no character: a
+    tokenizer cannot take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(
+            ErrorCode.INVALID_START, f"'{name}' holds a lone surrogate, which is not text"
+        ) from None
 
 
 def check_keywords(keywords: list[Any]) -> tuple[str, ...]:
@@ -165,6 +177,8 @@ def check_keywords(keywords: list[Any]) -> tuple[str, ...]:
             ErrorCode.INVALID_START,
             f"'keywords' must be strings of 1 to {MAX_KEYWORD_CHARS} characters",
         )
+    for keyword in keywords:
+        _check_text(keyword, "keywords")
     return tuple(keywords)
 
 

@@ -5,6 +5,11 @@
   TCP flow control slows the sender down. Nothing is dropped, and no other session waits. A
   flush takes a tenth of the room (each one can cost a final decode), so a flood of flushes
   pauses reading too: at most ten wait.
+  Small frames are joined as they queue, so the queue holds few arrays however tiny the
+  client's frames are.
+- `ReadPacer` (client -> server), policy **pace-reading**: at most `rate` messages a second are
+  read from one client (a burst of `burst`), so a flood of tiny frames costs the event loop a
+  bounded share; the rest wait in the socket, as TCP pushes back on the sender.
 - `Outbox` (server -> client), policy **merge-partials, never drop finals**: a queued partial is
   dropped as soon as a newer partial or the final of its segment is queued; if the queue still
   holds more than `limit` messages, `put` says so and the connection closes 1008 "client too slow".
@@ -25,6 +30,7 @@ from streamasr.events import TranscriptFinal, TranscriptPartial
 from streamasr.server.protocol import End, Flush, Reply, ServerMessage
 
 Command = Flush | End
+JOIN_SAMPLES = 4096  # queued audio arrays under this size take the next frame's samples
 
 
 class Inbox:
@@ -46,7 +52,11 @@ class Inbox:
         """Queue samples, first waiting while the queue is full (pause-reading)."""
         async with self._cond:
             await self._cond.wait_for(lambda: self._samples < self.max_samples)
-            self._items.append(samples)
+            last = self._items[-1] if self._items else None
+            if isinstance(last, np.ndarray) and last.size < JOIN_SAMPLES:
+                self._items[-1] = np.concatenate([last, samples])
+            else:
+                self._items.append(samples)
             self._samples += samples.size
             self._cond.notify_all()
 
@@ -138,23 +148,57 @@ class Outbox:
                 self._on_drop()
 
 
+class ReadPacer:
+    """A token bucket for reading one client's messages: `rate` a second, `burst` at once."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be positive and burst at least 1, got {rate}, {burst}")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._t = now
+
+    def take(self, now: float) -> float:
+        """Count one message read at `now`; the seconds to wait before reading the next."""
+        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate) - 1
+        self._t = now
+        return max(0.0, -self._tokens / self.rate)
+
+
 class ArrivalClock:
-    """When the audio up to each point of the 16 kHz stream clock reached the server."""
+    """When the audio up to each point of the 16 kHz stream clock reached the server.
+
+    Frames that arrive within `JOIN_S` of the first of them share one entry, stamped with the
+    last one's time, so the clock holds at most one entry per `JOIN_S` however small the
+    frames; entries older than `keep_s` of audio are dropped in batches.
+    """
+
+    JOIN_S = 0.01
 
     def __init__(self, sample_rate: int, keep_s: float = 60.0) -> None:
         self.sample_rate = sample_rate
         self._keep = int(keep_s * SAMPLE_RATE)
         self._received = 0  # samples at `sample_rate` received so far
-        self._ends: list[int] = []  # stream-clock sample reached by each frame, ascending
-        self._times: list[float] = []  # arrival time of each frame (loop clock, seconds)
+        self._ends: list[int] = []  # stream-clock sample reached by each entry, ascending
+        self._times: list[float] = []  # arrival time of each entry's last frame (loop clock, s)
+        self._opened = -1.0  # arrival time of the first frame of the last entry
+
+    def __len__(self) -> int:
+        return len(self._ends)
 
     def mark(self, n_samples: int, t: float) -> None:
         """`n_samples` more samples (at the client's rate) arrived at time `t`."""
         self._received += n_samples
-        self._ends.append(self._received * SAMPLE_RATE // self.sample_rate)
+        end = self._received * SAMPLE_RATE // self.sample_rate
+        if self._ends and t - self._opened < self.JOIN_S:
+            self._ends[-1], self._times[-1] = end, t
+            return
+        self._ends.append(end)
         self._times.append(t)
-        if len(self._ends) > 4096:  # forget audio older than `keep_s`
-            cut = bisect.bisect_left(self._ends, self._ends[-1] - self._keep)
+        self._opened = t
+        if self._ends[0] < end - 2 * self._keep:  # forget audio older than `keep_s`
+            cut = bisect.bisect_left(self._ends, end - self._keep)
             del self._ends[:cut], self._times[:cut]
 
     def time_of(self, sample: int) -> float | None:

@@ -57,7 +57,7 @@ from streamasr.server.protocol import (
     load_json,
 )
 from streamasr.server.realtime_session import FORMATS, RealtimeError, RealtimeSettings
-from streamasr.server.runner import ServerContext
+from streamasr.server.session_io import ServerContext
 
 REALTIME_PATH = "/v1/realtime"
 MIN_COMMIT_MS = 100.0  # OpenAI refuses to commit less audio than this

@@ -59,7 +59,7 @@ class RealtimeSettings:
             audio_in: dict[str, Any] = {}
             if "input_audio_format" in session:
                 name = session["input_audio_format"]
-                if name not in BETA_FORMATS:
+                if not isinstance(name, str) or name not in BETA_FORMATS:
                     raise RealtimeError(
                         f"input_audio_format must be one of {', '.join(BETA_FORMATS)}",
                         param="session.input_audio_format",

@@ -13,7 +13,8 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from streamasr.models.base import ModelInfo
-from streamasr.server.config import ServerConfig, is_loopback
+from streamasr.net import is_loopback
+from streamasr.server.config import ServerConfig
 from streamasr.server.metrics import CONTENT_TYPE, ServerMetrics
 from streamasr.server.static import StaticFiles
 

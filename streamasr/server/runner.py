@@ -13,26 +13,13 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from streamasr import SAMPLE_RATE
-from streamasr.config import SessionConfig
 from streamasr.engine.driver import SessionDriver
-from streamasr.engine.scheduler import Scheduler
 from streamasr.engine.session import Session
-from streamasr.events import (
-    ErrorEvent,
-    SpeechStopped,
-    TranscriptFinal,
-    TranscriptPartial,
-    WarningEvent,
-)
-from streamasr.models.base import AsrModel
-from streamasr.server.config import ServerConfig
-from streamasr.server.metrics import ServerMetrics
+from streamasr.events import ErrorEvent, SpeechStopped, WarningEvent
 from streamasr.server.protocol import (
     Action,
     Audio,
@@ -52,77 +39,41 @@ from streamasr.server.protocol import (
     Start,
     error_event,
 )
-from streamasr.server.queues import ArrivalClock, CloseRequest, Inbox, Outbox
-from streamasr.server.worker import DecodePool
+from streamasr.server.queues import ArrivalClock, CloseRequest, Inbox, Outbox, ReadPacer
+from streamasr.server.session_io import (
+    CLOSE_GRACE_S,
+    Channel,
+    ChannelClosed,
+    Codec,
+    Cut,
+    Recording,
+    ServerContext,
+)
 
 log = logging.getLogger(__name__)
 
-CLOSE_GRACE_S = 2.0  # wait this long for the client's close frame, then drop the TCP connection
 SHUTDOWN_REASON = "server shutting down"
-
-
-class ChannelClosed(Exception):
-    """The peer went away: nothing more can be read or sent."""
-
-
-class Channel(Protocol):
-    """A message socket: one WebSocket, whatever serves it."""
-
-    async def receive(self) -> str | bytes:
-        """The next message; raises `ChannelClosed` once the peer has gone."""
-        ...
-
-    async def send(self, text: str) -> None:
-        """Send a text message; raises `ChannelClosed` once the peer has gone."""
-        ...
-
-    async def close(self, code: int, reason: str) -> None:
-        """The closing handshake; drop the connection if it does not end in time."""
-        ...
-
-    def abort(self) -> None:
-        """Drop the connection now."""
-        ...
-
-
-class Codec(Protocol):
-    """One API's messages: frames in, `Action`s out; the runner's messages in, frames out."""
-
-    def open(self) -> list[Action]:
-        """What happens as the connection opens, before any message."""
-        ...
-
-    def receive_text(self, text: str) -> list[Action]: ...
-
-    def receive_bytes(self, data: bytes) -> list[Action]: ...
-
-    def end(self, reason: str, *, close_code: CloseCode = CloseCode.NORMAL) -> list[Action]:
-        """A server-side end (idle, max_length, shutdown): finalise if a session is open."""
-        ...
-
-    def encode(self, message: ServerMessage) -> list[str]:
-        """The frames of one outgoing message (none: this API has no such message)."""
-        ...
-
-
-@dataclass(frozen=True)
-class ServerContext:
-    """What every connection shares; read-only, so no per-client state lives on it."""
-
-    config: ServerConfig
-    model: AsrModel
-    session_config: SessionConfig
-    pool: DecodePool  # runs the sessions' own work: resampling, VAD, features, text
-    metrics: ServerMetrics
-    scheduler: Scheduler  # runs every session's model calls on the shared inference threads
 
 
 class SessionRunner:
     """One client: a `Channel`, a `Codec`, a `Session`, an `Inbox`, an `Outbox`, three tasks."""
 
-    def __init__(self, channel: Channel, codec: Codec, ctx: ServerContext) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        codec: Codec,
+        ctx: ServerContext,
+        *,
+        recording: Recording | None = None,
+        shutdown_reason: str = SHUTDOWN_REASON,
+    ) -> None:
         self.channel = channel
         self.ctx = ctx
+        self.recording = recording
+        self._shutdown_reason = shutdown_reason
+        self._recorded = recording is None  # the recording has been told the session is over
+        self._gone = False  # the client went away; the session decodes what it had sent
+        self._close_after: tuple[int, str] | None = None  # a fatal error, once decoding is done
         self.session_id = uuid.uuid4().hex
         self.protocol = codec
         self.outbox = Outbox(ctx.config.outgoing_queue, ctx.metrics.dropped_partials.inc)
@@ -154,6 +105,7 @@ class SessionRunner:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._close_recording("disconnect" if self._gone else "error")
             if self._driver is not None:
                 self._driver.release()
             await self._close_socket()
@@ -161,19 +113,25 @@ class SessionRunner:
     def end(self, reason: str = "shutdown") -> None:
         """A server-side end: finalise the session, send its finals and session.ended, close."""
         code = CloseCode.GOING_AWAY if reason == "shutdown" else CloseCode.NORMAL
-        close_reason = SHUTDOWN_REASON if reason == "shutdown" else reason
+        close_reason = self._shutdown_reason if reason == "shutdown" else reason
         self._idle_deadline = None
         self._spawn(self._apply(self.protocol.end(reason, close_code=code), close_reason))
+
+    def cut(self) -> None:
+        """Finalise the speech so far and have the recording start anew; a no-op before the
+        session starts or without a recording."""
+        if self._inbox is not None and self.recording is not None and not self._gone:
+            self._spawn(self._inbox.put_command(Cut()))
 
     def abort(
         self,
         code: int = CloseCode.GOING_AWAY,
-        reason: str = SHUTDOWN_REASON,
+        reason: str | None = None,
         grace_s: float = CLOSE_GRACE_S,
     ) -> None:
         """Stop now, whatever is pending: the drain time is over, or the client is too slow."""
         self._grace_s = grace_s
-        self._finish((code, reason))
+        self._finish((code, self._shutdown_reason if reason is None else reason))
 
     def _finish(self, close_with: tuple[int, str] | None) -> None:
         if not self._done.is_set():
@@ -191,8 +149,13 @@ class SessionRunner:
         """The edge of every task of this connection: a failure ends this session only."""
         try:
             await coro
-        except ChannelClosed:
-            self._finish(None)  # the client went away: nothing more can be sent
+        except ChannelClosed:  # the client went away: nothing more can be sent
+            if self._recorded or self._inbox is None:
+                self._finish(None)
+            elif not self._gone:  # decode what it sent; `_decode_loop` finishes
+                self._gone = True
+                self._idle_deadline = None
+                await self._inbox.put_command(End("disconnect"))
         except Exception:
             log.exception("session %s failed", self.session_id)
             self.ctx.metrics.errors.labels(code=ErrorCode.INTERNAL_ERROR.value).inc()
@@ -200,6 +163,16 @@ class SessionRunner:
                 self.abort(CloseCode.INTERNAL, "internal error")
             else:
                 self._fail("internal server error; see the server log")
+
+    async def _close_recording(self, reason: str) -> None:
+        """Tell the recording the session is over, if `_decode_loop` could not."""
+        if self._recorded or self.recording is None:
+            return
+        self._recorded = True
+        try:
+            await self.ctx.pool.call(self.recording.closed, reason)
+        except Exception:
+            log.exception("session %s: closing its recording failed", self.session_id)
 
     async def _close_socket(self) -> None:
         if self._close_with is None:
@@ -218,6 +191,9 @@ class SessionRunner:
         await self._read()
 
     async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        rate = self.ctx.config.max_messages_per_s
+        pacer = ReadPacer(rate, rate, loop.time())
         while True:
             try:
                 async with asyncio.timeout_at(self._idle_deadline):
@@ -230,7 +206,10 @@ class SessionRunner:
             else:
                 actions = self.protocol.receive_bytes(message)
             await self._apply(actions)
-            if len(self.outbox):
+            wait_s = pacer.take(loop.time())
+            if wait_s > 0:  # a flood of messages: the next ones wait in the socket
+                await asyncio.sleep(wait_s)
+            elif len(self.outbox):
                 await asyncio.sleep(0)  # let the sender write before the next buffered frame
 
     async def _apply(self, actions: list[Action], close_reason: str | None = None) -> None:
@@ -268,21 +247,29 @@ class SessionRunner:
             self._queue(WarningEvent("bias_cut", message, 0.0))
         self.ctx.metrics.count_session(options.language, self.ctx.model.info.languages)
         self._compute = self._spawn(self._decode_loop())
-        loop = asyncio.get_running_loop()
-        self._max_length = loop.call_later(self.ctx.config.max_session_s, self._on_max_length)
+        if self.ctx.config.max_session_s is not None:
+            loop = asyncio.get_running_loop()
+            self._max_length = loop.call_later(self.ctx.config.max_session_s, self._on_max_length)
         log.info("session %s started: %s", self.session_id, options.audio.to_dict())
 
     async def _on_audio(self, samples: np.ndarray) -> None:
         assert self._inbox is not None and self._clock is not None  # Start comes first
         self._clock.mark(samples.size, asyncio.get_running_loop().time())
-        self._touch()
-        self.ctx.metrics.audio_seconds.inc(samples.size / self._clock.sample_rate)
+        seconds = samples.size / self._clock.sample_rate
+        self._touch(seconds)
+        self.ctx.metrics.audio_seconds.inc(seconds)
         await self._inbox.put_audio(samples)
 
-    def _touch(self) -> None:
+    def _touch(self, audio_s: float | None = None) -> None:
+        """Put off the idle end: by twice `audio_s`, the seconds of audio just received, or
+        (a keep-alive) in full; never past `idle_timeout_s` from now. A client sending audio
+        at half real time or more never goes idle; a trickle (a sample now and then) does."""
         if self._idle_deadline is not None:  # None: the session is ending
-            loop = asyncio.get_running_loop()
-            self._idle_deadline = loop.time() + self.ctx.config.idle_timeout_s
+            now = asyncio.get_running_loop().time()
+            latest = now + self.ctx.config.idle_timeout_s
+            if audio_s is not None:
+                latest = min(latest, self._idle_deadline + 2 * audio_s)
+            self._idle_deadline = latest
 
     def _on_max_length(self) -> None:
         self._idle_deadline = None
@@ -295,6 +282,9 @@ class SessionRunner:
         driver, offload = self._driver, self.ctx.pool.call
         session = driver.session
         loop = asyncio.get_running_loop()
+        recording = self.recording
+        if recording is not None:
+            await offload(recording.opened, session.position)
         while True:
             item = await self._inbox.get()
             t0 = loop.time()
@@ -310,19 +300,41 @@ class SessionRunner:
                 events = [*await driver.run_async(offload, session.close)]
             if any(isinstance(event, SpeechStopped) for event in events):
                 events.append(Mark("settled"))
+            if recording is not None:
+                await offload(recording.record, events, session.position)
+                if isinstance(item, Cut):
+                    await offload(recording.cut)
+                elif isinstance(item, End):
+                    self._recorded = True
+                    await offload(recording.closed, item.reason)
             self.ctx.metrics.decode_seconds.observe(loop.time() - t0)
             for event in events:
                 self._queue(event)
             if isinstance(item, np.ndarray):
                 self._check_lag(session)
             if isinstance(item, End):
-                if item.reason == "max_length":
-                    limit = self.ctx.config.max_session_s
-                    message = f"the session reached its maximum length of {limit:g} s"
-                    self._queue(error_event(ErrorCode.SESSION_TOO_LONG, message))
-                self._queue(SessionEnded(item.reason))
-                self._queue(_end_close(item.reason))
+                self._end_queued(item.reason)
                 return
+
+    def _end_queued(self, reason: str) -> None:
+        """The session is closed: the last messages, then the socket's close."""
+        if self._gone:
+            self._finish(None)
+            return
+        if self._close_after is not None:  # a fatal error, its message already queued
+            self._queue(CloseRequest(*self._close_after))
+            return
+        if reason == "max_length":
+            limit = self.ctx.config.max_session_s or 0
+            message = f"the session reached its maximum length of {limit:g} s"
+            self._queue(error_event(ErrorCode.SESSION_TOO_LONG, message))
+        self._queue(SessionEnded(reason))
+        if reason == "shutdown":
+            self._queue(CloseRequest(CloseCode.GOING_AWAY, self._shutdown_reason))
+        elif reason == "max_length":
+            self._queue(CloseRequest(CloseCode.POLICY, "session too long"))
+        else:
+            self._queue(CloseRequest(CloseCode.NORMAL, "idle" if reason == "idle" else ""))
 
     def _check_lag(self, session: Session) -> None:
         """Falling behind real time: fewer partials; far behind: warn and pause them.
@@ -373,10 +385,16 @@ class SessionRunner:
         return self._sending
 
     def _close_now(self, code: int, reason: str) -> None:
-        """A fatal error: drop pending audio, send what is queued (the error last), close."""
+        """A fatal error: drop pending audio, send what is queued (the error last), close.
+        With a recording, the audio received is decoded first, and the session finalised."""
+        self._idle_deadline = None
+        if self._compute is not None and not self._recorded and self._inbox is not None:
+            if self._close_after is None:
+                self._close_after = (code, reason)
+                self._spawn(self._inbox.put_command(End("error")))
+            return
         if self._compute is not None:
             self._compute.cancel()
-        self._idle_deadline = None
         self._queue(CloseRequest(code, reason))
 
     def _fail(self, message: str) -> None:
@@ -396,34 +414,11 @@ class SessionRunner:
             if isinstance(message, Reply):
                 frames = list(message.frames)
             else:
-                self._observe(message)
+                if self._clock is not None:
+                    now = asyncio.get_running_loop().time()
+                    self.ctx.metrics.observe_sent(message, self._clock.time_of, now)
                 frames = self.protocol.encode(message)
             self._sending = True
             for frame in frames:
                 await self.channel.send(frame)
             self._sending = False
-
-    def _observe(self, message: ServerMessage) -> None:
-        """The metrics of a message on its way out: speech by language, latency."""
-        if isinstance(message, TranscriptFinal) and message.text:
-            seconds = (message.end_sample - message.start_sample) / SAMPLE_RATE
-            self.ctx.metrics.count_final(message.language, seconds)
-        if self._clock is None or not isinstance(message, TranscriptPartial | TranscriptFinal):
-            return
-        arrived = self._clock.time_of(message.end_sample)
-        if arrived is None:
-            return
-        latency = asyncio.get_running_loop().time() - arrived
-        metric = self.ctx.metrics
-        hist = (
-            metric.final_latency if isinstance(message, TranscriptFinal) else metric.partial_latency
-        )
-        hist.observe(max(0.0, latency))
-
-
-def _end_close(reason: str) -> CloseRequest:
-    if reason == "shutdown":
-        return CloseRequest(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
-    if reason == "max_length":
-        return CloseRequest(CloseCode.POLICY, "session too long")
-    return CloseRequest(CloseCode.NORMAL, "idle" if reason == "idle" else "")

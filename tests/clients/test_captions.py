@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "engine"), str(TESTS / "server")]  # fake_model, server_helpers
 
 from fake_model import FakeModel  # noqa: E402
+from scripted_server import HOSTILE, finals, scripted_server  # noqa: E402
 from server_helpers import pcm16, reference_finals  # noqa: E402
 
 from streamasr.server.app import Server  # noqa: E402
@@ -25,6 +28,9 @@ from streamasr.server.config import ServerConfig  # noqa: E402
 
 SCRIPT = TESTS.parent / "clients" / "captions.py"
 TOKEN = "captions-test-token"
+sys.path.insert(0, str(SCRIPT.parent))
+
+import captions as captions_client  # noqa: E402
 
 
 @pytest.fixture
@@ -218,3 +224,122 @@ async def test_a_terminal_gets_the_partial_rewritten_in_place(
         line.rsplit("\x1b[K", 1)[-1].strip() for line in text.replace("\r\n", "\n").split("\n")
     ]
     assert [line for line in lines if line] == [t.strip() for t in reference_finals(clip)]
+
+
+# ------------------------------------------------------------------ untrusted server text
+def invisible(text: str) -> list[str]:
+    """The control and format characters in `text`, line ends aside."""
+    return [c for c in text if c != "\n" and unicodedata.category(c) in ("Cc", "Cf")]
+
+
+async def test_server_text_reaches_the_terminal_without_escapes(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "clip.wav", speech.silence(0.5))
+    error = {"type": "error", "code": "bad\x1b[31m", "message": "oops\x1b]0;pwn\x07\nnow"}
+    script = finals([sent for sent, _ in HOSTILE]) + [{**error, "fatal": False}]
+    with scripted_server(script, close_code=1011, close_reason="gone\x1b[2J") as server:
+        rc, out, err = await captions(
+            "--url", server.url, "--token", TOKEN, "--speed", "max", str(wav)
+        )
+    assert rc == 1  # the server closed with 1011
+    assert out.splitlines() == [shown for _, shown in HOSTILE]
+    assert err.splitlines() == ["server error bad: oops now", "connection closed: 1011 gone"]
+    assert invisible(out + err) == []
+    # the token went to this machine over ws://, as it may
+    assert server.authorization == [f"Bearer {TOKEN}"]
+
+
+async def test_json_escapes_server_text_and_keeps_it_exact(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "clip.wav", speech.silence(0.5))
+    sent = [text for text, _ in HOSTILE]
+    with scripted_server(finals(sent)) as server:
+        rc, out, err = await captions("--url", server.url, "--json", "--speed", "max", str(wav))
+    assert rc == 0, err
+    assert invisible(out) == []
+    assert [json.loads(line)["text"] for line in out.splitlines()] == sent
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_partial_on_a_terminal_is_shown_without_escapes() -> None:
+    term = Terminal()
+    printer = captions_client.Printer(term, as_json=False)
+    for sent, shown in HOSTILE:
+        printer.show({"type": "transcript.partial", "text": sent, "seq": 0})
+        assert term.getvalue().rsplit("\r\x1b[K", 1)[-1] == shown
+    assert invisible(term.getvalue().replace("\r\x1b[K", "")) == []
+
+
+# ------------------------------------------------------------------ the token on the network
+class Connecting(Exception):
+    """The client got as far as opening the connection."""
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URLs the in-process client tries to open; each try raises `Connecting`."""
+    urls: list[str] = []
+
+    def connect(url: str, **kwargs: object) -> None:
+        urls.append(url)
+        raise Connecting(url)
+
+    monkeypatch.setattr(captions_client, "connect", connect)
+    monkeypatch.delenv("STREAMASR_TOKEN", raising=False)
+    return urls
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ws://example.com/v1/stream",
+        "ws://10.0.0.2:8765/v1/stream",
+        "ws://[2001:db8::1]:8765/v1/stream",
+        "ws://localhost.example.com/v1/stream",
+        "ws://128.0.0.1/v1/stream",
+    ],
+)
+def test_a_token_in_clear_to_another_host_is_refused_before_connecting(
+    url: str, connects: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = write_wav(tmp_path / "clip.wav", speech.silence(0.2))
+    assert captions_client.main(["--url", url, "--token", "s3cret", str(wav)]) == 2
+    assert connects == []
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "s3cret" not in err
+    assert (
+        err.startswith("captions: refusing to send the token unencrypted")
+        and "--insecure-token" in err
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "extra"),
+    [
+        ("ws://127.0.0.1:8765/v1/stream", ["--token", "t"]),
+        ("ws://127.4.5.6:8765/v1/stream", ["--token", "t"]),
+        ("ws://localhost:8765/v1/stream", ["--token", "t"]),
+        ("ws://[::1]:8765/v1/stream", ["--token", "t"]),
+        ("wss://example.com/v1/stream", ["--token", "t"]),
+        ("ws://example.com/v1/stream", ["--token", "t", "--insecure-token"]),
+        ("ws://example.com/v1/stream", []),  # no token, nothing to give away
+    ],
+)
+def test_a_token_goes_to_loopback_over_wss_or_with_the_flag(
+    url: str, extra: list[str], connects: list[str], tmp_path: Path
+) -> None:
+    wav = write_wav(tmp_path / "clip.wav", speech.silence(0.2))
+    with pytest.raises(Connecting):
+        captions_client.main(["--url", url, *extra, str(wav)])
+    assert connects == [url]
+
+
+def test_a_token_from_the_environment_is_refused_too(
+    connects: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMASR_TOKEN", "s3cret")
+    wav = write_wav(tmp_path / "clip.wav", speech.silence(0.2))
+    assert captions_client.main(["--url", "ws://example.com/v1/stream", str(wav)]) == 2
+    assert connects == []

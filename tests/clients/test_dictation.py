@@ -11,17 +11,21 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
 import speech
+from scripted_server import HOSTILE, finals, scripted_server
 from virtual_mic import VirtualMic
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "dictation.py"
 sys.path.insert(0, str(CLIENT.parent))
 
+import dictation  # noqa: E402
 from dictation import CHUNK, Committer, choose_backend, spoken_punctuation, type_text  # noqa: E402
 
 FIRST = "Please call me tomorrow after the meeting period"  # said as a word: "period"
@@ -126,6 +130,89 @@ def test_xdotool_types_into_the_focused_window(
             type_text(c.text(final), choose_backend(os.environ))
 
     assert typed_in_window(display, tmp_path, typist) == "Hello, world.\nsecond line?"
+
+
+# ------------------------------------------------------------------ untrusted server text
+@pytest.fixture
+def typed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the in-process client has xdotool type, one entry per call; nothing is typed."""
+    texts: list[str] = []
+
+    def run(argv: list[str], **kwargs: Any) -> None:
+        assert argv[:-1] == dictation.BACKENDS["xdotool"]
+        texts.append(argv[-1])
+
+    monkeypatch.setattr(dictation, "subprocess", SimpleNamespace(run=run))
+    monkeypatch.delenv("STREAMASR_TOKEN", raising=False)
+    return texts
+
+
+def test_server_text_is_typed_without_controls(
+    typed: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = tmp_path / "silence.wav"
+    sf.write(wav, speech.silence(0.5), 16_000, subtype="PCM_16")
+    fatal = {"type": "error", "code": "x", "message": "bad\x1b]0;pwn\x07\nnews", "fatal": True}
+    with scripted_server(finals([sent for sent, _ in HOSTILE]) + [fatal]) as server:
+        argv = ["--url", server.url, "--token", "t", "--backend", "xdotool", "--input", str(wav)]
+        assert dictation.main(argv) == 1  # the fatal error
+    shown = [shown for _, shown in HOSTILE]
+    assert typed == [shown[0]] + [" " + text for text in shown[1:]]  # one space between finals
+    assert capsys.readouterr().err == "dictation: bad news\n"
+    # the token went to this machine over ws://, as it may
+    assert server.authorization == ["Bearer t"]
+
+
+class Connecting(Exception):
+    """The client got as far as opening the connection."""
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URLs the in-process client tries to open; each try raises `Connecting`."""
+    import websockets.asyncio.client
+
+    urls: list[str] = []
+
+    def connect(url: str, **kwargs: object) -> None:
+        urls.append(url)
+        raise Connecting(url)
+
+    monkeypatch.setattr(websockets.asyncio.client, "connect", connect)
+    monkeypatch.delenv("STREAMASR_TOKEN", raising=False)
+    return urls
+
+
+@pytest.mark.parametrize("url", ["ws://example.com/v1/stream", "ws://192.168.1.9:8765/v1/stream"])
+def test_a_token_in_clear_to_another_host_is_refused_before_connecting(
+    url: str, connects: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        dictation.main(["--url", url, "--token", "s3cret", "--backend", "xdotool"])
+    assert connects == []
+    message = refused.value.code  # printed on stderr, exit status 1
+    assert isinstance(message, str) and len(message.splitlines()) == 1 and "s3cret" not in message
+    assert message.startswith("dictation: refusing to send the token unencrypted")
+    assert "--insecure-token" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "extra"),
+    [
+        ("ws://127.0.0.1:8765/v1/stream", ["--token", "t"]),
+        ("ws://localhost:8765/v1/stream", ["--token", "t"]),
+        ("ws://[::1]:8765/v1/stream", ["--token", "t"]),
+        ("wss://example.com/v1/stream", ["--token", "t"]),
+        ("ws://example.com/v1/stream", ["--token", "t", "--insecure-token"]),
+        ("ws://example.com/v1/stream", []),  # no token, nothing to give away
+    ],
+)
+def test_a_token_goes_to_loopback_over_wss_or_with_the_flag(
+    url: str, extra: list[str], connects: list[str]
+) -> None:
+    with pytest.raises(Connecting):
+        dictation.main(["--url", url, *extra, "--backend", "xdotool"])
+    assert connects == [url]
 
 
 # ------------------------------------------------------------------ the audio path, end to end

@@ -15,6 +15,7 @@ from websockets.exceptions import InvalidStatus
 from streamasr.errors import InputError
 from streamasr.meeting.command import parse_listen
 from streamasr.meeting.listen import ListenConfig, MeetingListener
+from streamasr.server.protocol import SessionStart
 from streamasr.server.worker import DecodePool
 
 TOKEN = "listen-test-token"
@@ -34,7 +35,7 @@ def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="without a token"):
         ListenConfig(tmp_path, host="0.0.0.0")
     assert ListenConfig(tmp_path, host="0.0.0.0", token=TOKEN).token == TOKEN
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="at least 16 characters"):
         ListenConfig(tmp_path, token="")
 
 
@@ -74,7 +75,7 @@ async def test_access_checks(listener: tuple[MeetingListener, list[dict[str, Any
     assert [m["type"] for m in replies] == ["session.started", "session.ended"]
     assert replies[0]["limits"] == {
         "max_frame_bytes": 1_048_576,
-        "idle_timeout_s": None,
+        "idle_timeout_s": 60.0,  # an idle producer gives its slot back
         "max_session_s": None,
     }
     assert ws.close_code == 1000
@@ -96,3 +97,34 @@ async def test_a_split_before_the_meeting_opens_changes_nothing(
     assert replies[0]["code"] == "bad_json" and not replies[0]["fatal"]
     assert ws.close_code == 1000
     assert [r["type"] for r in records] == ["meeting.started", "meeting.ended"]
+
+
+async def test_an_idle_producer_gives_its_slot_back(tmp_path: Path) -> None:
+    """A producer that stops sending audio holds the one slot only for the idle timeout."""
+    records: list[dict[str, Any]] = []
+    pool = DecodePool(1)
+    config = ListenConfig(tmp_path / "meetings", token=TOKEN, idle_timeout_s=0.5)
+    server = MeetingListener(config, FakeModel(), records.append, pool)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        url = server.url + f"?token={TOKEN}"
+        async with connect(url) as idle:
+            await idle.send(SessionStart().to_json())
+            replies = [json.loads(m) async for m in idle]  # until the server closes
+        assert idle.close_code == 1000 and idle.close_reason == "idle"
+        assert [m["type"] for m in replies] == ["session.started", "session.ended"]
+        assert replies[0]["limits"]["idle_timeout_s"] == 0.5
+        assert replies[1]["reason"] == "idle"
+        assert [(r["type"], r.get("reason")) for r in records] == [
+            ("meeting.started", None),
+            ("meeting.ended", "idle"),
+        ]
+        async with connect(url) as next_one:  # the slot is free again
+            await next_one.send(json.dumps({"type": "session.end"}))
+            assert [json.loads(m)["type"] async for m in next_one] == [
+                "session.started",
+                "session.ended",
+            ]
+    finally:
+        await server.stop()
+        pool.shutdown()

@@ -272,6 +272,46 @@ async def test_a_producer_that_disconnects_ends_its_meeting_with_its_last_words(
     assert all({"monday", "meeting"} <= words(text) for text in rendered.values()), rendered
 
 
+async def test_a_producer_gone_at_once_has_all_it_sent_transcribed(
+    listener: Listener, tmp_path: Path
+) -> None:
+    """The producer closes right after its last frame, long before the model has caught up:
+    the audio queued for the decoder is still transcribed into the meeting."""
+    audio = np.concatenate([speech.silence(0.3), speech.espeak(FIRST, tmp_path)])
+    data = pcm16(audio)
+    async with await connect_when_free(listener.url) as ws:
+        for i in range(0, len(data), 3200):
+            await ws.send(data[i : i + 3200])
+    ended = await listener.record("meeting.ended")
+    assert ended["reason"] == "disconnect" and ended["finals"] >= 1
+    lines, rendered = meeting_files(ended)
+    assert {"morning", "weekly"} <= words(" ".join(line["text"] for line in lines)), lines
+    assert all({"morning", "weekly"} <= words(text) for text in rendered.values()), rendered
+
+
+async def test_a_fatal_error_mid_sentence_keeps_the_sentence(
+    listener: Listener, tmp_path: Path
+) -> None:
+    """A fatal protocol error closes the producer, but what it said is transcribed first."""
+    audio = np.concatenate([speech.silence(0.3), speech.espeak(SECOND, tmp_path)])
+    data = pcm16(audio)  # no trailing silence: the sentence is still open
+    async with await connect_when_free(listener.url) as ws:
+        reader = asyncio.create_task(receive_all(ws))
+        for i in range(0, len(data), 3200):
+            await ws.send(data[i : i + 3200])
+        await ws.send(SessionStart().to_json())  # fatal: the audio started the session
+        messages = await reader
+    assert ws.close_code == 1008 and ws.close_reason == "unexpected start"
+    assert [m["code"] for m in messages if m["type"] == "error"] == ["unexpected_start"]
+    finals = [m for m in messages if m["type"] == "transcript.final"]
+    ended = await listener.record("meeting.ended")
+    assert ended["reason"] == "error" and ended["finals"] == len(finals) >= 1
+    lines, rendered = meeting_files(ended)
+    assert lines == [without_seq(f) for f in finals]
+    assert {"comments", "friday"} <= words(" ".join(line["text"] for line in lines)), lines
+    assert all({"comments", "friday"} <= words(text) for text in rendered.values()), rendered
+
+
 async def test_sigterm_finalises_the_open_meeting_and_exits_0(
     tmp_path: Path, tiny_en_dir: Path
 ) -> None:

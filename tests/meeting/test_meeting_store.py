@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import speech
 from fake_model import FakeModel
 
@@ -15,7 +18,7 @@ from streamasr.config import SessionConfig
 from streamasr.engine.driver import LocalSession
 from streamasr.events import TranscriptFinal, Word
 from streamasr.meeting.recorder import MeetingRecorder
-from streamasr.meeting.store import MeetingWriter, read_finals, render_dir
+from streamasr.meeting.store import RENDERED, MeetingWriter, read_finals, render_dir
 
 SR = SAMPLE_RATE
 
@@ -124,3 +127,31 @@ def test_without_timeout_one_meeting_until_close(
         "finals": 2,
         "reason": "end",
     }
+
+
+def test_meeting_files_are_private_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transcripts are private notes: dirs 0700, files 0600 (temp files too), even under umask 0."""
+    out = tmp_path / "notes" / "meetings"  # missing parents are created private too
+    replace, tmp_modes = os.replace, dict[str, int]()
+
+    def spy(src: Path, dst: Path) -> None:
+        tmp_modes[Path(src).name] = stat.S_IMODE(os.stat(src).st_mode)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    old = os.umask(0o000)
+    try:
+        writer = MeetingWriter(out, origin_sample=0, now=0.0)
+        writer.append(TranscriptFinal(0, " Private.", 0, SR))
+        writer.close()
+        render_dir(writer.path)  # a re-render replaces the files and keeps them private
+    finally:
+        os.umask(old)
+    dirs = [out.parent, out, *(p for p in out.rglob("*") if p.is_dir())]
+    files = [p for p in out.rglob("*") if not p.is_dir()]
+    assert writer.path in dirs and {p.name for p in files} == {"transcript.jsonl", *RENDERED}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in dirs} == {p.name: 0o700 for p in dirs}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
+    assert tmp_modes == {f"{name}.tmp": 0o600 for name in RENDERED}

@@ -333,9 +333,11 @@ def run_cli(*args: str) -> Any:
     )
 
 
-def stream_finals(model: Any, audio: Any, chunk: int = 800) -> list[Any]:
+def stream_finals(
+    model: Any, audio: Any, chunk: int = 800, keywords: tuple[str, ...] = ()
+) -> list[Any]:
     """The finals of a full-window `Session` fed `audio` in `chunk`-sample pieces, each
-    decoding its utterance's audio alone (no lead-in).
+    decoding its utterance's audio alone (no lead-in), biased towards `keywords`.
 
     Partials every 2 s keep the test fast; the final is a free decode that does not use them.
     """
@@ -343,7 +345,13 @@ def stream_finals(model: Any, audio: Any, chunk: int = 800) -> list[Any]:
     from streamasr.engine.driver import LocalSession
     from streamasr.events import TranscriptFinal
 
-    config = SessionConfig(encode_window="full", final_window="full", final_lead_ms=0, step_ms=2000)
+    config = SessionConfig(
+        encode_window="full",
+        final_window="full",
+        final_lead_ms=0,
+        step_ms=2000,
+        keywords=keywords,
+    )
     session = LocalSession(model, config)
     events = []
     for i in range(0, len(audio), chunk):
@@ -352,7 +360,9 @@ def stream_finals(model: Any, audio: Any, chunk: int = 800) -> list[Any]:
     return [e for e in events if isinstance(e, TranscriptFinal)]
 
 
-def offline_window(model: Any, audio: Any, options: Any = None, prefix: Any = None) -> Any:
+def offline_window(
+    model: Any, audio: Any, options: Any = None, prefix: Any = None, bias: Any = None
+) -> Any:
     """Our decode of one <= 30 s piece of audio, padded to the full window as the engine does."""
     from streamasr.config import DecodeConfig
     from streamasr.features.logmel import LogMelBuffer
@@ -365,6 +375,7 @@ def offline_window(model: Any, audio: Any, options: Any = None, prefix: Any = No
         num_frames=mel.num_frames,
         options=options or DecodeConfig(),
         prefix=list(prefix or []),
+        bias=list(bias or []),
     )
     return run_one(model, request)
 

@@ -13,8 +13,10 @@ import torch
 from streamasr.kernels import use_backend
 
 from streamasr.config import DecodeConfig
+from streamasr.engine.session import bias_text
 from streamasr.errors import ModelNotFoundError
 from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.audio_llm import instruction_with_bias
 from streamasr.models.base import TranscribeRequest, run_one
 from streamasr.models.glm_encoder import (
     audio_token_count,
@@ -238,6 +240,46 @@ def test_streamed_final_equals_offline_decode(
         offline = builders.offline_window(glm, audio[final.start_sample : final.end_sample])
         assert final.text == offline.text.strip()
         assert final.text  # not dropped as a hallucination: the comparison means something
+
+
+KEYWORDS = ("Kubernetes", "Grafana")
+
+
+def test_context_biasing_is_the_processors_prompt_with_a_context_sentence(
+    glm: GlmAsrAdapter,
+) -> None:
+    """Keywords go where the processor puts a longer instruction, as a context sentence."""
+    text = bias_text("", KEYWORDS)
+    bias = glm.encode_text(" " + text)
+    audio = np.zeros(3 * 16000, dtype=np.float32)
+    instruction = instruction_with_bias(glm.processor.default_transcription_prompt)
+    inputs = glm.processor.apply_transcription_request(audio, prompt=f"{instruction} {text}")
+    n = audio_tokens_for_samples(len(audio))
+    assert glm.template.ids(n, bias) == inputs["input_ids"][0].tolist()
+    assert (
+        glm.template.ids(n)
+        == glm.processor.apply_transcription_request(audio)["input_ids"][0].tolist()
+    )
+
+
+def test_streamed_biased_final_equals_offline_biased_decode(
+    glm: GlmAsrAdapter, sentences: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's keywords reach the decoder of its partials' and finals' chunked rows."""
+    fed: list[int] = []
+    embed = glm.lm.embed
+    monkeypatch.setattr(glm.lm, "embed", lambda ids: (fed.extend(ids), embed(ids))[1])
+    silence = np.zeros(16000, dtype=np.float32)
+    audio = np.concatenate([silence, sentences[0], silence])
+    finals = builders.stream_finals(glm, audio, keywords=KEYWORDS)
+    bias = glm.encode_text(" " + bias_text("", KEYWORDS))
+    assert len(finals) == 1
+    window = [*glm.template.bias_intro, *bias]
+    assert any(fed[i : i + len(window)] == window for i in range(len(fed)))
+    offline = builders.offline_window(
+        glm, audio[finals[0].start_sample : finals[0].end_sample], bias=bias
+    )
+    assert finals[0].text == offline.text.strip()
 
 
 def test_missing_weights_say_how_to_fetch_them(glm_dir: Path, tmp_path: Path) -> None:

@@ -18,8 +18,10 @@ import torch
 from streamasr.kernels import use_backend
 
 from streamasr.config import DecodeConfig
+from streamasr.engine.session import bias_text
 from streamasr.errors import ModelFormatError, ModelNotFoundError
 from streamasr.features.logmel import LogMelBuffer
+from streamasr.models.audio_llm import instruction_with_bias
 from streamasr.models.base import TranscribeRequest, run_one
 from streamasr.models.glm_encoder import audio_token_count
 from streamasr.models.loader import load_model, model_family
@@ -87,10 +89,10 @@ def upstream_tokens(mel_frames: int) -> int:
     return (n - 4) // 4 + 1
 
 
-def upstream_prompt(tok: Any, n: int) -> list[int]:
+def upstream_prompt(tok: Any, n: int, instruction: str = INSTRUCTION) -> list[int]:
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "<audio>" * n + " " + INSTRUCTION},
+        {"role": "user", "content": "<audio>" * n + " " + instruction},
     ]
     out = tok.apply_chat_template(
         messages, tokenize=True, add_generation_prompt=True, enable_thinking=False
@@ -173,6 +175,15 @@ def test_prompt_and_token_count_equal_upstreams(
     n = upstream_tokens(int(np.sum(mask)))
     assert audio_token_count(mel_frames_for(samples)) == n
     assert tiny.template.ids(n) == upstream_prompt(ref["tok"], n)
+
+
+def test_context_biasing_is_upstreams_prompt_with_a_context_sentence(
+    tiny: TinyAudioAdapter, ref: dict[str, Any]
+) -> None:
+    text = bias_text("We met in Reykjavik.", ("Kubernetes", "Grafana"))
+    bias = tiny.encode_text(" " + text)
+    longer = f"{instruction_with_bias(INSTRUCTION)} {text}"
+    assert tiny.template.ids(12, bias) == upstream_prompt(ref["tok"], 12, longer)
 
 
 @pytest.mark.parametrize("which", [0, 1])

@@ -42,7 +42,7 @@ from streamasr.server.deepgram_query import BadRequest, ListenOptions
 from streamasr.server.protocol import AudioFormat, Mark
 from streamasr.textnorm import wer
 
-TOKEN = "dg-test-token"
+TOKEN = "deepgram-test-token"
 RAW = {"encoding": "linear16", "sample_rate": "16000"}
 # The SDK's model of each message type: every message must pass its *validated* parse
 MODELS: dict[str, Any] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,8 @@ async def test_non_fatal_errors_keep_the_session(
         ([start(audio={"encoding": "mp3"})], "unsupported_audio", 1007),
         ([start(audio={"sample_rate": "16k"})], "invalid_start", 1007),
         ([start(language="de")], "unsupported_language", 1007),
+        ([start(prompt="\ud800")], "invalid_start", 1007),  # JSON's "\\ud800": no character
+        ([start(keywords=["ok", "\udc00"])], "invalid_start", 1007),
         ([START, SILENCE, START, SILENCE], "unexpected_start", 1008),
         ([SILENCE, START, SILENCE], "unexpected_start", 1008),
         ([SILENCE, bytes(5000)], "frame_too_big", 1009),
@@ -86,6 +89,8 @@ async def test_non_fatal_errors_keep_the_session(
         "encoding",
         "wrong-type",
         "language",
+        "lone-surrogate-prompt",
+        "lone-surrogate-keyword",
         "second-start",
         "start-after-audio",
         "big-binary",
@@ -110,7 +115,7 @@ async def test_audio_first_means_the_default_format(server: Server) -> None:
 
 
 async def test_frames_beyond_the_hard_cap_and_invalid_utf8_are_closed_by_the_websocket_layer(
-    make_server: Any,
+    make_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await make_server(max_frame_bytes=4096)
     huge = await session(server, [SILENCE, bytes(9000)])  # > 2 * max_frame_bytes
@@ -120,6 +125,9 @@ async def test_frames_beyond_the_hard_cap_and_invalid_utf8_are_closed_by_the_web
         await ws.wait_closed()
     assert ws.close_code == 1007
     await assert_served(server)
+    # a client's fault, so no ERROR line (and no traceback) any client could write at will
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("not UTF-8" in r.getMessage() for r in caplog.records)
 
 
 class BrokenModel(FakeModel):

@@ -123,17 +123,19 @@ async def test_the_package_placeholder_page_is_served(server: Server) -> None:
 
 
 async def test_token_is_required_for_the_stream_and_metrics(make_server: Any) -> None:
-    server = await make_server(token="s3cret")
+    server = await make_server(token="s3cret-of-16-chars")
     for headers, query in [({}, ""), ({"Authorization": "Bearer nope"}, ""), ({}, "?token=nope")]:
         with pytest.raises(InvalidStatus) as refused:
             await connect(ws_url(server, query), additional_headers=headers)
         assert refused.value.response.status_code == 401
-    async with connect(ws_url(server), additional_headers={"Authorization": "Bearer s3cret"}):
+    async with connect(
+        ws_url(server), additional_headers={"Authorization": "Bearer s3cret-of-16-chars"}
+    ):
         pass
-    async with connect(ws_url(server, "?token=s3cret")):
+    async with connect(ws_url(server, "?token=s3cret-of-16-chars")):
         pass
     assert (await http_get(server, "/metrics")).status == 401
-    authorized = await http_get(server, "/metrics", {"Authorization": "Bearer s3cret"})
+    authorized = await http_get(server, "/metrics", {"Authorization": "Bearer s3cret-of-16-chars"})
     assert authorized.status == 200
     assert (await http_get(server, "/healthz")).status == 200  # open, for probes
     assert server.metrics.rejected.labels(reason="unauthorized")._value.get() == 3
@@ -243,9 +245,9 @@ def test_language_labels_stay_a_bounded_set() -> None:
 
 
 async def test_models_lists_the_loaded_model_and_its_languages(make_server: Any) -> None:
-    server = await make_server(token="t0k")
+    server = await make_server(token="t0k-of-16-characters")
     assert (await http_get(server, "/v1/models")).status == 401
-    reply = await http_get(server, "/v1/models", {"Authorization": "Bearer t0k"})
+    reply = await http_get(server, "/v1/models", {"Authorization": "Bearer t0k-of-16-characters"})
     assert reply.status == 200 and reply.headers["Content-Type"] == "application/json"
     (entry,) = json.loads(reply.body)["data"]
     assert entry == {
@@ -258,7 +260,7 @@ async def test_models_lists_the_loaded_model_and_its_languages(make_server: Any)
 
 
 async def test_openapi_describes_every_front_door_without_a_token(make_server: Any) -> None:
-    server = await make_server(token="t0k3n")
+    server = await make_server(token="t0k3n-of-16-characters")
     reply = await http_get(server, "/openapi.json")
     assert reply.status == 200 and reply.headers["Content-Type"] == "application/json"
     spec = json.loads(reply.body)

@@ -20,7 +20,7 @@ from streamasr.server.app import Server
 from streamasr.server.config import ServerConfig
 from streamasr.textnorm import wer
 
-TOKEN = "rest-test-token"
+TOKEN = "rest-api-test-token"
 
 
 async def post(

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from streamasr.events import SpeechStarted, TranscriptFinal, TranscriptPartial
-from streamasr.server.config import ConfigError, ServerConfig, is_loopback, load_config
+from streamasr.net import is_loopback
+from streamasr.server.config import ConfigError, ServerConfig, load_config
 from streamasr.server.notify import notify
 from streamasr.server.protocol import End, Flush
 from streamasr.server.queues import ArrivalClock, CloseRequest, Inbox, Outbox
@@ -106,7 +107,14 @@ def test_bad_config_is_refused(tmp_path: Path, text: str, match: str) -> None:
 
 
 def test_a_token_is_required_off_loopback_only() -> None:
-    assert ServerConfig(host="0.0.0.0", token="secret").token == "secret"
+    assert (
+        ServerConfig(host="0.0.0.0", token="a-long-enough-secret").token == "a-long-enough-secret"
+    )
+    for short in ("", "secret", "x" * 15):
+        with pytest.raises(ConfigError, match="at least 16 characters"):
+            ServerConfig(host="0.0.0.0", token=short)
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        ServerConfig(token="s3cret token with spaces")
     with pytest.raises(ConfigError, match="without a token"):
         ServerConfig(host="192.168.1.2")
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"))

@@ -185,6 +185,13 @@ async def test_bad_events_get_errors_and_the_session_goes_on(
             }
         ),
         "[" * 100_000,
+        json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": []}}),
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {"audio": {"input": {"transcription": {"prompt": "\ud800"}}}},
+            }
+        ),
     ]
     async with connect(url(server)) as ws:
         await ws.recv()  # session.created

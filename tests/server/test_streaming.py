@@ -211,9 +211,18 @@ class SlowModel(FakeModel):
 async def test_server_side_latency_metrics_are_observed(
     server: Server, speech_clips: list[np.ndarray]
 ) -> None:
-    check_clean(await stream_session(server, pcm16(speech_clips[5]), speed=8.0))
+    speed = 8.0
+    t0 = time.monotonic()  # the clock of the server's event loop (same process)
+    result = await stream_session(server, pcm16(speech_clips[5]), speed=speed)
+    elapsed = time.monotonic() - t0
+    check_clean(result)
     m = server.metrics
-    assert m.final_latency._sum.get() >= 0 and _count(m.final_latency) == 1
+    assert _count(m.final_latency) == 1
+    # The audio at the final's end was paced out no sooner than end/speed after t0, and the
+    # final was sent before the session ended: the latency is measured from that audio's
+    # arrival, not from the stream's start (or not at all: observations are clamped at 0).
+    (final,) = result.of("transcript.final")
+    assert 0 < m.final_latency._sum.get() <= elapsed - final["end"] / speed
     assert _count(m.partial_latency) >= 1
     assert m.audio_seconds._value.get() == pytest.approx(len(speech_clips[5]) / 16_000, abs=0.01)
 

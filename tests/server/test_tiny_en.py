@@ -96,6 +96,47 @@ async def test_sigterm_mid_utterance_sends_the_final_and_exits_0(
     assert wer([SENTENCES[0][1]], [final]) < 0.5, final
 
 
+async def test_the_debug_log_shows_requests_but_no_token(tiny_en_dir: Path) -> None:
+    """At DEBUG, websockets and uvicorn log each request's headers: every way a client can
+    carry its token (Bearer, ?token=, Deepgram's subprotocol, Token) is hidden in them."""
+    secret = "s3cret-token-that-must-not-leak"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMASR_")}
+    env.pop("NOTIFY_SOCKET", None)
+    argv = ["--model", str(tiny_en_dir), "--port", "0", "--threads", "1", "--token", secret]
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "streamasr.cli", "serve", *argv, "--log-level", "debug"],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=tiny_en_dir,  # not the checkout: its kernels/ folder must not be importable
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 180)).decode()
+        match = re.search(r":(\d+)/", line)
+        assert match, line
+        base = f"ws://127.0.0.1:{match[1]}"
+        for url, kwargs in [
+            (f"{base}/v1/stream", {"additional_headers": {"Authorization": f"Bearer {secret}"}}),
+            (f"{base}/v1/stream?token={secret}", {}),
+            (f"{base}/v1/listen", {"subprotocols": ["token", secret]}),
+            (f"{base}/v1/listen", {"additional_headers": {"Authorization": f"Token {secret}"}}),
+        ]:
+            async with connect(url, **kwargs) as ws:  # type: ignore[arg-type]
+                await ws.send(bytes(3200))
+                await asyncio.wait_for(ws.recv(), 60)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        _, err = await proc.communicate()
+    log = err.decode()
+    assert proc.returncode == 0, log[-2000:]
+    assert "/v1/stream?token=***" in log and "authorization: ***" in log.lower(), log[-4000:]
+    assert secret not in log
+
+
 async def _stream_then_sigterm(
     proc: asyncio.subprocess.Process, port: int, clip: np.ndarray
 ) -> tuple[Result, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -34,8 +35,12 @@ def verify(unit: Path, tmp_path: Path, user: bool) -> subprocess.CompletedProces
 
 def service(unit: Path) -> dict[str, str]:
     """The [Service] settings; a repeated key (Environment=) has its values joined by newlines."""
+    return service_of(unit.read_text())
+
+
+def service_of(text: str) -> dict[str, str]:
     section, settings = "", dict[str, str]()
-    for line in unit.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line.startswith("["):
             section = line
@@ -74,7 +79,17 @@ def test_daemon_unit_settings() -> None:
     assert "STREAMASR_CACHE_DIR=%C/streamasr" in s["Environment"]
     for key in ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "NoNewPrivileges"):
         assert s[key] in ("strict", "yes"), key
-    assert s["CapabilityBoundingSet"] == ""
+    assert s["CapabilityBoundingSet"] == "" and s["UMask"] == "0077"
+    assert s["ProtectProc"] == "invisible"
+    assert set(s["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert_limits(s)
+
+
+def assert_limits(s: dict[str, str]) -> None:
+    """Memory, task and descriptor caps are set, to a fixed size or a share of RAM."""
+    assert re.fullmatch(r"\d+[KMG]|\d+%", s["MemoryMax"]), s["MemoryMax"]
+    assert 64 <= int(s["TasksMax"]) <= 4096, s["TasksMax"]
+    assert 256 <= int(s["LimitNOFILE"]) <= 65_536, s["LimitNOFILE"]
 
 
 @pytest.mark.parametrize("name", ["streamasr.service", "streamasr-meeting.service"])
@@ -91,3 +106,33 @@ def test_meeting_unit_writes_to_its_state_directory() -> None:
         "/home/u/.local/state/streamasr/meetings"
     )
     assert default_out_dir({}).parts[-3:] == ("share", "streamasr", "meetings")
+
+
+def test_meeting_unit_is_sandboxed() -> None:
+    s = service(UNITS / "streamasr-meeting.service")
+    assert s["UMask"] == "0077" and s["StateDirectoryMode"] == "0700"  # transcripts are private
+    assert s["ProtectSystem"] == "strict" and s["ProtectHome"] == "read-only"
+    assert s["NoNewPrivileges"] == "yes" and s["PrivateTmp"] == "yes"
+    assert "ReadWritePaths" not in s  # StateDirectory= and CacheDirectory= are writable anyway
+    assert s["RestrictAddressFamilies"] == "AF_UNIX"  # the microphone needs no network...
+    assert "--listen" not in shlex.split(s["ExecStart"])  # ...which --listen would need
+    assert_limits(s)
+
+
+def test_documented_listen_drop_in_verifies(tmp_path: Path) -> None:
+    """systemd/README.md's drop-in for --listen: valid, and it opens the IP families."""
+    text = (UNITS / "README.md").read_text()
+    drop_in = re.search(r"```ini\n(.*?)```", text, re.S)
+    assert drop_in is not None
+    d = service_of(drop_in.group(1))
+    assert set(d["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6"}
+    argv = shlex.split(d["ExecStart"].split("\n")[-1])
+    assert "--listen" in argv
+    _build_parser().parse_args(argv[2:])
+    units = tmp_path / ".config" / "systemd" / "user"  # the user search path under HOME=tmp_path
+    (units / "streamasr-meeting.service.d").mkdir(parents=True)
+    unit = units / "streamasr-meeting.service"
+    shutil.copyfile(UNITS / "streamasr-meeting.service", unit)
+    (units / "streamasr-meeting.service.d" / "listen.conf").write_text(drop_in.group(1))
+    result = verify(unit, tmp_path, user=True)
+    assert result.returncode == 0 and not (result.stderr + result.stdout).strip(), result.stderr

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 SENTENCE = "Please send me the report before the meeting tomorrow morning."
 EXPECTED = ("report", "meeting", "tomorrow")  # tiny.en hears these right from espeak-ng
-TOKEN = "page-test-token"  # the page must pass ?token= on to the WebSocket
+TOKEN = "caption-page-test-token"  # the page must pass ?token= on to the WebSocket
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "artifacts" / "caption-page.png"
 WAIT_WORDS_S = 60.0

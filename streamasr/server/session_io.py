@@ -1,0 +1,103 @@
+"""What a `SessionRunner` is wired to: the socket (`Channel`), the API spoken on it (`Codec`),
+where its events are kept (`Recording`), and what every connection shares (`ServerContext`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from streamasr.config import SessionConfig
+from streamasr.engine.scheduler import Scheduler
+from streamasr.models.base import AsrModel
+from streamasr.server.config import ServerConfig
+from streamasr.server.metrics import ServerMetrics
+from streamasr.server.protocol import Action, CloseCode, Flush, ServerMessage
+from streamasr.server.worker import DecodePool
+
+CLOSE_GRACE_S = 2.0  # wait this long for the client's close frame, then drop the TCP connection
+
+
+class ChannelClosed(Exception):
+    """The peer went away: nothing more can be read or sent."""
+
+
+@dataclass(frozen=True)
+class Cut(Flush):
+    """A server-side flush, after which the `Recording` starts anew (a meeting split)."""
+
+
+class Recording(Protocol):
+    """Where a session's events are kept as they happen (a meeting's notes).
+
+    Its calls run on the pool in stream order, each before the client hears of the events. A
+    session with a recording transcribes every sample it received however the connection ends
+    (a client gone, a fatal error): its queued audio is decoded and its last utterance
+    finalised before `closed`.
+    """
+
+    def opened(self, position: int) -> None:
+        """The session started; `position` is its 16 kHz stream clock."""
+        ...
+
+    def record(self, events: Sequence[ServerMessage], position: int) -> None: ...
+
+    def cut(self) -> None:
+        """After a `Cut`'s finals: end what is being recorded; the next speech starts anew."""
+        ...
+
+    def closed(self, reason: str) -> None:
+        """The session is over (`SessionEnded.reason`, "disconnect" or "error")."""
+        ...
+
+
+class Channel(Protocol):
+    """A message socket: one WebSocket, whatever serves it."""
+
+    async def receive(self) -> str | bytes:
+        """The next message; raises `ChannelClosed` once the peer has gone."""
+        ...
+
+    async def send(self, text: str) -> None:
+        """Send a text message; raises `ChannelClosed` once the peer has gone."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """The closing handshake; drop the connection if it does not end in time."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection now."""
+        ...
+
+
+class Codec(Protocol):
+    """One API's messages: frames in, `Action`s out; the runner's messages in, frames out."""
+
+    def open(self) -> list[Action]:
+        """What happens as the connection opens, before any message."""
+        ...
+
+    def receive_text(self, text: str) -> list[Action]: ...
+
+    def receive_bytes(self, data: bytes) -> list[Action]: ...
+
+    def end(self, reason: str, *, close_code: CloseCode = CloseCode.NORMAL) -> list[Action]:
+        """A server-side end (idle, max_length, shutdown): finalise if a session is open."""
+        ...
+
+    def encode(self, message: ServerMessage) -> list[str]:
+        """The frames of one outgoing message (none: this API has no such message)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """What every connection shares; read-only, so no per-client state lives on it."""
+
+    config: ServerConfig
+    model: AsrModel
+    session_config: SessionConfig
+    pool: DecodePool  # runs the sessions' own work: resampling, VAD, features, text
+    metrics: ServerMetrics
+    scheduler: Scheduler  # runs every session's model calls on the shared inference threads
