@@ -136,6 +136,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=float,
         help="messages read from one client a second; more wait in the socket (200)",
     )
+    s.add_argument(
+        "--max-upload-bytes", type=int, help="largest file a REST transcription takes (100 MiB)"
+    )
     s.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds (30)")
     s.add_argument("--max-session", dest="max_session_s", type=float, help="seconds (14400)")
     s.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (10)")

@@ -67,3 +67,33 @@ def scripted_server(messages: list[dict[str, Any]], **kwargs: Any) -> Iterator[S
         finally:
             server.shutdown()
             thread.join(10)
+
+
+# A token the clients send: to this machine, over wss://, with the flag; or no token at all.
+TOKEN_ALLOWED = [
+    ("ws://127.0.0.1:8765/v1/stream", ["--token", "t"]),
+    ("ws://127.4.5.6:8765/v1/stream", ["--token", "t"]),
+    ("ws://localhost:8765/v1/stream", ["--token", "t"]),
+    ("ws://[::1]:8765/v1/stream", ["--token", "t"]),
+    ("wss://example.com/v1/stream", ["--token", "t"]),
+    ("ws://example.com/v1/stream", ["--token", "t", "--insecure-token"]),
+    ("ws://example.com/v1/stream", []),  # no token, nothing to give away
+]
+
+
+class Connecting(Exception):
+    """The client got as far as opening the connection."""
+
+
+def record_connects(monkeypatch: Any, module: Any) -> list[str]:
+    """Replace `module.connect`: the URLs an in-process client tries to open, each try raising
+    `Connecting`; and no token from the environment."""
+    urls: list[str] = []
+
+    def connect(url: str, **kwargs: object) -> None:
+        urls.append(url)
+        raise Connecting(url)
+
+    monkeypatch.setattr(module, "connect", connect)
+    monkeypatch.delenv("STREAMASR_TOKEN", raising=False)
+    return urls

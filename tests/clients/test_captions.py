@@ -20,7 +20,14 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "engine"), str(TESTS / "server")]  # fake_model, server_helpers
 
 from fake_model import FakeModel  # noqa: E402
-from scripted_server import HOSTILE, finals, scripted_server  # noqa: E402
+from scripted_server import (  # noqa: E402
+    HOSTILE,
+    TOKEN_ALLOWED,
+    Connecting,
+    finals,
+    record_connects,
+    scripted_server,
+)
 from server_helpers import pcm16, reference_finals  # noqa: E402
 
 from streamasr.server.app import Server  # noqa: E402
@@ -273,22 +280,10 @@ def test_a_partial_on_a_terminal_is_shown_without_escapes() -> None:
 
 
 # ------------------------------------------------------------------ the token on the network
-class Connecting(Exception):
-    """The client got as far as opening the connection."""
-
-
 @pytest.fixture
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The URLs the in-process client tries to open; each try raises `Connecting`."""
-    urls: list[str] = []
-
-    def connect(url: str, **kwargs: object) -> None:
-        urls.append(url)
-        raise Connecting(url)
-
-    monkeypatch.setattr(captions_client, "connect", connect)
-    monkeypatch.delenv("STREAMASR_TOKEN", raising=False)
-    return urls
+    return record_connects(monkeypatch, captions_client)
 
 
 @pytest.mark.parametrize(
@@ -315,18 +310,7 @@ def test_a_token_in_clear_to_another_host_is_refused_before_connecting(
     )
 
 
-@pytest.mark.parametrize(
-    ("url", "extra"),
-    [
-        ("ws://127.0.0.1:8765/v1/stream", ["--token", "t"]),
-        ("ws://127.4.5.6:8765/v1/stream", ["--token", "t"]),
-        ("ws://localhost:8765/v1/stream", ["--token", "t"]),
-        ("ws://[::1]:8765/v1/stream", ["--token", "t"]),
-        ("wss://example.com/v1/stream", ["--token", "t"]),
-        ("ws://example.com/v1/stream", ["--token", "t", "--insecure-token"]),
-        ("ws://example.com/v1/stream", []),  # no token, nothing to give away
-    ],
-)
+@pytest.mark.parametrize(("url", "extra"), TOKEN_ALLOWED)
 def test_a_token_goes_to_loopback_over_wss_or_with_the_flag(
     url: str, extra: list[str], connects: list[str], tmp_path: Path
 ) -> None:

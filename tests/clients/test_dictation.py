@@ -19,7 +19,14 @@ import pytest
 import soundfile as sf
 import soxr
 import speech
-from scripted_server import HOSTILE, finals, scripted_server
+from scripted_server import (
+    HOSTILE,
+    TOKEN_ALLOWED,
+    Connecting,
+    finals,
+    record_connects,
+    scripted_server,
+)
 from virtual_mic import VirtualMic
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "dictation.py"
@@ -163,24 +170,12 @@ def test_server_text_is_typed_without_controls(
     assert server.authorization == ["Bearer t"]
 
 
-class Connecting(Exception):
-    """The client got as far as opening the connection."""
-
-
 @pytest.fixture
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The URLs the in-process client tries to open; each try raises `Connecting`."""
     import websockets.asyncio.client
 
-    urls: list[str] = []
-
-    def connect(url: str, **kwargs: object) -> None:
-        urls.append(url)
-        raise Connecting(url)
-
-    monkeypatch.setattr(websockets.asyncio.client, "connect", connect)
-    monkeypatch.delenv("STREAMASR_TOKEN", raising=False)
-    return urls
+    return record_connects(monkeypatch, websockets.asyncio.client)
 
 
 @pytest.mark.parametrize("url", ["ws://example.com/v1/stream", "ws://192.168.1.9:8765/v1/stream"])
@@ -196,17 +191,7 @@ def test_a_token_in_clear_to_another_host_is_refused_before_connecting(
     assert "--insecure-token" in message
 
 
-@pytest.mark.parametrize(
-    ("url", "extra"),
-    [
-        ("ws://127.0.0.1:8765/v1/stream", ["--token", "t"]),
-        ("ws://localhost:8765/v1/stream", ["--token", "t"]),
-        ("ws://[::1]:8765/v1/stream", ["--token", "t"]),
-        ("wss://example.com/v1/stream", ["--token", "t"]),
-        ("ws://example.com/v1/stream", ["--token", "t", "--insecure-token"]),
-        ("ws://example.com/v1/stream", []),  # no token, nothing to give away
-    ],
-)
+@pytest.mark.parametrize(("url", "extra"), TOKEN_ALLOWED)
 def test_a_token_goes_to_loopback_over_wss_or_with_the_flag(
     url: str, extra: list[str], connects: list[str]
 ) -> None:

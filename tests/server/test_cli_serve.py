@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import socket
 from pathlib import Path
 
 import pytest
 
 from streamasr.cli import main
+from streamasr.server.config import ServerConfig
 
 
 def test_serve_refuses_a_public_address_without_a_token(
@@ -42,3 +45,27 @@ def test_serve_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("--host", "--port", "--model", "--config", "--token", "--allow-origin"):
         assert flag in out
+
+
+# Settings of the TOML file and the environment only: tuning that few operators touch.
+TOML_ONLY = {
+    "outgoing_queue",
+    "max_backlog_s",
+    "batch_budget_ms",
+    "slow_partials_lag_s",
+    "lag_warning_s",
+    "static_dir",
+}
+
+
+def test_every_setting_but_the_tuning_ones_has_a_flag() -> None:
+    from streamasr.cli import _build_parser
+
+    serve = next(
+        action.choices["serve"]
+        for action in _build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    dests = {action.dest for action in serve._actions}
+    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    assert fields - TOML_ONLY <= dests, sorted(fields - TOML_ONLY - dests)

@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import time
+from asyncio.subprocess import Process
 from pathlib import Path
 
 import numpy as np
@@ -63,26 +64,38 @@ async def test_three_clients_each_get_their_own_words(
                 assert wer([refs[j]], [hyp]) > 0.7, (i, j, hyp)
 
 
-async def test_sigterm_mid_utterance_sends_the_final_and_exits_0(
-    tiny_en_dir: Path, spoken: list[np.ndarray]
-) -> None:
-    drain_s = 20.0
+async def serve_subprocess(tiny_en_dir: Path, *argv: str) -> tuple[Process, int]:
+    """`streamasr serve` on tiny.en in a process of its own, once it prints its URL: the
+    process and its port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMASR_")}
     env.pop("NOTIFY_SOCKET", None)
-    argv = ["--model", str(tiny_en_dir), "--port", "0", "--threads", "1"]
+    base = ["--model", str(tiny_en_dir), "--port", "0", "--threads", "1"]
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "streamasr.cli", "serve", *argv, "--drain-timeout", str(drain_s)],
+        *[sys.executable, "-m", "streamasr.cli", "serve", *base, *argv],
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
         cwd=tiny_en_dir,  # not the checkout: its kernels/ folder must not be importable
     )
+    assert proc.stdout is not None
     try:
-        assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 180)).decode()
-        match = re.fullmatch(r"streamasr: serving captions at (http://127\.0\.0\.1:(\d+)/)\n", line)
+        match = re.fullmatch(r"streamasr: serving captions at http://127\.0\.0\.1:(\d+)/.*\n", line)
         assert match, line
-        result, exited_after = await _stream_then_sigterm(proc, int(match[2]), spoken[0])
+    except BaseException:
+        proc.kill()
+        await proc.communicate()
+        raise
+    return proc, int(match[1])
+
+
+async def test_sigterm_mid_utterance_sends_the_final_and_exits_0(
+    tiny_en_dir: Path, spoken: list[np.ndarray]
+) -> None:
+    drain_s = 20.0
+    proc, port = await serve_subprocess(tiny_en_dir, "--drain-timeout", str(drain_s))
+    try:
+        result, exited_after = await _stream_then_sigterm(proc, port, spoken[0])
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -100,22 +113,9 @@ async def test_the_debug_log_shows_requests_but_no_token(tiny_en_dir: Path) -> N
     """At DEBUG, websockets and uvicorn log each request's headers: every way a client can
     carry its token (Bearer, ?token=, Deepgram's subprotocol, Token) is hidden in them."""
     secret = "s3cret-token-that-must-not-leak"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMASR_")}
-    env.pop("NOTIFY_SOCKET", None)
-    argv = ["--model", str(tiny_en_dir), "--port", "0", "--threads", "1", "--token", secret]
-    proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "streamasr.cli", "serve", *argv, "--log-level", "debug"],
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=tiny_en_dir,  # not the checkout: its kernels/ folder must not be importable
-    )
+    proc, port = await serve_subprocess(tiny_en_dir, "--token", secret, "--log-level", "debug")
     try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 180)).decode()
-        match = re.search(r":(\d+)/", line)
-        assert match, line
-        base = f"ws://127.0.0.1:{match[1]}"
+        base = f"ws://127.0.0.1:{port}"
         for url, kwargs in [
             (f"{base}/v1/stream", {"additional_headers": {"Authorization": f"Bearer {secret}"}}),
             (f"{base}/v1/stream?token={secret}", {}),
