@@ -42,12 +42,11 @@ from streamasr.server.protocol import (
 )
 from streamasr.server.routes import bearer_token, response
 from streamasr.server.runner import SessionRunner
-from streamasr.server.session_io import ChannelClosed, ServerContext
+from streamasr.server.session_io import CLOSE_GRACE_S, ChannelClosed, ServerContext
 from streamasr.server.worker import DecodePool
 
 log = logging.getLogger(__name__)
 
-CLOSE_GRACE_S = 2.0  # wait this long for the producer's close frame, then drop the connection
 BUSY_REASON = "busy: another producer is recording"
 SHUTDOWN_REASON = "meeting recorder shutting down"
 

@@ -356,9 +356,10 @@ class Server:
     def _admit_job(self, address: str | None) -> Callable[[], None] | str:
         """A session's place for a REST transcription: its release, or why there is none."""
         client = _client_key(address)
-        refusal = self._refusal(client)
         if self.state != "ready":
-            refusal = ("the server is shutting down; try another", "")
+            refusal: tuple[str, str] | None = ("the server is shutting down; try another", "")
+        else:
+            refusal = self._refusal(client)
         if refusal is not None:
             self.metrics.rejected.labels(reason="busy").inc()
             return refusal[0]
