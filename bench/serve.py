@@ -23,7 +23,8 @@ for `--seconds` seconds, then sends session.end. Per N the markdown table gives:
   without inference threads (`max_batch` 1);
 - daemon cores and peak RSS, for a daemon this script started: its CPU time (user + system, all
   threads) over the round's wall time, and the largest resident set sampled every 100 ms in the
-  round (n/a with `--url`);
+  round (n/a with `--url`); client cores: this script's own CPU time over the round (its
+  clients share the machine with a local daemon, which can use at most what they leave);
 - WER of the finals against the corpus text.
 
 A round is *held* when p95 final latency <= `--max-latency`, the lag growth < 0.5 s and the
@@ -136,6 +137,7 @@ class Round:
     busy: float | None = None  # inference threads' utilisation
     mean_batch: float | None = None
     cores: float | None = None  # the daemon's CPU time over the round's wall time
+    client_cores: float = 0.0  # this script's (the clients'), which shares the machine
     peak_rss: int | None = None  # bytes
     failures: int = 0
 
@@ -187,8 +189,8 @@ def pct(xs: list[float], q: float) -> str:
 HEADER = (
     "| clients | finals | final p50 s | final p95 s | partial gap p50 s | partial gap p95 s "
     "| partial lat p50 s | lag growth s | send late s | inference busy | mean batch "
-    "| daemon cores | peak RSS GiB | WER | held |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| daemon cores | client cores | peak RSS GiB | WER | held |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -207,6 +209,7 @@ def row(r: Round, max_latency: float) -> str:
         "n/a" if r.busy is None else f"{r.busy:.0%}",
         "n/a" if r.mean_batch is None else f"{r.mean_batch:.2f}",
         "n/a" if r.cores is None else f"{r.cores:.2f}",
+        f"{r.client_cores:.2f}",
         "n/a" if r.peak_rss is None else f"{r.peak_rss / 2**30:.2f}",
         f"{wer(r.refs, r.hyps):.1%}",
         "yes" if r.held(max_latency) else "NO",
@@ -272,9 +275,11 @@ async def run_round(
     programs = [program(clips, i * 3, seconds) for i in range(n)]
     before, t0 = await asyncio.to_thread(inference_counters, url, headers), time.monotonic()
     watch = None if pid is None else ProcessWatch(pid)
+    clients = ProcessWatch(os.getpid())
     runs = await asyncio.gather(*(run_client(url, headers, audio) for audio, _ in programs))
     after, t1 = await asyncio.to_thread(inference_counters, url, headers), time.monotonic()
     result = Round(n)
+    result.client_cores = clients.stop()[0]
     if watch is not None:
         result.cores, result.peak_rss = watch.stop()
     if len(before) == len(after) == len(INFERENCE):

@@ -272,12 +272,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's WebSocket ({DEFAULT_URL})")
     add_token_args(p)
     p.add_argument("--json", action="store_true", help="print every server message as JSON")
-    p.add_argument("--language", default="auto", help="spoken language: a code such as es (auto)")
+    p.add_argument(
+        "--language", help="spoken language: a code such as es, or auto (the server's default)"
+    )
     p.add_argument(
         "--task",
         choices=["transcribe", "translate"],
-        default="transcribe",
-        help="translate: captions in English, whatever is spoken",
+        help="translate: captions in English, whatever is spoken (the server's default)",
     )
     p.add_argument(
         "--speed", default="1", help="file pacing: times real time (1), or max (no pacing)"

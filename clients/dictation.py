@@ -260,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backend", choices=sorted(BACKENDS), help="typing tool (auto)")
     p.add_argument("--punctuation", action="store_true", help="spoken punctuation ('comma')")
     p.add_argument("--once", action="store_true", help="type one utterance, then exit")
-    p.add_argument("--language", default="auto", help="spoken language: a code such as es (auto)")
+    p.add_argument(
+        "--language", help="spoken language: a code such as es, or auto (the server's default)"
+    )
     p.add_argument("--start-paused", action="store_true", help="wait for SIGUSR1 to listen")
     args = p.parse_args(argv)
     try:

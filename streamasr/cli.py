@@ -78,18 +78,22 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_language_args(parser: argparse.ArgumentParser) -> None:
+def add_language_args(
+    parser: argparse.ArgumentParser, *, defaults: bool = True, who: str = ""
+) -> None:
+    """`--language` and `--task` (None when not given and `defaults` is False); `who` says
+    whose language it is in the help ("sessions that name none")."""
     parser.add_argument(
         "--language",
-        default=SessionConfig.language,
-        help="the spoken language, an ISO 639-1 code such as es, or auto: detected per "
+        default=SessionConfig.language if defaults else None,
+        help=f"the spoken language{who}, an ISO 639-1 code such as es, or auto: detected per "
         f"utterance ({SessionConfig.language})",
     )
     parser.add_argument(
         "--task",
         choices=["transcribe", "translate"],
-        default=SessionConfig.task,
-        help="translate: any language into English text (multilingual Whisper models)",
+        default=SessionConfig.task if defaults else None,
+        help=f"translate{who}: any language into English text (multilingual Whisper models)",
     )
 
 
@@ -151,6 +155,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=list(ENCODERS),
         help=f"window: re-encode per update; chunked: cached prefix ({SessionConfig.encoder})",
     )
+    add_language_args(s, defaults=False, who=" of sessions that name none")
     s.add_argument("--tls-cert", help="PEM certificate (chain): serve https:// and wss://")
     s.add_argument("--tls-key", help="the certificate's PEM private key (if not in --tls-cert)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -164,9 +169,9 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
     from streamasr.server.app import Server
     from streamasr.server.config import load_config
     from streamasr.server.host import redact_logs
-    from streamasr.server.worker import limit_malloc_arenas
+    from streamasr.server.worker import limit_native_memory
 
-    limit_malloc_arenas()  # before any thread allocates
+    limit_native_memory()  # before any thread allocates and before the model's first call
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     for name in ("allow_origins", "allow_hosts"):
         if flags.get(name) is not None:

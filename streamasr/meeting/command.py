@@ -110,7 +110,9 @@ def _record(args: argparse.Namespace, out: TextIO) -> int:
     from streamasr.meeting.sources import AudioSource, DeviceSource, FileSource, StdinSource
     from streamasr.meeting.store import default_out_dir
     from streamasr.models.loader import load_model
+    from streamasr.server.worker import limit_native_memory
 
+    limit_native_memory()  # a meeting runs for hours: before the model's first call
     try:
         speed = float("inf") if args.speed == "max" else float(args.speed)
     except ValueError:

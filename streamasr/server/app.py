@@ -23,7 +23,7 @@ from streamasr.models.base import AsrModel
 from streamasr.models.loader import load_model
 from streamasr.net import is_loopback
 from streamasr.server.asgi import AsgiChannel, Refused, build_app, close_channel
-from streamasr.server.config import ServerConfig, load_config
+from streamasr.server.config import ConfigError, ServerConfig, load_config
 from streamasr.server.deepgram import LISTEN_PATH, deepgram_codec
 from streamasr.server.host import Host
 from streamasr.server.metrics import ServerMetrics
@@ -96,7 +96,9 @@ class Server:
         self._model_factory = model_factory or partial(
             load_model, compute=config.compute, dtype=config.dtype
         )
-        self._session_config = session_config or SessionConfig(encoder=config.encoder)
+        self._session_config = session_config or SessionConfig(
+            encoder=config.encoder, language=config.language, task=config.task
+        )
         self.capacity = config.max_sessions  # sessions taken; when 0, derived in `startup`
         self._pool = DecodePool(1)  # loads the model; replaced by the sessions' pool in `startup`
         self._scheduler: Scheduler | None = None
@@ -192,6 +194,10 @@ class Server:
         log.info("loading %s", self.config.model)
         await self._pool.run(set_torch_threads, self.config.threads)
         model, load_s = await self._pool.run(self._model_factory, self.config.model)
+        try:  # the sessions' default, which a session that names none is not checked for
+            model.info.check_language(self._session_config.language, self._session_config.task)
+        except ValueError as exc:
+            raise ConfigError(f"--language/--task: {exc}") from None
         _, warm_s = await self._pool.run(warm_up, model)
         if not self.capacity:
             final_s, _ = await self._pool.run(time_final, model)

@@ -58,6 +58,9 @@ class ServerConfig:
     lag_warning_s: float = 3.0  # a session this far behind real time gets a `warning` event and
     # its partials pause (finals only) until it is back under a third of this
     encoder: str = SessionConfig.encoder  # auto, window or chunked (see SessionConfig.encoder)
+    language: str = SessionConfig.language  # for sessions that name none: an ISO 639-1 code
+    # the model speaks, or auto (detected per utterance)
+    task: str = SessionConfig.task  # for sessions that name none: transcribe or translate
     compute: str = "auto"  # auto (CUDA when torch sees it, else CPU), cpu, cuda or cuda:N
     dtype: str = "auto"  # auto (float32 on CPU; on CUDA the model's half type), float32, ...
     outgoing_queue: int = 64  # messages queued for a client that does not read (partials merge)

@@ -43,7 +43,7 @@ class ListenOptions:
     """A validated `/v1/listen` query."""
 
     audio: AudioFormat | None  # None: a WAV stream, its format read from the header
-    language: str = "auto"  # a code of the model, or "auto"
+    language: str | None = None  # a code of the model, "auto" (multi), None: the server's default
     interim_results: bool = False  # send is_final=false results (the partials)
     vad_events: bool = False  # send SpeechStarted
     utterance_end_ms: int | None = None  # set: send UtteranceEnd
@@ -91,8 +91,10 @@ def _audio_format(query: QueryParams) -> AudioFormat | None:
     return AudioFormat(ENCODINGS[encoding], rate, channels)
 
 
-def _language(tag: str | None, model: ModelInfo) -> str:
-    if tag is None or tag.lower() == "multi":
+def _language(tag: str | None, model: ModelInfo) -> str | None:
+    if tag is None:
+        return None  # the server's default
+    if tag.lower() == "multi":
         return "auto"
     code = re.split(r"[-_]", tag.lower(), maxsplit=1)[0]
     if not re.fullmatch(r"[a-z]{2,3}", code):

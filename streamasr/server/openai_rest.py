@@ -183,7 +183,7 @@ def _parse(form: FormData, task: str, ctx: ServerContext) -> AudioRequest:
             f"response_format must be one of {', '.join(RESPONSE_FORMATS)}",
             "response_format",
         )
-    language = text.get("language") or "auto"
+    language = text.get("language") or ctx.session_config.language
     try:
         ctx.model.info.check_language(language, task)
     except ValueError as exc:

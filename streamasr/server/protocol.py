@@ -191,13 +191,20 @@ def _field(obj: dict[str, Any], name: str, value: object, kind: type) -> Any:
     return value
 
 
+def _optional(obj: dict[str, Any], name: str, kind: type) -> Any:
+    """`obj[name]` checked as `_field` does; None when the key is absent."""
+    return _field(obj, name, obj[name], kind) if name in obj else None
+
+
 @dataclass(frozen=True)
 class SessionStart:
     """Optional first message: the audio format and the session's options."""
 
     audio: AudioFormat = field(default_factory=AudioFormat)
-    language: str = "auto"  # an ISO 639-1 code the model speaks, or "auto": detected
-    task: str = "transcribe"  # or "translate" (into English), where the model can
+    language: str | None = None  # an ISO 639-1 code the model speaks, or "auto": detected;
+    # None: the server's default (`serve --language`, auto unless set)
+    task: str | None = None  # transcribe, or translate (into English) where the model can;
+    # None: the server's default (`serve --task`, transcribe unless set)
     partials: bool = True  # send transcript.partial messages
     word_timestamps: bool = True  # word timings in transcript.final
     prompt: str = ""  # text that steers the decoding: names, spellings (context biasing)
@@ -206,17 +213,24 @@ class SessionStart:
     type: ClassVar[str] = "session.start"
 
     def to_dict(self) -> dict[str, Any]:
+        """The message; a language or task left to the server's default is left out."""
+        chosen = {"language": self.language, "task": self.task}
         return {
             "type": self.type,
             "version": self.version,
             "audio": self.audio.to_dict(),
-            "language": self.language,
-            "task": self.task,
+            **{name: value for name, value in chosen.items() if value is not None},
             "partials": self.partials,
             "word_timestamps": self.word_timestamps,
             "prompt": self.prompt,
             "keywords": list(self.keywords),
         }
+
+    def resolved(self, base: SessionConfig) -> SessionStart:
+        """These options with the server's defaults (`base`) for a language or task not given."""
+        return dataclasses.replace(
+            self, language=self.language or base.language, task=self.task or base.task
+        )
 
     def session_config(self, base: SessionConfig) -> SessionConfig:
         """`base` (the server's engine settings) with this session's options."""
@@ -224,8 +238,8 @@ class SessionStart:
         return dataclasses.replace(
             base,
             partials=self.partials,
-            language=self.language,
-            task=self.task,
+            language=self.language or base.language,
+            task=self.task or base.task,
             decode=decode,
             prompt=self.prompt,
             keywords=self.keywords,
@@ -246,8 +260,8 @@ class SessionStart:
             )
         return cls(
             audio=AudioFormat.from_dict(obj.get("audio", {})),
-            language=_field(obj, "language", obj.get("language", "auto"), str),
-            task=_field(obj, "task", obj.get("task", "transcribe"), str),
+            language=_optional(obj, "language", str),
+            task=_optional(obj, "task", str),
             partials=_field(obj, "partials", obj.get("partials", True), bool),
             word_timestamps=_field(obj, "word_timestamps", obj.get("word_timestamps", True), bool),
             prompt=check_prompt(_field(obj, "prompt", obj.get("prompt", ""), str)),
@@ -512,14 +526,14 @@ class ServerProtocol:
     def _check_language(self, start: SessionStart) -> None:
         languages = self.model.languages if self.model else ("en",)
         tasks = self.model.tasks if self.model else ("transcribe",)
-        if start.task not in tasks:
+        if start.task is not None and start.task not in tasks:
             raise ProtocolError(
                 ErrorCode.UNSUPPORTED_TASK,
                 f"task {start.task[:40]!r} is not supported by this model "
                 f"(supported: {', '.join(tasks)})",
             )
-        if start.language == "auto":
-            return
+        if start.language is None or start.language == "auto":
+            return  # None: the server's default, checked against the model at start-up
         if languages is None and _LANGUAGE_CODE.fullmatch(start.language):
             return  # a prompt-driven model: any language
         if languages is None or start.language not in languages:

@@ -159,10 +159,9 @@ class RealtimeCodec:
         if not self.started:
             self.started = True
             fmt = AudioFormat(encoding, rate, 1)
-            language = self.settings.transcription.get("language") or "auto"
-            start = SessionStart(
+            start = SessionStart(  # language None: the server's default
                 audio=fmt,
-                language=language,
+                language=self.settings.transcription.get("language") or None,
                 partials=self.settings.turn_detection is not None,  # manual commits send no deltas
                 prompt=self.settings.transcription.get("prompt") or "",
                 keywords=tuple(self.settings.transcription.get("keywords") or ()),

@@ -153,7 +153,8 @@ class Routes:
 
     async def models(self, request: Request) -> Response:
         """The loaded model as OpenAI's `GET /v1/models` lists models, with its languages
-        (null: any) and tasks; 503 while it loads."""
+        (null: any), its tasks and the language of sessions that name none; 503 while it
+        loads."""
         info = self.model()
         if info is None:
             return response(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.state()}\n")
@@ -163,6 +164,7 @@ class Routes:
             "owned_by": "streamasr",
             "languages": None if info.languages is None else list(info.languages),
             "tasks": list(info.tasks),
+            "language": self.config.language,
         }
         body = json.dumps({"object": "list", "data": [entry]})
         return response(http.HTTPStatus.OK, body, "application/json")

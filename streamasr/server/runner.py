@@ -231,6 +231,7 @@ class SessionRunner:
                 self._close_now(action.code, close_reason or action.reason)
 
     def _start(self, options: SessionStart) -> None:
+        options = options.resolved(self.ctx.session_config)
         rate = options.audio.sample_rate
         session = Session(self.ctx.model, options.session_config(self.ctx.session_config), rate)
         self._driver = SessionDriver(session, self.ctx.scheduler)
@@ -245,7 +246,7 @@ class SessionRunner:
                 f"{kept} steer the decoding, the rest is dropped"
             )
             self._queue(WarningEvent("bias_cut", message, 0.0))
-        self.ctx.metrics.count_session(options.language, self.ctx.model.info.languages)
+        self.ctx.metrics.count_session(session.config.language, self.ctx.model.info.languages)
         self._compute = self._spawn(self._decode_loop())
         if self.ctx.config.max_session_s is not None:
             loop = asyncio.get_running_loop()

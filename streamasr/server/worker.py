@@ -52,15 +52,35 @@ def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
     return result, time.perf_counter() - t0
 
 
-MALLOC_ARENAS = 2  # glibc malloc arenas of the daemon (`limit_malloc_arenas`)
+MALLOC_ARENAS = 2  # glibc malloc arenas of a long-running process (`limit_native_memory`)
+# Shapes whose oneDNN kernels stay cached, in each of the two caches below: one encoder call's
+# shapes (about 8: projections, MLP, attention products, convolutions) twice over
+ONEDNN_CACHED_SHAPES = 32
+# torch's oneDNN (ideep) computation cache, and oneDNN's own primitive cache: each keeps the
+# kernels and buffers of up to 1024 shapes by default
+NATIVE_CACHE_VARIABLES = ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
 
 
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas, before the daemon starts its threads. By default every thread
-    that allocates gets an arena of its own (up to 8 per core), and each keeps the peak of what
-    its thread held: with a pool thread per session, 50-90 MB more resident memory at 4
-    streams (docs/engine.md, "Memory"). `MALLOC_ARENA_MAX` in the environment wins. False
-    where the C library is not glibc."""
+def limit_native_memory(
+    arenas: int = MALLOC_ARENAS, cached_shapes: int = ONEDNN_CACHED_SHAPES
+) -> bool:
+    """Bound the native memory of a process that runs for days; call it first, before any
+    thread allocates and before the model's first call.
+
+    - glibc gives every thread that allocates an arena of its own (up to 8 per core), and each
+      keeps the peak of what its thread held: with a pool thread per session, 50-90 MB more
+      resident memory at 4 streams. `mallopt` caps them at `arenas`.
+    - A bfloat16 matrix product or convolution on the CPU runs in oneDNN, which keeps the
+      kernels and buffers of each new input shape in two caches of 1024 shapes each: 0.5-1 MB
+      a shape. Every utterance length is a new shape to the encoder, so a daemon grew by about
+      200 MB an hour and by 1 MB a decode of a new length. Setting their variables before the
+      first such call caps them at `cached_shapes` (docs/engine.md, "Memory").
+
+    A variable already in the environment (`MALLOC_ARENA_MAX`, `LRU_CACHE_CAPACITY`,
+    `ONEDNN_PRIMITIVE_CACHE_CAPACITY`) wins. False where the C library is not glibc (the
+    arenas are left alone then)."""
+    for name in NATIVE_CACHE_VARIABLES:
+        os.environ.setdefault(name, str(cached_shapes))
     libc = _glibc()
     if libc is None or "MALLOC_ARENA_MAX" in os.environ:
         return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from streamasr.models.base import (
     DecodeResult,
     FeatureSpec,
@@ -54,3 +56,21 @@ class FakeModel:
 
     def decode_tokens(self, tokens: list[int]) -> str:
         return "".join(f" w{t}" for t in tokens)
+
+
+class MultilingualFakeModel(FakeModel):
+    """FakeModel that speaks en and es, translates, and decodes in the language it is asked
+    for (es when asked for auto); `asked` records each decode's language and task."""
+
+    info = dataclasses.replace(
+        FakeModel.info, name="multi", languages=("en", "es"), tasks=("transcribe", "translate")
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, str]] = []
+
+    def decode(self, request: TranscribeRequest) -> DecodeResult:
+        self.asked.append((request.language, request.task))
+        language = "es" if request.language == "auto" else request.language
+        return dataclasses.replace(super().decode(request), language=language)

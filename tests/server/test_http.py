@@ -256,6 +256,7 @@ async def test_models_lists_the_loaded_model_and_its_languages(make_server: Any)
         "owned_by": "streamasr",
         "languages": ["en"],
         "tasks": ["transcribe"],
+        "language": "auto",  # of sessions that name none
     }
 
 

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import urllib.request
 from collections.abc import AsyncIterator
@@ -28,6 +29,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from streamasr.models.base import AsrModel
 from streamasr.server.app import Server
 from streamasr.server.config import ServerConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))  # fake_model
+
+from fake_model import MultilingualFakeModel  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +79,8 @@ def model(tiny_en_dir: Path) -> AsrModel:
     return load_model(str(tiny_en_dir))
 
 
-def daemon(model: AsrModel, port: int = 0) -> Server:
-    config = ServerConfig(port=port, model="tiny.en", threads=1, token=TOKEN)
+def daemon(model: AsrModel, port: int = 0, **settings: Any) -> Server:
+    config = ServerConfig(port=port, model="tiny.en", threads=1, token=TOKEN, **settings)
     return Server(config, model_factory=lambda _spec: model)
 
 
@@ -369,5 +374,27 @@ async def test_auto_captions_spanish_speech_marked_es(base_model: AsrModel, brow
         assert await cdp.eval("document.querySelector('#finals p').lang") == "es"
         assert "es" in await cdp.eval("document.getElementById('detected').textContent")
         await screenshot(cdp, SCREENSHOT.with_name("caption-page-spanish.png"))
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.parametrize("spoken", [("en", "Hello.")])
+async def test_the_menu_starts_on_the_daemons_language(browser: Cdp) -> None:
+    """With `serve --language es`, the menu starts on Spanish; a choice made on the page is
+    kept across visits, "auto" included."""
+    cdp = browser
+    server = daemon(MultilingualFakeModel(), language="es")
+    await server.startup()
+    select = "document.getElementById('language')"
+    page = f"http://127.0.0.1:{server.port}/?token={TOKEN}"
+    loaded = f"document.readyState === 'complete' && {select}.options.length === 3"
+    try:
+        await cdp.call("Page.navigate", url=page)
+        await cdp.wait_for(loaded, 15)
+        assert await cdp.eval(f"{select}.value") == "es"
+        await cdp.eval(f"{select}.value = 'auto'; {select}.dispatchEvent(new Event('change'))")
+        await cdp.call("Page.navigate", url=page)
+        await cdp.wait_for(loaded, 15)
+        assert await cdp.eval(f"{select}.value") == "auto"
     finally:
         await server.shutdown()

@@ -70,21 +70,25 @@ function languageName(code) {
 
 // Fill the selector with the languages of the loaded model; "auto" is always first. A model
 // that speaks one language, or takes any (GLM-ASR, Tiny Audio), offers auto only.
+// The choice kept from an earlier visit wins; else the daemon's default (`serve --language`).
 async function loadLanguages() {
-  let languages = null;
+  let model = null;
   try {
     const reply = await fetch(`${MODELS_PATH}${tokenQuery()}`, { cache: "no-store" });
-    if (reply.ok) languages = (await reply.json()).data[0].languages;
+    if (reply.ok) model = (await reply.json()).data[0];
   } catch {
     return; // the daemon is not up yet: auto it is
   }
+  const languages = model && model.languages;
   if (!Array.isArray(languages) || languages.length < 2) return;
   const options = languages
     .map((code) => ({ code, name: languageName(code) }))
     .sort((a, b) => a.name.localeCompare(b.name));
   for (const { code, name } of options) ui.language.add(new Option(name, code));
+  const offered = (code) => code === "auto" || languages.includes(code);
   const saved = localStorage.getItem(LANGUAGE_KEY);
-  if (saved && languages.includes(saved)) ui.language.value = saved;
+  if (offered(saved)) ui.language.value = saved;
+  else if (offered(model.language)) ui.language.value = model.language;
 }
 
 function showLanguage(code, probability) {
