@@ -78,6 +78,11 @@ class SessionConfig:
     # 1 s of audio before the first voiced frame, as in a recording, and makes "full" finals
     # score as offline (with "utterance" finals it helps Piper's voice and hurts some espeak-ng
     # ones; docs/engine.md)
+    final_join_ms: int = 700  # an utterance that starts this soon after the previous final's
+    # speech ended continues it: its final decodes the audio from that utterance's lead on, with
+    # the previous final's text as the forced prefix and in its language, and says only what
+    # comes after it. A sentence the VAD cut at a pause keeps its context (0: off; models
+    # whose `ModelInfo.continues_text` is false never join)
     encoder: str = "auto"  # "window": re-encode the utterance window at every update (exact);
     # "chunked": encode only audio not yet committed, attending the cached states of the
     # committed prefix (block-causal; cost per update does not grow with the utterance);
@@ -111,6 +116,8 @@ class SessionConfig:
             raise ValueError("agreement must be at least 1")
         if self.final_lead_ms < 0:
             raise ValueError(f"final_lead_ms must not be negative, got {self.final_lead_ms}")
+        if self.final_join_ms < 0:
+            raise ValueError(f"final_join_ms must not be negative, got {self.final_join_ms}")
         if self.vad.max_utterance_ms + self.vad.preroll_ms + self.final_lead_ms > 30_000:
             raise ValueError(
                 "VAD max_utterance_ms + preroll_ms + final_lead_ms must not exceed 30000: "

@@ -45,3 +45,14 @@ def to_peak_dbfs(x: np.ndarray, dbfs: float) -> np.ndarray:
 
 def chunks(x: np.ndarray, size: int) -> list[np.ndarray]:
     return [x[i : i + size] for i in range(0, len(x), size)]
+
+
+def split_at_a_pause(audio: np.ndarray, pause_s: float) -> tuple[np.ndarray, int]:
+    """`audio` with `pause_s` of silence inserted at its quietest 20 ms near the middle (between
+    two words), and the sample the pause starts at."""
+    hop = SAMPLE_RATE // 50
+    mid = len(audio) // 2
+    lo, hi = mid - SAMPLE_RATE, mid + SAMPLE_RATE
+    rms = [float(np.sqrt(np.mean(audio[i : i + hop] ** 2))) for i in range(lo, hi, hop)]
+    cut = lo + hop * int(np.argmin(rms))
+    return np.concatenate([audio[:cut], silence(pause_s), audio[cut:]]), cut

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -38,6 +38,7 @@ from streamasr.models.base import (
     TranscribeRequest,
     looks_like_hallucination,
 )
+from streamasr.models.timing import split_words
 from streamasr.scripts import starts_word
 from streamasr.vad.segmenter import UtteranceEnd, UtteranceStart, VadSegmenter
 
@@ -57,6 +58,17 @@ class _Decoded:
 
     result: DecodeResult
     origin: int
+
+
+@dataclass(frozen=True)
+class _Joinable:
+    """The latest final with text, which the next utterance's final may continue (`_join`)."""
+
+    lead_start: int  # where that final's own audio began (its lead)
+    end: int  # where its speech ended
+    tokens: tuple[int, ...]  # its text: the forced prefix of a final that continues it
+    language: str | None  # the language it was decoded in
+    prompt: tuple[int, ...]  # the previous text it was decoded after
 
 
 @dataclass
@@ -83,6 +95,7 @@ class _Utterance:
     lead_start: int = 0  # a final decodes the audio from here (`final_lead_ms` before the start)
     hypothesis: tuple[int, ...] = ()  # tokens of the last partial decode: the next one's draft
     speculative: _Speculation | None = None  # the early final
+    joins: _Joinable | None = None  # the final this utterance's final continues, if it fits
     language: str | None = None  # of its latest decode, when the model tells
     language_probability: float | None = None
 
@@ -108,6 +121,7 @@ class Session:
         self._next_segment = 0
         self._cut_at = 0  # where the VAD last cut speech at its length limit: no lead before it
         self._context: list[int] = []  # tokens of previous finals, the decoder prompt
+        self._last: _Joinable | None = None  # the latest final, if it had text
         # the prompt and keywords, and how many of their tokens did not fit
         self._bias, self.bias_cut = bias_tokens(model, self.config)
         self._closed = False
@@ -228,6 +242,8 @@ class Session:
     def _open(self, start_sample: int) -> list[Event]:
         start = max(start_sample, self._ring.start_sample)
         lead = self.config.final_lead_ms * SAMPLE_RATE // 1000
+        join = self.config.final_join_ms * SAMPLE_RATE // 1000
+        last = self._last if self.model.info.continues_text else None
         self._mel.reset()
         self._utt = _Utterance(
             segment_id=self._next_segment,
@@ -239,6 +255,7 @@ class Session:
             lead_start=max(start - lead, self._cut_at, self._ring.start_sample),
             mel_end=start,
             stabilizer=Stabilizer(self.config.agreement, self._starts_word),
+            joins=last if last is not None and join and start - last.end <= join else None,
         )
         self._next_segment += 1
         return [SpeechStarted(start)]
@@ -321,9 +338,9 @@ class Session:
             if spec.end == end:
                 if spec.call is None:
                     return spec.decoded
-                result = yield spec.call
+                result = self._unjoin(utt, end, (yield spec.call))
                 assert spec.mel is not None
-                origin = utt.lead_start
+                origin = self._final_start(utt, end)
                 return (yield from self._settle(utt, end, result, origin, spec.window, spec.mel))
             self._cancel(spec)  # an early final of other audio (a flush, a cut)
         if self._chunked and not self.config.polish_final:
@@ -345,8 +362,9 @@ class Session:
             )
         mel = self._final_mel(utt, end)
         window = self.config.final_window
-        result = yield from self._decode_final(utt, mel, window)
-        return (yield from self._settle(utt, end, result, utt.lead_start, window, mel))
+        result = yield from self._decode_final(utt, end, mel, window)
+        origin = self._final_start(utt, end)
+        return (yield from self._settle(utt, end, result, origin, window, mel))
 
     def _speculate(self, utt: _Utterance, end: int) -> Waits[_Speculation]:
         """The final of the audio up to `end`, asked for now as a background call: the session
@@ -357,7 +375,7 @@ class Session:
         mel = self._final_mel(utt, end)
         window = self.config.final_window
         request = self._request(
-            mel, **self._final_args(utt), window=window, pad_ms=self.config.final_pad_ms
+            mel, **self._final_args(utt, end), window=window, pad_ms=self.config.final_pad_ms
         )
         return _Speculation(end, call=self._call(request, later=True), mel=mel, window=window)
 
@@ -380,33 +398,83 @@ class Session:
         if self._final_ok(utt, result):
             return _Decoded(result, origin)
         if window != "full":
-            result = yield from self._decode_final(utt, mel or self._final_mel(utt, end), "full")
+            mel = mel or self._final_mel(utt, end)
+            result = yield from self._decode_final(utt, end, mel, "full")
             if self._final_ok(utt, result):
-                return _Decoded(result, utt.lead_start)
+                return _Decoded(result, self._final_start(utt, end))
         return None
 
     def _final_ok(self, utt: _Utterance, result: DecodeResult) -> bool:
         """A final passes the gate, and says something if the partials did."""
         return self._keep(result) and bool(result.tokens or not utt.shown)
 
+    def _join(self, utt: _Utterance, end: int) -> _Joinable | None:
+        """The final that the final of the utterance up to `end` continues: the previous one,
+        when this utterance began soon after it (`final_join_ms`) and their audio fits in one
+        window with the padding a final has."""
+        join = utt.joins
+        if join is None or join.lead_start < self._ring.start_sample:
+            return None
+        spec = self.model.info.features
+        pad = 0 if self.config.final_window == "full" else self.config.final_pad_ms
+        room = spec.window_frames * 10 - pad  # ms
+        return join if (end - join.lead_start) * 1000 // SAMPLE_RATE <= room else None
+
+    def _final_start(self, utt: _Utterance, end: int) -> int:
+        """The sample a final's audio starts at: its lead, or the lead of the final it joins."""
+        join = self._join(utt, end)
+        return utt.lead_start if join is None else join.lead_start
+
     def _final_mel(self, utt: _Utterance, end: int) -> LogMelBuffer:
-        """The log-mel of the audio a final decodes: the utterance up to `end`, after its lead."""
+        """The log-mel of the audio a final decodes: the utterance up to `end`, after its lead
+        (or the lead of the final it continues)."""
         mel = LogMelBuffer(n_mels=self.model.info.features.n_mels)
-        mel.append(final_audio(self._ring.slice(utt.lead_start, end), self.config.decode))
+        audio = self._ring.slice(self._final_start(utt, end), end)
+        mel.append(final_audio(audio, self.config.decode))
         return mel
 
-    def _final_args(self, utt: _Utterance) -> dict[str, Any]:
-        """What a final decode continues and is offered: committed prefix, draft, word timings."""
+    def _final_args(self, utt: _Utterance, end: int) -> dict[str, Any]:
+        """What a final decode continues and is offered: committed prefix, draft, word timings;
+        for a final that continues the previous one, that final's text and language first."""
         committed = utt.stabilizer.committed if self.config.final_keeps_stable else ()
-        return {"prefix": list(committed), "words": True, "hypothesis": utt.hypothesis}
+        join = self._join(utt, end)
+        if join is None:
+            return {"prefix": list(committed), "words": True, "hypothesis": utt.hypothesis}
+        return {
+            "prefix": [*join.tokens, *committed],
+            "words": True,
+            "hypothesis": (*join.tokens, *utt.hypothesis),
+            "joins": join,
+        }
 
-    def _decode_final(self, utt: _Utterance, mel: LogMelBuffer, window: str) -> Waits[DecodeResult]:
-        """A final decode of the utterance's log-mel, re-encoded on `window`."""
-        return (
-            yield from self._decode(
-                mel, **self._final_args(utt), window=window, pad_ms=self.config.final_pad_ms
-            )
+    def _decode_final(
+        self, utt: _Utterance, end: int, mel: LogMelBuffer, window: str
+    ) -> Waits[DecodeResult]:
+        """A final decode of the utterance's log-mel, re-encoded on `window`; what it says after
+        the final it continues, if it continues one."""
+        args = self._final_args(utt, end)
+        result = yield from self._decode(
+            mel, **args, window=window, pad_ms=self.config.final_pad_ms
         )
+        return self._unjoin(utt, end, result)
+
+    def _unjoin(self, utt: _Utterance, end: int, result: DecodeResult) -> DecodeResult:
+        """`result` without the forced text of the final it continues: its tokens, text and
+        words from there on (a word the new text begins inside keeps its new part only)."""
+        join = self._join(utt, end)
+        if join is None:
+            return result
+        tokens = result.tokens[len(join.tokens) :]
+        words = result.words
+        if words:
+            before, _ = split_words(list(join.tokens), self.model.decode_tokens)
+            k = len(before)
+            words = words[k:]
+            if k and len(result.words) >= k and result.words[k - 1].word != before[-1]:
+                joined = result.words[k - 1]
+                words = (replace(joined, word=joined.word[len(before[-1]) :]), *words)
+        text = self.model.decode_tokens(list(tokens))
+        return replace(result, tokens=tuple(tokens), text=text, words=tuple(words))
 
     def _finish(self, end_sample: int) -> Op:
         utt = self._utt
@@ -420,6 +488,7 @@ class Session:
             return events
         decoded = yield from self._final_result(utt, end)
         self._utt = None
+        self._last = None  # set again below by a final with text
         if decoded is None:
             # No decode passed the gate. Speech the partials showed is never erased: the final
             # is their committed text (else the last partial), marked as a fallback.
@@ -460,6 +529,8 @@ class Session:
                 language_probability=probability,
             )
             events.append(final)
+            prompt = tuple(self._context) if self._language == result.language else ()
+            self._last = _Joinable(utt.lead_start, end, result.tokens, result.language, prompt)
             self._remember(result)
         return events
 
@@ -492,10 +563,18 @@ class Session:
         pad_ms: int | None = None,
         chunked: bool = False,
         hypothesis: tuple[int, ...] = (),
+        joins: _Joinable | None = None,
     ) -> Waits[DecodeResult]:
-        """Decode `mel`, continuing `prefix`; the latest `hypothesis` is offered as a draft."""
+        """Decode `mel`, continuing `prefix` (which starts with the final it `joins`, if any);
+        the latest `hypothesis` is offered as a draft."""
         request = self._request(
-            mel, prefix=prefix, words=words, window=window, pad_ms=pad_ms, hypothesis=hypothesis
+            mel,
+            prefix=prefix,
+            words=words,
+            window=window,
+            pad_ms=pad_ms,
+            hypothesis=hypothesis,
+            joins=joins,
         )
         if chunked:
             # Commit whole chunks of encoder frames (20 ms each) that have `lookahead_ms` of
@@ -513,8 +592,10 @@ class Session:
         window: str,
         pad_ms: int | None,
         hypothesis: tuple[int, ...],
+        joins: _Joinable | None = None,
     ) -> TranscribeRequest:
-        """The model request of `mel` padded for `window`."""
+        """The model request of `mel` padded for `window`; a final that `joins` the previous one
+        is asked for its language, after the previous text that one was decoded after."""
         spec = self.model.info.features
         if window == "full":
             pad_to = spec.window_frames
@@ -523,11 +604,12 @@ class Session:
             pad_to = mel.covered_frames + pad // 10
             pad_to = min(spec.window_frames, pad_to + pad_to % 2)
         agrees = hypothesis[: len(prefix)] == tuple(prefix)
-        language, prior = self._languages(prefix)
+        language, prior = self._languages(prefix, joins)
+        prompt = self._context if joins is None else joins.prompt
         return TranscribeRequest(
             mel.features(pad_to_frames=pad_to),
             num_frames=mel.covered_frames,
-            prompt=list(self._context) if self._language in (None, prior) else [],
+            prompt=list(prompt) if self._language in (None, prior) else [],
             bias=self._bias,
             options=self.config.decode,
             word_timestamps=words and self.config.decode.word_timestamps,
@@ -538,16 +620,20 @@ class Session:
             prior_language=prior,
         )
 
-    def _languages(self, prefix: list[int]) -> tuple[str, str | None]:
+    def _languages(self, prefix: list[int], joins: _Joinable | None) -> tuple[str, str | None]:
         """The language a decode is asked for ("auto": detect) and the one it keeps unless
         another is clearly more probable: the previous finals' language. Not the utterance's
         partials': detection on their second or two of audio errs too often to stick to
         (docs/engine.md, "Languages"). A forced prefix was decoded in the utterance's language,
-        so a decode that continues it asks for that language."""
+        so a decode that continues it asks for that language. A final that continues the
+        previous one (`joins`) detects over both utterances' audio, that one's language the
+        prior."""
         utt = self._utt
         known = utt.language if utt is not None else None
         if self._pinned is not None:
             return self._pinned, self._pinned
+        if joins is not None:
+            return "auto", joins.language
         if prefix and known is not None:
             return known, known
         return "auto", self._language

@@ -58,6 +58,8 @@ class ModelInfo:
     languages: tuple[str, ...] | None = ("en",)  # codes a request may ask for; None: any
     # (a prompt-driven model that transcribes what it hears and cannot be steered or asked)
     tasks: tuple[str, ...] = ("transcribe",)  # "translate": any language into English
+    continues_text: bool = False  # a decode continues a forced prefix of earlier text as it
+    # continues previous text: a final may continue the previous final (`final_join_ms`)
 
     @property
     def detects_language(self) -> bool:

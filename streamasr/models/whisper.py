@@ -56,6 +56,7 @@ class WhisperModel:
             continuous_batching=True,
             languages=tuple(self.tokens.languages) if multilingual else ("en",),
             tasks=tuple(self.tokens.tasks) if multilingual else ("transcribe",),
+            continues_text=True,  # as Whisper continues the previous window's text
         )
         self.alignment_heads = alignment_heads(gen_config, cfg.decoder_layers, self.n_heads_dec)
         self._place()

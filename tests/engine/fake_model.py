@@ -18,7 +18,9 @@ FRAMES_PER_WORD = 40  # one word per 0.4 s of audio
 class FakeModel:
     """Says one word per 0.4 s of audio in the window: " w0 w1 w2 ..." (token i is word i)."""
 
-    info = ModelInfo(name="fake", features=FeatureSpec(n_mels=80, window_frames=3000))
+    info = ModelInfo(
+        name="fake", features=FeatureSpec(n_mels=80, window_frames=3000), continues_text=True
+    )
 
     def __init__(self) -> None:
         self.calls: list[dict[str, object]] = []

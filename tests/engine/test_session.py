@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import speech
-from fake_model import FakeModel
+from fake_model import FRAMES_PER_WORD, FakeModel
 
 from streamasr import SAMPLE_RATE
 from streamasr.config import SessionConfig, VadConfig
@@ -246,7 +246,9 @@ def final_frames(model: FakeModel) -> list[int]:
 
 def test_a_final_decodes_a_lead_in_before_its_utterance(sentences: list[np.ndarray]) -> None:
     model = FakeModel()
-    config = SessionConfig(partials=False, final_speculation_ms=0, final_lead_ms=700)
+    config = SessionConfig(
+        partials=False, final_speculation_ms=0, final_lead_ms=700, final_join_ms=0
+    )
     session = LocalSession(model, config)
     audio = np.concatenate(
         [speech.silence(0.4), sentences[0], speech.silence(0.6), sentences[1], speech.silence(1)]
@@ -270,7 +272,9 @@ def test_an_utterance_cut_at_the_length_limit_has_no_lead_in(
 ) -> None:
     model = FakeModel()
     vad = VadConfig(max_utterance_ms=3000, min_cut_ms=1500)
-    config = SessionConfig(partials=False, final_speculation_ms=0, final_lead_ms=700, vad=vad)
+    config = SessionConfig(
+        partials=False, final_speculation_ms=0, final_lead_ms=700, final_join_ms=0, vad=vad
+    )
     audio = np.concatenate([speech.silence(1.0), *sentences[:3], speech.silence(1)])
     events = feed_all(LocalSession(model, config), audio)
     starts = [e.sample for e in events if isinstance(e, SpeechStarted)]
@@ -281,6 +285,55 @@ def test_an_utterance_cut_at_the_length_limit_has_no_lead_in(
     frames = final_frames(model)
     assert frames[0] == pytest.approx((stops[0] - starts[0] + lead) / hop, abs=2)
     assert frames[1] == pytest.approx((stops[1] - starts[1]) / hop, abs=2)
+
+
+def two_sentences(sentences: list[np.ndarray], pause_s: float) -> np.ndarray:
+    return np.concatenate(
+        [
+            speech.silence(0.4),
+            sentences[0],
+            speech.silence(pause_s),
+            sentences[1],
+            speech.silence(1),
+        ]
+    )
+
+
+@pytest.mark.parametrize("speculation_ms", [0, 150])
+def test_a_final_after_a_short_pause_continues_the_previous_one(
+    sentences: list[np.ndarray], speculation_ms: int
+) -> None:
+    """The second final decodes both utterances' audio, the first final's text forced as its
+    prefix, and says only what comes after it: its words, timed inside its own utterance."""
+    model = FakeModel()
+    config = SessionConfig(partials=False, final_speculation_ms=speculation_ms)
+    events = feed_all(LocalSession(model, config), two_sentences(sentences, 0.6))
+    starts = [e.sample for e in events if isinstance(e, SpeechStarted)]
+    stops = [e.sample for e in events if isinstance(e, SpeechStopped)]
+    finals = [e for e in events if isinstance(e, TranscriptFinal)]
+    assert len(starts) == len(finals) == 2
+    assert starts[1] - stops[0] <= config.final_join_ms * SAMPLE_RATE // 1000
+    decodes = [c for c in model.calls if c["words"]]
+    first, second = decodes[0], decodes[-1]
+    said = model.encode_text(finals[0].text)
+    assert first["prefix"] == [] and second["prefix"] == said  # continued, after its text
+    hop = model.info.features.hop_samples
+    lead = config.final_lead_ms * SAMPLE_RATE // 1000
+    joined_frames = (stops[1] - max(0, starts[0] - lead)) / hop
+    assert second["frames"] == pytest.approx(joined_frames, abs=2)
+    # FakeModel says a word per 0.4 s of its window: the joined decode's words, less the first's
+    n = int(second["frames"]) // FRAMES_PER_WORD
+    assert finals[1].text == model.decode_tokens(list(range(len(said), n))).strip()
+    assert [w.word for w in finals[1].words] == [f" w{i}" for i in range(len(said), n)]
+    assert all(starts[1] <= w.start_sample <= w.end_sample <= stops[1] for w in finals[1].words)
+
+
+def test_a_final_after_a_long_pause_does_not_continue(sentences: list[np.ndarray]) -> None:
+    model = FakeModel()
+    config = SessionConfig(partials=False, final_speculation_ms=0, final_join_ms=700)
+    events = feed_all(LocalSession(model, config), two_sentences(sentences, 1.5))
+    assert sum(isinstance(e, TranscriptFinal) for e in events) == 2
+    assert [c["prefix"] for c in model.calls if c["words"]] == [[], []]
 
 
 def test_an_early_final_is_a_background_call_dropped_when_speech_goes_on(

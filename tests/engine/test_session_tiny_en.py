@@ -201,3 +201,25 @@ def test_a_natural_voice_final_says_the_sentence_once(
     offline = " ".join(f.text for f in transcribe_offline(model, audio))
     assert not final.fallback and not repeats_a_phrase(final.text), final.text
     assert wer([text], [final.text]) <= wer([text], [offline]), (final.text, offline)
+
+
+def test_a_sentence_cut_at_a_pause_is_finished_in_its_context(model: WhisperModel) -> None:
+    """A natural voice pauses 0.6 s inside a sentence: the VAD cuts it in two. The second final
+    continues the first (decoded over both, after its text), so the two say the sentence once,
+    as well as the offline decode of the same audio does, each word timed in its own part."""
+    text = LOOPING[0][1]
+    audio, cut = speech.split_at_a_pause(load_audio(DATA / LOOPING[0][0]), 0.6)
+    events = stream(model, np.concatenate([audio, speech.silence(1.0)]))
+    first, second = finals(events)
+    starts = [e.sample for e in events if isinstance(e, SpeechStarted)]
+    assert first.end_sample <= cut + SAMPLE_RATE // 10 and second.start_sample == starts[1]
+    both = f"{first.text} {second.text}"
+    assert not repeats_a_phrase(both, 3), both
+    offline = " ".join(f.text for f in transcribe_offline(model, audio))
+    assert wer([text], [both]) <= wer([text], [offline]), (both, offline)
+    for final in (first, second):
+        assert all(
+            final.start_sample <= w.start_sample <= w.end_sample <= final.end_sample
+            for w in final.words
+        )
+    assert normalize(" ".join(w.word for w in second.words)) == normalize(second.text)

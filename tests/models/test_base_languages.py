@@ -149,3 +149,26 @@ def test_a_decode_in_another_language_drops_the_prompt_of_the_previous_one(
     )
     kept = decode(english, None)  # no prior: the prompt is used, as for a single-language model
     assert kept.language == "es" and kept.no_speech_prob != unprompted.no_speech_prob
+
+
+def test_a_sentence_cut_at_a_pause_is_finished_in_its_context(
+    base: Any, voiced: list[tuple[str, str, np.ndarray]]
+) -> None:
+    """Each Spanish and Italian sentence with a 0.6 s pause in its middle: the VAD cuts it, and
+    the second part, decoded alone, is misheard ("Esta fue la Fino Haurese de Niseira" for
+    "aperta fino alle sette di sera"). The final that continues the first one, over both
+    parts' audio and after its text, hears it better."""
+    errors = {}
+    for join_ms in (0, SessionConfig.final_join_ms):
+        config = SessionConfig(final_join_ms=join_ms)
+        refs, hyps = [], []
+        for lang, text, audio in voiced:
+            if lang == "en":
+                continue
+            cut, _ = speech.split_at_a_pause(audio, 0.6)
+            finals = stream(base, padded(cut), config)
+            assert len(finals) == 2, [f.text for f in finals]  # the VAD cut it at the pause
+            refs.append(text)
+            hyps.append(" ".join(f.text for f in finals))
+        errors[join_ms] = wer(refs, hyps)
+    assert errors[SessionConfig.final_join_ms] < errors[0], errors  # measured: 41% against 57%
