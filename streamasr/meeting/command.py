@@ -152,6 +152,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 def _listen(args: argparse.Namespace, outdir: Path, out: TextIO) -> int:
     import asyncio
 
+    from streamasr.config import SessionConfig
     from streamasr.meeting.listen import ListenConfig, listen
     from streamasr.models.loader import load_model
 
@@ -163,10 +164,16 @@ def _listen(args: argparse.Namespace, outdir: Path, out: TextIO) -> int:
             port,
             args.token or None,
             silence_timeout_s=args.silence_timeout,
+            # the language and task of a producer's session.start that names none
+            session=SessionConfig(language=args.language, task=args.task),
             **({} if args.idle_timeout is None else {"idle_timeout_s": args.idle_timeout}),
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
     model = load_model(args.model, compute=args.compute, dtype=args.dtype)
+    try:
+        model.info.check_language(args.language, args.task)
+    except ValueError as exc:  # a language or task the model lacks
+        raise InputError(str(exc)) from None
     asyncio.run(listen(config, model, _emitter(out)))
     return EXIT_OK

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_model import FakeModel
+from fake_model import FakeModel, MultilingualFakeModel
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from streamasr.config import SessionConfig
 from streamasr.errors import InputError
 from streamasr.meeting.command import parse_listen
 from streamasr.meeting.listen import ListenConfig, MeetingListener
@@ -128,3 +129,25 @@ async def test_an_idle_producer_gives_its_slot_back(tmp_path: Path) -> None:
     finally:
         await server.stop()
         pool.shutdown()
+
+
+async def test_a_producer_that_names_no_language_gets_the_meetings(tmp_path: Path) -> None:
+    """`meeting --language es --listen`: a session.start without a language decodes in es, one
+    that names its own keeps it."""
+    pool = DecodePool(1)
+    session = SessionConfig(language="es")
+    config = ListenConfig(tmp_path / "meetings", token=TOKEN, session=session)
+    server = MeetingListener(config, MultilingualFakeModel(), lambda _: None, pool)  # type: ignore[arg-type]
+    await server.start()
+    started = []
+    try:
+        for start in ({"type": "session.start"}, {"type": "session.start", "language": "en"}):
+            async with connect(server.url + f"?token={TOKEN}") as ws:
+                await ws.send(json.dumps(start))
+                await ws.send(json.dumps({"type": "session.end"}))
+                started.append(json.loads(await ws.recv()))
+                assert [json.loads(m)["type"] async for m in ws] == ["session.ended"]
+    finally:
+        await server.stop()
+        pool.shutdown()
+    assert [s["language"] for s in started] == ["es", "en"]

@@ -335,3 +335,17 @@ async def test_sigterm_finalises_the_open_meeting_and_exits_0(
     lines, rendered = meeting_files(ended)
     assert lines == [without_seq(f) for f in finals]
     assert all({"morning", "weekly"} <= words(text) for text in rendered.values()), rendered
+
+
+def test_listen_takes_the_meetings_language(tmp_path: Path, tiny_en_dir: Path) -> None:
+    """`--language` reaches a listening meeting (producers that name none get it): one the
+    model does not speak is refused at start-up, as in the other modes."""
+    out = subprocess.run(
+        [sys.executable, "-m", "streamasr.cli", "meeting", "--listen", "127.0.0.1:0"]
+        + ["--out", str(tmp_path / "meetings"), "--model", str(tiny_en_dir), "--language", "es"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2 and "does not speak language 'es'" in out.stderr, out.stderr
