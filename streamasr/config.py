@@ -80,9 +80,9 @@ class SessionConfig:
     # ones; docs/engine.md)
     final_join_ms: int = 700  # an utterance that starts this soon after the previous final's
     # speech ended continues it: its final decodes the audio from that utterance's lead on, with
-    # the previous final's text as the forced prefix and in its language, and says only what
-    # comes after it. A sentence the VAD cut at a pause keeps its context (0: off; models
-    # whose `ModelInfo.continues_text` is false never join)
+    # the previous final's text as the forced prefix (its language the prior of detection), and
+    # says only what comes after it. A sentence the VAD cut at a pause keeps its context (0: off;
+    # models whose `ModelInfo.continues_text` is false never join)
     encoder: str = "auto"  # "window": re-encode the utterance window at every update (exact);
     # "chunked": encode only audio not yet committed, attending the cached states of the
     # committed prefix (block-causal; cost per update does not grow with the utterance);

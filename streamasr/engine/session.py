@@ -595,7 +595,7 @@ class Session:
         joins: _Joinable | None = None,
     ) -> TranscribeRequest:
         """The model request of `mel` padded for `window`; a final that `joins` the previous one
-        is asked for its language, after the previous text that one was decoded after."""
+        is prompted with the previous text that one was decoded after."""
         spec = self.model.info.features
         if window == "full":
             pad_to = spec.window_frames

@@ -161,6 +161,12 @@ def meeting_files(record: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[st
     return lines, {name: (path / name).read_text() for name in RENDERS}
 
 
+def assert_notes_say(lines: list[dict[str, Any]], rendered: dict[str, str], said: set[str]) -> None:
+    """The words `said` are in the meeting's jsonl records and in every rendered file."""
+    assert said <= words(" ".join(line["text"] for line in lines)), lines
+    assert all(said <= words(text) for text in rendered.values()), rendered
+
+
 def without_seq(message: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k != "seq"}
 
@@ -268,8 +274,7 @@ async def test_a_producer_that_disconnects_ends_its_meeting_with_its_last_words(
     ended = await listener.record("meeting.ended")
     assert ended["reason"] == "disconnect" and ended["finals"] >= 1
     lines, rendered = meeting_files(ended)
-    assert {"monday", "meeting"} <= words(" ".join(line["text"] for line in lines)), lines
-    assert all({"monday", "meeting"} <= words(text) for text in rendered.values()), rendered
+    assert_notes_say(lines, rendered, {"monday", "meeting"})
 
 
 async def test_a_producer_gone_at_once_has_all_it_sent_transcribed(
@@ -285,8 +290,7 @@ async def test_a_producer_gone_at_once_has_all_it_sent_transcribed(
     ended = await listener.record("meeting.ended")
     assert ended["reason"] == "disconnect" and ended["finals"] >= 1
     lines, rendered = meeting_files(ended)
-    assert {"morning", "weekly"} <= words(" ".join(line["text"] for line in lines)), lines
-    assert all({"morning", "weekly"} <= words(text) for text in rendered.values()), rendered
+    assert_notes_say(lines, rendered, {"morning", "weekly"})
 
 
 async def test_a_fatal_error_mid_sentence_keeps_the_sentence(
@@ -308,8 +312,7 @@ async def test_a_fatal_error_mid_sentence_keeps_the_sentence(
     assert ended["reason"] == "error" and ended["finals"] == len(finals) >= 1
     lines, rendered = meeting_files(ended)
     assert lines == [without_seq(f) for f in finals]
-    assert {"comments", "friday"} <= words(" ".join(line["text"] for line in lines)), lines
-    assert all({"comments", "friday"} <= words(text) for text in rendered.values()), rendered
+    assert_notes_say(lines, rendered, {"comments", "friday"})
 
 
 async def test_sigterm_finalises_the_open_meeting_and_exits_0(
