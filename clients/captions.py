@@ -11,6 +11,9 @@ Server text is printed with escape sequences and control characters removed (`--
 escapes them), so a broken or hostile server cannot drive the terminal. A token is not sent
 over plain ws:// to another host unless `--insecure-token`.
 Ctrl-C ends the session (session.end) and waits for the last finals; a second Ctrl-C quits.
+A connection that drops, or a daemon that shuts down, is followed by a new connection that
+resumes the session (docs/protocol.md, "Resume"): the last 60 s of audio are kept to be sent
+again, and what could not be is reported on stderr.
 Exit codes: 0 done, 1 the server ended the session with an error, 2 usage, file or connection
 errors (one line on stderr), 130 a second Ctrl-C.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import signal
 import sys
@@ -39,12 +43,15 @@ from streamasr.server.protocol import (
     SessionStart,
     parse_server_message,
 )
+from streamasr.server.resume import ResumeState
 from streamasr.textsafe import safe_json, safe_text
 
 DEFAULT_URL = f"ws://127.0.0.1:8765{STREAM_PATH}"
 FRAME_S = 0.1  # audio per WebSocket frame
 MIC_RATE = 16_000
 END_WAIT_S = 30.0  # after session.end, how long to wait for session.ended
+KEEP_AUDIO_S = 60.0  # audio kept to send again after a resume
+RECONNECT_WAITS_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)  # between tries after a lost connection
 
 
 class UsageError(Exception):
@@ -171,40 +178,137 @@ class Printer:
 
 
 # ------------------------------------------------------------------ session
-async def send_audio(
-    ws: ClientConnection, start: SessionStart, frames: AsyncIterator[bytes], ended: asyncio.Event
-) -> None:
-    """session.start, the audio, then session.end (also after Ctrl-C, which ends `frames`)."""
-    try:
-        await ws.send(start.to_json())
-        async for frame in frames:
-            await ws.send(frame)
-        await ws.send(SessionEnd().to_json())
-    except ConnectionClosed:
-        pass
-    finally:
-        ended.set()
+class Lost(Exception):
+    """The connection dropped before the session ended: reconnect and resume."""
 
 
-async def receive(ws: ClientConnection, printer: Printer) -> int:
-    """Print messages until session.ended or the close; the exit code."""
-    fatal = False
-    try:
-        async for raw in ws:
-            if not isinstance(raw, str):
-                continue
-            msg = parse_server_message(raw)
-            printer.show(msg)
-            if msg["type"] == "error" and msg.get("fatal"):
-                fatal = True
-            if msg["type"] == "session.ended":
-                break
-    except ConnectionClosed:
-        pass
-    if ws.close_code not in (None, 1000) and not fatal:
-        print(safe_text(f"connection closed: {ws.close_code} {ws.close_reason}"), file=sys.stderr)
-        return 1
-    return 1 if fatal else 0
+class Stream:
+    """One session over as many connections as it takes: a connection that drops (or a
+    daemon that shuts down) is followed by a new one that resumes the session
+    (docs/protocol.md, "Resume"), sending again the audio the daemon did not transcribe."""
+
+    def __init__(self, start: SessionStart, frames: AsyncIterator[bytes], printer: Printer):
+        self.start = start
+        self.frames = frames
+        self.printer = printer
+        fmt = start.audio
+        self.state = ResumeState(fmt.sample_rate, fmt.bytes_per_frame, KEEP_AUDIO_S)
+        self.all_sent = False  # session.end went out
+        self.fatal = False
+        # The source's frames, read by one task for every connection: a sender cancelled with
+        # its connection must not close the source.
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+
+    async def _read_source(self) -> None:
+        try:
+            async for frame in self.frames:
+                await self._queue.put(frame)
+        finally:
+            await self._queue.put(None)
+
+    def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+
+    async def run(self, ws: ClientConnection, resuming: bool) -> int:
+        """Serve one connection; the exit code, or `Lost`."""
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._read_source())
+        resumed: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        sender = asyncio.create_task(self._send(ws, resumed if resuming else None))
+        receiver = asyncio.create_task(self._receive(ws, resumed))
+        try:
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and not sender.cancelled() and sender.exception() is not None:
+                raise sender.exception()  # type: ignore[misc]
+            if not receiver.done():  # all sent: the last finals are on their way
+                await asyncio.wait_for(asyncio.shield(receiver), END_WAIT_S)
+            return receiver.result()
+        finally:
+            sender.cancel()
+            receiver.cancel()
+
+    async def _send(
+        self, ws: ClientConnection, resumed: asyncio.Future[float | None] | None
+    ) -> None:
+        """session.start (or session.resume and the audio to send again), the audio, then
+        session.end (also after Ctrl-C, which ends `frames`)."""
+        try:
+            if resumed is None:
+                await ws.send(self.start.to_json())
+            else:
+                await ws.send(json.dumps(self.state.resume_message()))
+                t = await resumed
+                if t is None:  # it could not be resumed: a new session
+                    await ws.send(self.start.to_json())
+                else:
+                    again = self.state.again(t)
+                    step = max(1, int(FRAME_S * self.start.audio.sample_rate))
+                    step *= self.start.audio.bytes_per_frame
+                    for i in range(0, len(again), step):
+                        await self._frame(ws, again[i : i + step])
+            while not self.all_sent and (frame := await self._queue.get()) is not None:
+                await self._frame(ws, frame)
+            self.all_sent = True
+            await ws.send(SessionEnd().to_json())
+        except ConnectionClosed:
+            pass
+
+    async def _frame(self, ws: ClientConnection, frame: bytes) -> None:
+        self.state.sent(frame)  # kept first: sent again if the daemon never got it
+        await ws.send(frame)
+
+    async def _receive(self, ws: ClientConnection, resumed: asyncio.Future[float | None]) -> int:
+        """Print messages until session.ended or the close; the exit code, or `Lost`."""
+        try:
+            async for raw in ws:
+                if not isinstance(raw, str):
+                    continue
+                msg = parse_server_message(raw)
+                if msg["type"] == "error" and msg.get("code") == "resume_failed":
+                    notice(f"the session could not be resumed ({msg['message']}); a new one starts")
+                    self.state = ResumeState(
+                        self.start.audio.sample_rate, self.start.audio.bytes_per_frame, KEEP_AUDIO_S
+                    )
+                    if not resumed.done():
+                        resumed.set_result(None)
+                    continue
+                self.state.received(msg)
+                self.printer.show(msg)
+                if msg["type"] == "session.resumed" and not resumed.done():
+                    lost = self.state.lost_s
+                    notice(
+                        f"resumed at {msg['t']:.1f} s"
+                        + (f"; {lost:.1f} s of audio lost" if lost else "")
+                    )
+                    resumed.set_result(float(msg["t"]))
+                if msg["type"] == "error" and msg.get("fatal"):
+                    self.fatal = True
+                if msg["type"] == "session.ended":
+                    if (
+                        msg.get("reason") == "shutdown"
+                        and not self.all_sent
+                        and self.state.resumable
+                    ):
+                        raise Lost  # the daemon went away: another one takes the session on
+                    break
+        except ConnectionClosed:
+            if ws.close_code != 1000 and not self.fatal and self.state.resumable:
+                raise Lost from None
+        if ws.close_code not in (None, 1000) and not self.fatal:
+            notice(f"connection closed: {ws.close_code} {ws.close_reason}")
+            return 1
+        return 1 if self.fatal else 0
+
+
+def notice(text: str) -> None:
+    print(safe_text(text), file=sys.stderr, flush=True)
+
+
+async def open_socket(url: str, token: str | None) -> ClientConnection:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return await asyncio.wait_for(connect(url, additional_headers=headers, max_size=2**22), 10)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -221,11 +325,8 @@ async def run(args: argparse.Namespace) -> int:
             raise UsageError(f"no such file: {path}")
         fmt = file_format(path)
         frames = file_frames(path, args.speed, stop)
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
     try:
-        ws = await asyncio.wait_for(
-            connect(args.url, additional_headers=headers, max_size=2**22), timeout=10
-        )
+        ws = await open_socket(args.url, args.token)
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
         raise UsageError(f"cannot connect to {args.url}: {exc or type(exc).__name__}") from None
 
@@ -239,29 +340,40 @@ async def run(args: argparse.Namespace) -> int:
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     printer = Printer(sys.stdout, as_json=args.json)
-    ended = asyncio.Event()
-    async with ws:
-        sender = asyncio.create_task(
-            send_audio(
-                ws, SessionStart(audio=fmt, language=args.language, task=args.task), frames, ended
-            )
-        )
-        receiver = asyncio.create_task(receive(ws, printer))
-        try:
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if sender.done() and sender.exception() is not None:
-                raise sender.exception()  # type: ignore[misc]
-            if not receiver.done():  # all sent: the last finals are on their way
-                await asyncio.wait_for(receiver, END_WAIT_S)
-            code = receiver.result()
-        except asyncio.CancelledError:
-            code = 130
-        finally:
-            sender.cancel()
-            receiver.cancel()
-            printer.close()
-            loop.remove_signal_handler(signal.SIGINT)
+    stream = Stream(
+        SessionStart(audio=fmt, language=args.language, task=args.task), frames, printer
+    )
+    try:
+        code = await serve(stream, ws, args)
+    except asyncio.CancelledError:
+        code = 130
+    finally:
+        stream.close()
+        printer.close()
+        loop.remove_signal_handler(signal.SIGINT)
     return code
+
+
+async def serve(stream: Stream, ws: ClientConnection, args: argparse.Namespace) -> int:
+    """The session over `ws`, then over new connections while it can be resumed."""
+    resuming = False
+    while True:
+        async with ws:
+            try:
+                return await stream.run(ws, resuming)
+            except Lost:
+                notice("connection lost; resuming the session")
+        for wait_s in RECONNECT_WAITS_S:
+            await asyncio.sleep(wait_s)
+            try:
+                ws = await open_socket(args.url, args.token)
+                break
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                notice(f"cannot reconnect to {args.url}: {exc or type(exc).__name__}")
+        else:
+            notice("gave up reconnecting")
+            return 1
+        resuming = True
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -146,6 +146,17 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     s.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds (30)")
     s.add_argument("--max-session", dest="max_session_s", type=float, help="seconds (14400)")
     s.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, help="seconds (10)")
+    s.add_argument(
+        "--resume-grace",
+        dest="resume_grace_s",
+        type=float,
+        help="seconds a session whose client vanished waits to be resumed (30; 0: none)",
+    )
+    s.add_argument(
+        "--resume-secret",
+        help="signs resume tokens; replicas sharing it continue each other's sessions "
+        "(prefer STREAMASR_RESUME_SECRET: flags show in ps)",
+    )
     s.add_argument("--workers", type=int, help="inference threads shared by all sessions (1)")
     s.add_argument("--threads", type=int, help="torch intra-op threads (one per core)")
     add_placement_args(s, defaults=False)  # None: the config file, env or default decides

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamasr import SAMPLE_RATE
@@ -133,3 +133,30 @@ class WarningEvent:
 
 
 Event = SpeechStarted | SpeechStopped | TranscriptPartial | TranscriptFinal | ErrorEvent
+
+
+def shifted(event: Any, samples: int, segments: int) -> Any:
+    """`event` on a clock that starts `samples` later and with segments numbered from
+    `segments`: a session that continues another (a resumed one); other messages unchanged."""
+    if isinstance(event, SpeechStarted | SpeechStopped):
+        return replace(event, sample=event.sample + samples)
+    if isinstance(event, TranscriptPartial):
+        return replace(
+            event,
+            segment_id=event.segment_id + segments,
+            start_sample=event.start_sample + samples,
+            end_sample=event.end_sample + samples,
+        )
+    if isinstance(event, TranscriptFinal):
+        words = tuple(
+            replace(w, start_sample=w.start_sample + samples, end_sample=w.end_sample + samples)
+            for w in event.words
+        )
+        return replace(
+            event,
+            segment_id=event.segment_id + segments,
+            start_sample=event.start_sample + samples,
+            end_sample=event.end_sample + samples,
+            words=words,
+        )
+    return event

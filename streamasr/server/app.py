@@ -33,13 +33,23 @@ from streamasr.server.protocol import (
     STREAM_PATH,
     CloseCode,
     ErrorCode,
+    ProtocolError,
     ServerProtocol,
+    SessionResume,
     error_event,
+    parse_client_message,
 )
 from streamasr.server.realtime import REALTIME_PATH, realtime_codec
+from streamasr.server.resume import ResumeTokens
 from streamasr.server.routes import Routes
 from streamasr.server.runner import SessionRunner
-from streamasr.server.session_io import CLOSE_GRACE_S, ChannelClosed, Codec, ServerContext
+from streamasr.server.session_io import (
+    CLOSE_GRACE_S,
+    Channel,
+    ChannelClosed,
+    Codec,
+    ServerContext,
+)
 from streamasr.server.static import PACKAGE_STATIC, StaticFiles
 from streamasr.server.worker import (
     TRIM_INTERVAL_S,
@@ -60,7 +70,9 @@ CodecFactory = Callable[[WebSocket, ServerContext], Codec]
 
 def v1_codec(websocket: WebSocket, ctx: ServerContext) -> Codec:
     """Protocol v1 (docs/protocol.md)."""
-    return ServerProtocol(max_frame_bytes=ctx.config.max_frame_bytes, model=ctx.model.info)
+    return ServerProtocol(
+        max_frame_bytes=ctx.config.max_frame_bytes, model=ctx.model.info, tokens=ctx.tokens
+    )
 
 
 # The WebSocket APIs: path -> codec factory
@@ -109,7 +121,7 @@ class Server:
             self.metrics,
             StaticFiles(static),
             lambda: self.state,
-            lambda: (self.active_sessions, self.capacity),
+            lambda: (self.active_sessions - self.held_sessions, self.capacity),
             lambda: self._ctx.model.info if self._ctx is not None else None,
         )
         self._ctx: ServerContext | None = None
@@ -152,6 +164,11 @@ class Server:
     def active_sessions(self) -> int:
         """Streams open plus REST transcriptions running."""
         return len(self._connections) + self._jobs
+
+    @property
+    def held_sessions(self) -> int:
+        """Streams whose client vanished, held for it to resume: they take no place."""
+        return len(self._ctx.held) if self._ctx is not None else 0
 
     async def run(self, on_ready: Callable[[Server], None] | None = None) -> None:
         """Start, serve until `request_shutdown()` (SIGTERM/SIGINT), then drain and stop."""
@@ -216,7 +233,14 @@ class Server:
         self._scheduler = Scheduler(model, scheduling)
         self.metrics.watch(self._scheduler)
         self._ctx = ServerContext(
-            self.config, model, self._session_config, self._pool, self.metrics, self._scheduler
+            self.config,
+            model,
+            self._session_config,
+            self._pool,
+            self.metrics,
+            self._scheduler,
+            ResumeTokens(self.config.resume_secret),
+            max_held=self.capacity,
         )
         self._trimmer = asyncio.create_task(self._trim_heap())
         self.state = "ready"
@@ -316,11 +340,14 @@ class Server:
             await close_channel(ws, CloseCode.TRY_AGAIN, "server not ready")
             return
         client = _client_key(websocket.client.host if websocket.client else None)
+        channel: Channel = ws
         refusal = self._refusal(client)
-        if refusal is not None:
+        if refusal is not None and ctx.held:  # a full daemon still takes back a held session
+            channel = await _resuming(ws, ctx)
+        if refusal is not None and channel is ws:
             await self._reject_busy(ws, codec, *refusal)
             return
-        conn = SessionRunner(ws, codec, ctx)
+        conn = SessionRunner(channel, codec, ctx)
         self._connections.add(conn)
         self._opened(client)
         try:
@@ -328,11 +355,13 @@ class Server:
         finally:
             self._connections.discard(conn)
             self._closed(client)
+        if conn.handed_off is not None:  # a held session goes on over this connection
+            await conn.handed_off
 
     def _refusal(self, client: str | None) -> tuple[str, str] | None:
         """Why a new session of `client` is refused (the message and the close reason), if it
         is: the server is full, or that client holds its share."""
-        if self.active_sessions >= self.capacity:
+        if self.active_sessions - self.held_sessions >= self.capacity:
             limit = self.capacity
             message = f"the server is at its limit of {limit} sessions; try again later"
             return message, f"server busy: {limit} sessions"
@@ -392,6 +421,46 @@ class Server:
         except (TimeoutError, ChannelClosed):
             pass
         await close_channel(ws, CloseCode.TRY_AGAIN, reason)
+
+
+RESUME_WAIT_S = 1.0  # a full daemon waits this long for a new connection's session.resume
+
+
+class _Prefetched:
+    """A channel whose first message was read already: `receive` gives it first."""
+
+    def __init__(self, channel: Channel, first: str | bytes) -> None:
+        self._channel = channel
+        self._first: str | bytes | None = first
+
+    async def receive(self) -> str | bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._channel.receive()
+
+    async def send(self, text: str) -> None:
+        await self._channel.send(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._channel.close(code, reason)
+
+    def abort(self) -> None:
+        self._channel.abort()
+
+
+async def _resuming(ws: AsgiChannel, ctx: ServerContext) -> Channel:
+    """`ws`, with its first message read, if that message resumes a session this daemon holds
+    (it needs no new place); else `ws` itself, to be refused."""
+    try:
+        async with asyncio.timeout(RESUME_WAIT_S):
+            first = await ws.receive()
+        message = parse_client_message(first) if isinstance(first, str) else None
+    except (TimeoutError, ChannelClosed, ProtocolError):
+        return ws
+    if isinstance(message, SessionResume) and message.session_id in ctx.held:
+        return _Prefetched(ws, first)
+    return ws
 
 
 def _client_key(address: str | None) -> str | None:

@@ -54,7 +54,7 @@ class AsgiChannel:
         except WebSocketDisconnected as exc:
             raise ChannelClosed from exc
         if message["type"] == "websocket.disconnect":
-            raise ChannelClosed
+            raise ChannelClosed(message.get("code"))
         text = message.get("text")
         if text is not None:
             return str(text)

@@ -45,6 +45,10 @@ class ServerConfig:
     max_session_s: float | None = 14_400.0  # session length limit (4 h): finalise, close 1008;
     # None: no limit (a recorded meeting)
     drain_timeout_s: float = 10.0  # on SIGTERM: time for open sessions to send their finals
+    resume_grace_s: float = 30.0  # a session whose client vanished goes on decoding this long,
+    # for the client to resume it (`session.resume`); 0: it ends at once, as on session.end
+    resume_secret: str | None = None  # signs resume tokens: replicas that share it continue
+    # each other's sessions; None: a secret of this process only
     workers: int = 1  # inference threads shared by all sessions, each with its own continuous
     # batch (with max_batch 1: plain decode threads)
     threads: int | None = None  # torch intra-op threads (None: torch's default, one per core):
@@ -81,6 +85,8 @@ class ServerConfig:
             )
         if self.batch_budget_ms < 0:
             raise ConfigError(f"batch_budget_ms must not be negative, got {self.batch_budget_ms}")
+        if self.resume_grace_s < 0:
+            raise ConfigError(f"resume_grace_s must not be negative, got {self.resume_grace_s}")
         if self.encoder not in ENCODERS:
             raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}; not {self.encoder!r}")
         if self.tls_key is not None and self.tls_cert is None:

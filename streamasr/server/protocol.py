@@ -21,8 +21,9 @@ from streamasr.audio.pcm import ENCODINGS, decode_pcm, sample_bytes
 from streamasr.audio.resample import MAX_RATE, MIN_RATE
 from streamasr.config import SessionConfig
 from streamasr.errors import AudioFormatError, InputError
-from streamasr.events import ErrorEvent, Event, WarningEvent
+from streamasr.events import ErrorEvent, Event, TranscriptFinal, WarningEvent, seconds
 from streamasr.models.base import ModelInfo
+from streamasr.server.resume import MAX_TOKEN_CHARS, Checkpoint, ResumeTokens
 
 PROTOCOL_VERSION = 1
 STREAM_PATH = "/v1/stream"
@@ -60,6 +61,7 @@ class ErrorCode(enum.StrEnum):
     SESSION_TOO_LONG = "session_too_long"
     SERVER_BUSY = "server_busy"
     INTERNAL_ERROR = "internal_error"
+    RESUME_FAILED = "resume_failed"
 
 
 # error code -> close code of a fatal error, or None: the error is reported and the session goes on
@@ -79,6 +81,7 @@ CLOSE_CODES: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.SESSION_TOO_LONG: CloseCode.POLICY,
     ErrorCode.SERVER_BUSY: CloseCode.TRY_AGAIN,
     ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL,
+    ErrorCode.RESUME_FAILED: None,  # the connection may start a new session instead
 }
 
 
@@ -289,7 +292,45 @@ class SessionEnd:
         return json.dumps({"type": self.type})
 
 
-ClientMessage = SessionStart | SessionFlush | SessionEnd
+MAX_SESSION_ID_CHARS = 64
+
+
+@dataclass(frozen=True)
+class SessionResume:
+    """Instead of session.start, as the first message of a new connection: continue a session
+    whose connection was lost (see docs/protocol.md, "Resume")."""
+
+    session_id: str
+    resume_token: str  # the latest one received (session.started, session.resumed, finals)
+    last_seq: int  # the seq of the last message received
+    type: ClassVar[str] = "session.resume"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "type": self.type,
+                "session_id": self.session_id,
+                "resume_token": self.resume_token,
+                "last_seq": self.last_seq,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> SessionResume:
+        session_id, token = obj.get("session_id"), obj.get("resume_token")
+        last_seq = obj.get("last_seq")
+        if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID_CHARS:
+            problem = f"'session_id' must be a string of 1 to {MAX_SESSION_ID_CHARS} characters"
+        elif not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+            problem = f"'resume_token' must be a string of 1 to {MAX_TOKEN_CHARS} characters"
+        elif not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
+            problem = "'last_seq' must be the seq of the last message received, an integer >= 0"
+        else:
+            return cls(session_id, token, last_seq)
+        raise ProtocolError(ErrorCode.RESUME_FAILED, problem)
+
+
+ClientMessage = SessionStart | SessionResume | SessionFlush | SessionEnd
 
 
 def load_json(text: str) -> Any:
@@ -313,13 +354,16 @@ def parse_client_message(text: str) -> ClientMessage:
     kind = obj["type"]
     if kind == SessionStart.type:
         return SessionStart.from_dict(obj)
+    if kind == SessionResume.type:
+        return SessionResume.from_dict(obj)
     if kind == SessionFlush.type:
         return SessionFlush()
     if kind == SessionEnd.type:
         return SessionEnd()
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
-        f"unknown message type {kind[:40]!r}; expected session.start, session.flush or session.end",
+        f"unknown message type {kind[:40]!r}; expected session.start, session.resume, "
+        "session.flush or session.end",
     )
 
 
@@ -359,6 +403,31 @@ class SessionEnded:
 
 
 @dataclass(frozen=True)
+class SessionResumed:
+    """The answer to session.resume: the session goes on. `same`: this daemon still held it,
+    and the messages after the client's `last_seq` were sent again just before this one
+    (`replayed` of them); otherwise a new session continues the transcript's clock and
+    numbering. `sample`: the stream time the next audio is placed at; the client sends again
+    what it sent from there, if it kept it."""
+
+    session_id: str
+    start: SessionStart  # the options in force, as in session.started
+    same: bool
+    replayed: int
+    sample: int
+    type: str = field(default="session.resumed", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "session_id": self.session_id,
+            "same_session": self.same,
+            "replayed": self.replayed,
+            "t": seconds(self.sample),
+        }
+
+
+@dataclass(frozen=True)
 class Mark:
     """Where the session's events stand, for a codec; never sent as such. `kind`: "flush"
     (the events of a flush follow), "flushed" (they are all out), "settled" (the utterance that
@@ -371,7 +440,7 @@ class Mark:
         return {"type": self.type, "kind": self.kind}
 
 
-ServerMessage = Event | WarningEvent | SessionStarted | SessionEnded | Mark
+ServerMessage = Event | WarningEvent | SessionStarted | SessionResumed | SessionEnded | Mark
 
 
 def error_event(code: ErrorCode, message: str) -> ErrorEvent:
@@ -435,7 +504,14 @@ class KeepAlive:
     """The client is there though it sends no audio: restart the idle timer."""
 
 
-Action = Start | Audio | Flush | End | SendError | Close | Reply | KeepAlive
+@dataclass(frozen=True)
+class Resume:
+    """The client asks to continue a session (session.resume as its first message)."""
+
+    request: SessionResume
+
+
+Action = Start | Audio | Flush | End | SendError | Close | Reply | KeepAlive | Resume
 
 
 class State(enum.Enum):
@@ -447,12 +523,34 @@ class State(enum.Enum):
 class ServerProtocol:
     """One connection's protocol state: frames in, actions out; messages out with their `seq`."""
 
-    def __init__(self, *, max_frame_bytes: int, model: ModelInfo | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_frame_bytes: int,
+        model: ModelInfo | None = None,
+        tokens: ResumeTokens | None = None,
+    ) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.model = model  # what session.start may ask of it; None: English transcripts only
+        self.tokens = tokens  # signs the resume tokens of the messages; None: no resume
         self.state = State.AWAITING_START
         self.options: SessionStart | None = None
         self._seq = 0
+        self._session: tuple[str, dict[str, Any]] | None = None  # id and options, once started
+        self._mark = (0, 0)  # the next segment_id, and the stream time every final reaches
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next message will carry."""
+        return self._seq
+
+    def continue_from(self, checkpoint: Checkpoint, last_seq: int) -> SessionStart:
+        """Continue a session from another connection: its options, numbering and clock."""
+        self.state = State.STREAMING
+        self.options = SessionStart.from_dict(checkpoint.start)
+        self._seq = max(last_seq, checkpoint.seq) + 1
+        self._mark = (checkpoint.segment, checkpoint.sample)
+        return self.options
 
     def receive_text(self, text: str) -> list[Action]:
         if self.state is State.ENDED:
@@ -499,13 +597,42 @@ class ServerProtocol:
         """The JSON text frame of an outgoing message, with the next `seq` of this session."""
         body = message.to_dict()
         frame = {"type": body.pop("type"), "seq": self._seq, **body}
+        token = self._resume_token(message)
+        if token is not None:
+            frame["resume_token"] = token
         self._seq += 1
         return json.dumps(frame, ensure_ascii=False)
+
+    def _resume_token(self, message: ServerMessage) -> str | None:
+        """The token of a message that moves the checkpoint: the session's start or resume,
+        and each final (the audio before its end need not be sent again)."""
+        if self.tokens is None:
+            return None
+        if isinstance(message, SessionStarted | SessionResumed):
+            self._session = (message.session_id, message.start.to_dict())
+        elif isinstance(message, TranscriptFinal):
+            self._mark = (message.segment_id + 1, max(self._mark[1], message.end_sample))
+        else:
+            return None
+        if self._session is None:
+            return None
+        session_id, start = self._session
+        segment, sample = self._mark
+        return self.tokens.issue(Checkpoint(session_id, start, self._seq, segment, sample))
 
     # ---------------------------------------------------------------- internals
     def _on_message(self, message: ClientMessage) -> list[Action]:
         if isinstance(message, SessionStart):
             return self._on_start(message)
+        if isinstance(message, SessionResume):
+            if self.state is not State.AWAITING_START:
+                raise ProtocolError(
+                    ErrorCode.UNEXPECTED_START,
+                    "session.resume must be the first message; the session has already started",
+                )
+            if self.tokens is None:
+                raise ProtocolError(ErrorCode.RESUME_FAILED, "this server does not resume sessions")
+            return [Resume(message)]
         actions = self._implicit_start()
         if isinstance(message, SessionFlush):
             return [*actions, Flush()]

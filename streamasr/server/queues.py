@@ -187,10 +187,15 @@ class ArrivalClock:
     def __len__(self) -> int:
         return len(self._ends)
 
+    @property
+    def received(self) -> int:
+        """The stream clock (16 kHz samples) of all the audio received."""
+        return self._received * SAMPLE_RATE // self.sample_rate
+
     def mark(self, n_samples: int, t: float) -> None:
         """`n_samples` more samples (at the client's rate) arrived at time `t`."""
         self._received += n_samples
-        end = self._received * SAMPLE_RATE // self.sample_rate
+        end = self.received
         if self._ends and t - self._opened < self.JOIN_S:
             self._ends[-1], self._times[-1] = end, t
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from streamasr.engine.driver import SessionDriver
 from streamasr.engine.session import Session
-from streamasr.events import ErrorEvent, SpeechStopped, WarningEvent
+from streamasr.events import ErrorEvent, SpeechStopped, WarningEvent, shifted
 from streamasr.server.protocol import (
     Action,
     Audio,
@@ -31,15 +32,21 @@ from streamasr.server.protocol import (
     KeepAlive,
     Mark,
     Reply,
+    Resume,
     SendError,
     ServerMessage,
+    ServerProtocol,
     SessionEnded,
+    SessionResume,
+    SessionResumed,
     SessionStart,
     SessionStarted,
     Start,
+    State,
     error_event,
 )
 from streamasr.server.queues import ArrivalClock, CloseRequest, Inbox, Outbox, ReadPacer
+from streamasr.server.resume import Checkpoint, ResumeError
 from streamasr.server.session_io import (
     CLOSE_GRACE_S,
     Channel,
@@ -53,6 +60,7 @@ from streamasr.server.session_io import (
 log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "server shutting down"
+REPLAY_MESSAGES = 4096  # sent messages kept for a client that resumes (minutes of a session)
 
 
 class SessionRunner:
@@ -88,19 +96,32 @@ class SessionRunner:
         self._max_length: asyncio.TimerHandle | None = None
         self._grace_s = CLOSE_GRACE_S  # how long the closing handshake may take
         self._sending = False  # the sender waits for the channel to take a message
+        # Resume (docs/protocol.md, "Resume"): protocol v1 with tokens keeps what it sent
+        self._resumable = isinstance(codec, ServerProtocol) and codec.tokens is not None
+        self._sent: deque[tuple[int, str]] = deque(maxlen=REPLAY_MESSAGES)  # (seq, frame)
+        self._held: asyncio.TimerHandle | None = None  # the client vanished: the grace timer
+        self._attached: asyncio.Future[None] | None = None  # done when a resumed channel is
+        # no longer used
+        self.handed_off: asyncio.Future[None] | None = None  # this connection resumed another
+        # session, which uses the channel until the future is done
+        self._sender: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._origin = 0  # a continued session: its clock starts here (16 kHz samples)
+        self._first_segment = 0  # and its segments are numbered from here
 
     # ---------------------------------------------------------------- lifecycle
     async def run(self) -> None:
         """Serve the session until it ends, then close the socket; never raises."""
         loop = asyncio.get_running_loop()
         self._idle_deadline = loop.time() + self.ctx.config.idle_timeout_s
-        self._spawn(self._open())
-        self._spawn(self._send(), sender=True)
+        self._reader = self._spawn(self._open())
+        self._sender = self._spawn(self._send(), sender=True)
         try:
             await self._done.wait()
         finally:
             if self._max_length is not None:
                 self._max_length.cancel()
+            self._unhold()
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
@@ -108,7 +129,10 @@ class SessionRunner:
             await self._close_recording("disconnect" if self._gone else "error")
             if self._driver is not None:
                 self._driver.release()
-            await self._close_socket()
+            if self.handed_off is None:  # else the resumed session owns the channel
+                await self._close_socket()
+            if self._attached is not None and not self._attached.done():
+                self._attached.set_result(None)
 
     def end(self, reason: str = "shutdown") -> None:
         """A server-side end: finalise the session, send its finals and session.ended, close."""
@@ -149,7 +173,13 @@ class SessionRunner:
         """The edge of every task of this connection: a failure ends this session only."""
         try:
             await coro
-        except ChannelClosed:  # the client went away: nothing more can be sent
+        except ChannelClosed as closed:  # the client went away: nothing more can be sent
+            if closed.code == CloseCode.NORMAL:  # it closed on purpose: no resume
+                if self._held is not None:
+                    self.let_go()
+                    return
+            elif self._hold():
+                return
             if self._recorded or self._inbox is None:
                 self._finish(None)
             elif not self._gone:  # decode what it sent; `_decode_loop` finishes
@@ -206,6 +236,8 @@ class SessionRunner:
             else:
                 actions = self.protocol.receive_bytes(message)
             await self._apply(actions)
+            if self.handed_off is not None:
+                return  # the resumed session reads the channel now
             wait_s = pacer.take(loop.time())
             if wait_s > 0:  # a flood of messages: the next ones wait in the socket
                 await asyncio.sleep(wait_s)
@@ -229,8 +261,30 @@ class SessionRunner:
                 self._touch()
             elif isinstance(action, Close):
                 self._close_now(action.code, close_reason or action.reason)
+            elif isinstance(action, Resume):
+                self._resume(action.request)
+                if self.handed_off is not None:
+                    return
 
-    def _start(self, options: SessionStart) -> None:
+    def _resume(self, request: SessionResume) -> None:
+        """Hand the channel to the session if this daemon holds it; else, with a token this
+        service signed, a new session continues it from the token's checkpoint."""
+        assert isinstance(self.protocol, ServerProtocol) and self.protocol.tokens is not None
+        try:
+            checkpoint = self.protocol.tokens.verify(request.resume_token, request.session_id)
+        except ResumeError as exc:
+            message = f"{exc}; start a new session"
+            self._queue(error_event(ErrorCode.RESUME_FAILED, message))
+            return
+        held = self.ctx.held.pop(request.session_id, None)
+        if held is not None:
+            self.handed_off = held.attach(self.channel, request.last_seq)
+            self._finish(None)
+            return
+        options = self.protocol.continue_from(checkpoint, request.last_seq)
+        self._start(options, checkpoint)
+
+    def _start(self, options: SessionStart, resumed: Checkpoint | None = None) -> None:
         options = options.resolved(self.ctx.session_config)
         rate = options.audio.sample_rate
         session = Session(self.ctx.model, options.session_config(self.ctx.session_config), rate)
@@ -238,7 +292,12 @@ class SessionRunner:
         self._inbox = Inbox(max(1, int(self.ctx.config.max_backlog_s * rate)))
         self._clock = ArrivalClock(rate)
         limits = self.ctx.config.protocol_limits
-        self._queue(SessionStarted(self.session_id, self.ctx.model.info, options, limits))
+        if resumed is None:
+            self._queue(SessionStarted(self.session_id, self.ctx.model.info, options, limits))
+        else:
+            self.session_id = resumed.session_id
+            self._origin, self._first_segment = resumed.sample, resumed.segment
+            self._queue(SessionResumed(self.session_id, options, False, 0, resumed.sample))
         if session.bias_cut:
             kept = session.config.decode.max_bias_tokens
             message = (
@@ -301,6 +360,8 @@ class SessionRunner:
                 events = [*await driver.run_async(offload, session.close)]
             if any(isinstance(event, SpeechStopped) for event in events):
                 events.append(Mark("settled"))
+            if self._origin or self._first_segment:  # a session that continues another
+                events = [shifted(e, self._origin, self._first_segment) for e in events]
             if recording is not None:
                 await offload(recording.record, events, session.position)
                 if isinstance(item, Cut):
@@ -406,11 +467,13 @@ class SessionRunner:
         self.outbox.put(error_event(ErrorCode.INTERNAL_ERROR, message))
         self._close_now(CloseCode.INTERNAL, "internal error")
 
-    async def _send(self) -> None:
+    async def _send(self, replay_after: int | None = None) -> None:
+        if replay_after is not None:
+            await self._replay(replay_after)
         while True:
             message = await self.outbox.get()
             if isinstance(message, CloseRequest):
-                self._finish((message.code, message.reason))
+                self._finish(None if self._held else (message.code, message.reason))
                 return
             if isinstance(message, Reply):
                 frames = list(message.frames)
@@ -418,8 +481,100 @@ class SessionRunner:
                 if self._clock is not None:
                     now = asyncio.get_running_loop().time()
                     self.ctx.metrics.observe_sent(message, self._clock.time_of, now)
-                frames = self.protocol.encode(message)
-            self._sending = True
+                frames = self._encode(message)
+            await self._deliver(frames)
+
+    async def _deliver(self, frames: list[str]) -> None:
+        """Send `frames`, unless the client is gone; a held session keeps them (`_encode`)."""
+        if self._held or self._gone:
+            return
+        self._sending = True
+        try:
             for frame in frames:
                 await self.channel.send(frame)
+        except ChannelClosed:
+            if not self._hold():
+                raise
+        finally:
             self._sending = False
+
+    def _encode(self, message: ServerMessage) -> list[str]:
+        """The message's frames, kept with their seq for a client that resumes."""
+        if not self._resumable:
+            return self.protocol.encode(message)
+        assert isinstance(self.protocol, ServerProtocol)
+        seq = self.protocol.next_seq
+        frames = self.protocol.encode(message)
+        self._sent.extend((seq + i, frame) for i, frame in enumerate(frames))
+        return frames
+
+    async def _replay(self, last_seq: int) -> None:
+        """A resumed session's first frames: what the client missed, then session.resumed."""
+        missed = [frame for seq, frame in self._sent if seq > last_seq]
+        assert self._clock is not None and isinstance(self.protocol, ServerProtocol)
+        position = self._clock.received + self._origin
+        start = self.protocol.options or SessionStart()
+        resumed = SessionResumed(self.session_id, start, True, len(missed), position)
+        await self._deliver([*missed, *self._encode(resumed)])
+
+    # ---------------------------------------------------------------- resume
+    def _hold(self) -> bool:
+        """The client vanished: hold the session for `resume_grace_s` (it goes on decoding
+        what it received, its messages kept), if it can be resumed. True when held."""
+        if self._held is not None:
+            return True
+        grace = self.ctx.config.resume_grace_s
+        ending = self._done.is_set() or self._gone or self._close_after is not None
+        if not self._resumable or grace <= 0 or self._driver is None or ending:
+            return False
+        if not isinstance(self.protocol, ServerProtocol):
+            return False
+        if self.protocol.state is not State.STREAMING:
+            return False  # ending (session.end) or not started
+        held = self.ctx.held
+        while held and len(held) >= self.ctx.max_held:  # the oldest held session goes
+            held[next(iter(held))].let_go()
+        if self.ctx.max_held < 1:
+            return False
+        loop = asyncio.get_running_loop()
+        self._held = loop.call_later(grace, self.let_go)
+        self._idle_deadline = None
+        self._sending = False
+        self.ctx.held[self.session_id] = self
+        if self._attached is not None and not self._attached.done():
+            self._attached.set_result(None)  # that channel is dead: its handler may return
+        log.info("session %s: client gone; held %.0f s for it to resume", self.session_id, grace)
+        return True
+
+    def _unhold(self) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+        if self.ctx.held.get(self.session_id) is self:
+            del self.ctx.held[self.session_id]
+
+    def let_go(self) -> None:
+        """No resume within the grace period: end the session as a vanished client's."""
+        self._unhold()
+        log.info("session %s: not resumed; ending it", self.session_id)
+        if self._inbox is None or self._recorded:
+            self._finish(None)
+            return
+        self._gone = True
+        self._spawn(self._inbox.put_command(End("disconnect")))
+
+    def attach(self, channel: Channel, last_seq: int) -> asyncio.Future[None]:
+        """The client is back on `channel`: replay what it missed and go on. The future is done
+        when the session no longer uses `channel` (ended, or the client vanished again)."""
+        self._unhold()
+        loop = asyncio.get_running_loop()
+        self.channel = channel
+        self._attached = loop.create_future()
+        self._idle_deadline = loop.time() + self.ctx.config.idle_timeout_s
+        for task in (self._sender, self._reader):  # the sender was keeping messages, and a
+            if task is not None:  # reader may still wait on the dead channel
+                task.cancel()
+        self._sender = self._spawn(self._send(last_seq), sender=True)
+        self._reader = self._spawn(self._read())
+        log.info("session %s resumed after seq %d", self.session_id, last_seq)
+        return self._attached

@@ -3,8 +3,9 @@ where its events are kept (`Recording`), and what every connection shares (`Serv
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from streamasr.config import SessionConfig
@@ -13,13 +14,19 @@ from streamasr.models.base import AsrModel
 from streamasr.server.config import ServerConfig
 from streamasr.server.metrics import ServerMetrics
 from streamasr.server.protocol import Action, CloseCode, Flush, ServerMessage
+from streamasr.server.resume import ResumeTokens
 from streamasr.server.worker import DecodePool
 
 CLOSE_GRACE_S = 2.0  # wait this long for the client's close frame, then drop the TCP connection
 
 
 class ChannelClosed(Exception):
-    """The peer went away: nothing more can be read or sent."""
+    """The peer went away: nothing more can be read or sent. `code`: the close code of the
+    peer's close frame, if it sent one (1000: it meant to leave)."""
+
+    def __init__(self, code: int | None = None) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,8 @@ class Codec(Protocol):
 
 @dataclass(frozen=True)
 class ServerContext:
-    """What every connection shares; read-only, so no per-client state lives on it."""
+    """What every connection shares; read-only, so no per-client state lives on it, except
+    in `held`: the sessions waiting to be resumed."""
 
     config: ServerConfig
     model: AsrModel
@@ -101,3 +109,20 @@ class ServerContext:
     pool: DecodePool  # runs the sessions' own work: resampling, VAD, features, text
     metrics: ServerMetrics
     scheduler: Scheduler  # runs every session's model calls on the shared inference threads
+    tokens: ResumeTokens | None = None  # signs resume tokens; None: sessions are not resumed
+    held: dict[str, Resumable] = field(default_factory=dict)  # by session id: sessions whose
+    # client vanished, decoding on within `resume_grace_s`, oldest first
+    max_held: int = 0  # more are not held: the oldest is let go
+
+
+class Resumable(Protocol):
+    """A session whose client vanished, waiting for it to come back."""
+
+    def let_go(self) -> None:
+        """End it as a vanished client's session."""
+        ...
+
+    def attach(self, channel: Channel, last_seq: int) -> asyncio.Future[None]:
+        """Go on over `channel`: the messages after `last_seq` first. The future is done when
+        the session no longer uses the channel."""
+        ...
