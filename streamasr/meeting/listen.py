@@ -40,9 +40,10 @@ from streamasr.server.protocol import (
     ServerProtocol,
     error_event,
 )
+from streamasr.server.resume import ResumeTokens
 from streamasr.server.routes import bearer_token, response
 from streamasr.server.runner import SessionRunner
-from streamasr.server.session_io import CLOSE_GRACE_S, ChannelClosed, ServerContext
+from streamasr.server.session_io import CLOSE_GRACE_S, ChannelClosed, ServerContext, resuming
 from streamasr.server.worker import DecodePool
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,16 @@ class MeetingListener:
         self.pool = pool
         # one producer, so one inference thread and no batching
         self.scheduler = Scheduler(model, SchedulerConfig(max_batch=1, budget_ms=0.0, workers=1))
+        server_config = config.server_config()
         self.ctx = ServerContext(
-            config.server_config(), model, config.session, pool, ServerMetrics(), self.scheduler
+            server_config,
+            model,
+            config.session,
+            pool,
+            ServerMetrics(),
+            self.scheduler,
+            ResumeTokens(server_config.resume_secret),
+            max_held=1,  # the producer whose connection dropped, until it resumes
         )
         self.producer: SessionRunner | None = None
         app = Starlette(routes=[WebSocketRoute(STREAM_PATH, self._handle)])
@@ -157,11 +166,19 @@ class MeetingListener:
         if self._stopping:
             await close_channel(ws, CloseCode.GOING_AWAY, SHUTDOWN_REASON)
             return
+        limit, tokens = self.config.max_frame_bytes, self.ctx.tokens
+        codec = ServerProtocol(max_frame_bytes=limit, model=self.model.info, tokens=tokens)
         if self.producer is not None:
-            await self._refuse(ws)
+            channel = await resuming(ws, self.ctx) if self.ctx.live else ws
+            if channel is ws:
+                await self._refuse(ws)
+                return
+            back = SessionRunner(channel, codec, self.ctx)  # hands the channel to the producer
+            await back.run()
+            if back.handed_off is not None:
+                await back.handed_off
             return
         notes = MeetingNotes(self.config.out, self.emit, self.config.silence_timeout_s)
-        codec = ServerProtocol(max_frame_bytes=self.config.max_frame_bytes, model=self.model.info)
         producer = self.producer = SessionRunner(
             ws, codec, self.ctx, recording=notes, shutdown_reason=SHUTDOWN_REASON
         )

@@ -33,11 +33,8 @@ from streamasr.server.protocol import (
     STREAM_PATH,
     CloseCode,
     ErrorCode,
-    ProtocolError,
     ServerProtocol,
-    SessionResume,
     error_event,
-    parse_client_message,
 )
 from streamasr.server.realtime import REALTIME_PATH, realtime_codec
 from streamasr.server.resume import ResumeTokens
@@ -49,6 +46,7 @@ from streamasr.server.session_io import (
     ChannelClosed,
     Codec,
     ServerContext,
+    resuming,
 )
 from streamasr.server.static import PACKAGE_STATIC, StaticFiles
 from streamasr.server.worker import (
@@ -342,8 +340,8 @@ class Server:
         client = _client_key(websocket.client.host if websocket.client else None)
         channel: Channel = ws
         refusal = self._refusal(client)
-        if refusal is not None and ctx.held:  # a full daemon still takes back a held session
-            channel = await _resuming(ws, ctx)
+        if refusal is not None and ctx.live:  # a full daemon still takes back its sessions
+            channel = await resuming(ws, ctx)
         if refusal is not None and channel is ws:
             await self._reject_busy(ws, codec, *refusal)
             return
@@ -355,7 +353,7 @@ class Server:
         finally:
             self._connections.discard(conn)
             self._closed(client)
-        if conn.handed_off is not None:  # a held session goes on over this connection
+        if conn.handed_off is not None:  # a resumed session goes on over this connection
             await conn.handed_off
 
     def _refusal(self, client: str | None) -> tuple[str, str] | None:
@@ -421,46 +419,6 @@ class Server:
         except (TimeoutError, ChannelClosed):
             pass
         await close_channel(ws, CloseCode.TRY_AGAIN, reason)
-
-
-RESUME_WAIT_S = 1.0  # a full daemon waits this long for a new connection's session.resume
-
-
-class _Prefetched:
-    """A channel whose first message was read already: `receive` gives it first."""
-
-    def __init__(self, channel: Channel, first: str | bytes) -> None:
-        self._channel = channel
-        self._first: str | bytes | None = first
-
-    async def receive(self) -> str | bytes:
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        return await self._channel.receive()
-
-    async def send(self, text: str) -> None:
-        await self._channel.send(text)
-
-    async def close(self, code: int, reason: str) -> None:
-        await self._channel.close(code, reason)
-
-    def abort(self) -> None:
-        self._channel.abort()
-
-
-async def _resuming(ws: AsgiChannel, ctx: ServerContext) -> Channel:
-    """`ws`, with its first message read, if that message resumes a session this daemon holds
-    (it needs no new place); else `ws` itself, to be refused."""
-    try:
-        async with asyncio.timeout(RESUME_WAIT_S):
-            first = await ws.receive()
-        message = parse_client_message(first) if isinstance(first, str) else None
-    except (TimeoutError, ChannelClosed, ProtocolError):
-        return ws
-    if isinstance(message, SessionResume) and message.session_id in ctx.held:
-        return _Prefetched(ws, first)
-    return ws
 
 
 def _client_key(address: str | None) -> str | None:

@@ -122,6 +122,7 @@ class SessionRunner:
             if self._max_length is not None:
                 self._max_length.cancel()
             self._unhold()
+            self._unlive()
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
@@ -184,6 +185,7 @@ class SessionRunner:
                 self._finish(None)
             elif not self._gone:  # decode what it sent; `_decode_loop` finishes
                 self._gone = True
+                self._unlive()
                 self._idle_deadline = None
                 await self._inbox.put_command(End("disconnect"))
         except Exception:
@@ -276,9 +278,9 @@ class SessionRunner:
             message = f"{exc}; start a new session"
             self._queue(error_event(ErrorCode.RESUME_FAILED, message))
             return
-        held = self.ctx.held.pop(request.session_id, None)
-        if held is not None:
-            self.handed_off = held.attach(self.channel, request.last_seq)
+        live = self.ctx.live.get(request.session_id)
+        if live is not None:  # held, or still on a connection the client has left
+            self.handed_off = live.attach(self.channel, request.last_seq)
             self._finish(None)
             return
         options = self.protocol.continue_from(checkpoint, request.last_seq)
@@ -298,6 +300,8 @@ class SessionRunner:
             self.session_id = resumed.session_id
             self._origin, self._first_segment = resumed.sample, resumed.segment
             self._queue(SessionResumed(self.session_id, options, False, 0, resumed.sample))
+        if self._resumable:
+            self.ctx.live[self.session_id] = self
         if session.bias_cut:
             kept = session.config.decode.max_bias_tokens
             message = (
@@ -546,6 +550,11 @@ class SessionRunner:
         log.info("session %s: client gone; held %.0f s for it to resume", self.session_id, grace)
         return True
 
+    def _unlive(self) -> None:
+        """It can no longer be resumed: it is over, or ending as a vanished client's."""
+        if self.ctx.live.get(self.session_id) is self:
+            del self.ctx.live[self.session_id]
+
     def _unhold(self) -> None:
         if self._held is not None:
             self._held.cancel()
@@ -561,14 +570,18 @@ class SessionRunner:
             self._finish(None)
             return
         self._gone = True
+        self._unlive()
         self._spawn(self._inbox.put_command(End("disconnect")))
 
     def attach(self, channel: Channel, last_seq: int) -> asyncio.Future[None]:
         """The client is back on `channel`: replay what it missed and go on. The future is done
         when the session no longer uses `channel` (ended, or the client vanished again)."""
         self._unhold()
+        if self._attached is not None and not self._attached.done():
+            self._attached.set_result(None)  # the connection it had: its handler may return
+        left, self.channel = self.channel, channel
+        left.abort()  # the client left it for this one, perhaps before it noticed it was dead
         loop = asyncio.get_running_loop()
-        self.channel = channel
         self._attached = loop.create_future()
         self._idle_deadline = loop.time() + self.ctx.config.idle_timeout_s
         for task in (self._sender, self._reader):  # the sender was keeping messages, and a

@@ -13,7 +13,15 @@ from streamasr.engine.scheduler import Scheduler
 from streamasr.models.base import AsrModel
 from streamasr.server.config import ServerConfig
 from streamasr.server.metrics import ServerMetrics
-from streamasr.server.protocol import Action, CloseCode, Flush, ServerMessage
+from streamasr.server.protocol import (
+    Action,
+    CloseCode,
+    Flush,
+    ProtocolError,
+    ServerMessage,
+    SessionResume,
+    parse_client_message,
+)
 from streamasr.server.resume import ResumeTokens
 from streamasr.server.worker import DecodePool
 
@@ -101,7 +109,7 @@ class Codec(Protocol):
 @dataclass(frozen=True)
 class ServerContext:
     """What every connection shares; read-only, so no per-client state lives on it, except
-    in `held`: the sessions waiting to be resumed."""
+    in `live` and `held`: the sessions a client may resume."""
 
     config: ServerConfig
     model: AsrModel
@@ -110,8 +118,10 @@ class ServerContext:
     metrics: ServerMetrics
     scheduler: Scheduler  # runs every session's model calls on the shared inference threads
     tokens: ResumeTokens | None = None  # signs resume tokens; None: sessions are not resumed
-    held: dict[str, Resumable] = field(default_factory=dict)  # by session id: sessions whose
-    # client vanished, decoding on within `resume_grace_s`, oldest first
+    live: dict[str, Resumable] = field(default_factory=dict)  # by session id: every session
+    # that can be resumed, its client connected or not
+    held: dict[str, Resumable] = field(default_factory=dict)  # those whose client vanished,
+    # decoding on within `resume_grace_s`, oldest first
     max_held: int = 0  # more are not held: the oldest is let go
 
 
@@ -123,6 +133,46 @@ class Resumable(Protocol):
         ...
 
     def attach(self, channel: Channel, last_seq: int) -> asyncio.Future[None]:
-        """Go on over `channel`: the messages after `last_seq` first. The future is done when
-        the session no longer uses the channel."""
+        """Go on over `channel`, dropping the connection it had if any: the messages after
+        `last_seq` first. The future is done when the session no longer uses the channel."""
         ...
+
+
+RESUME_WAIT_S = 1.0  # a full daemon waits this long for a new connection's session.resume
+
+
+class Prefetched:
+    """A channel whose first message was read already: `receive` gives it first."""
+
+    def __init__(self, channel: Channel, first: str | bytes) -> None:
+        self._channel = channel
+        self._first: str | bytes | None = first
+
+    async def receive(self) -> str | bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._channel.receive()
+
+    async def send(self, text: str) -> None:
+        await self._channel.send(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._channel.close(code, reason)
+
+    def abort(self) -> None:
+        self._channel.abort()
+
+
+async def resuming(channel: Channel, ctx: ServerContext) -> Channel:
+    """`channel`, with its first message read, if that message resumes a session here (it
+    needs no new place); else `channel` itself, to be refused."""
+    try:
+        async with asyncio.timeout(RESUME_WAIT_S):
+            first = await channel.receive()
+        message = parse_client_message(first) if isinstance(first, str) else None
+    except (TimeoutError, ChannelClosed, ProtocolError):
+        return channel
+    if isinstance(message, SessionResume) and message.session_id in ctx.live:
+        return Prefetched(channel, first)
+    return channel

@@ -168,7 +168,8 @@ def assert_notes_say(lines: list[dict[str, Any]], rendered: dict[str, str], said
 
 
 def without_seq(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if k != "seq"}
+    """A message as the notes keep it: without the wire's `seq` and `resume_token`."""
+    return {k: v for k, v in message.items() if k not in ("seq", "resume_token")}
 
 
 async def test_producer_records_a_meeting_and_a_second_one_is_refused(
@@ -352,3 +353,54 @@ def test_listen_takes_the_meetings_language(tmp_path: Path, tiny_en_dir: Path) -
         cwd=tmp_path,
     )
     assert out.returncode == 2 and "does not speak language 'es'" in out.stderr, out.stderr
+
+
+async def test_a_producer_whose_connection_drops_resumes_the_same_meeting(
+    listener: Listener, tmp_path: Path
+) -> None:
+    """The recorder holds a producer's session when its TCP connection drops; the producer
+    reconnects with session.resume, sends again what the recorder lacks, and the meeting goes
+    on in the same notes with every final once."""
+    first, rate = native_speech(FIRST, tmp_path)
+    second, _ = native_speech(SECOND, tmp_path)
+    data = np.concatenate([first, second]).astype("<i2").tobytes()
+    frame = rate // 10 * 2  # 100 ms
+    cut = len(first) * 2 + (len(second) // 2) * 2  # mid second sentence
+    cut -= cut % frame
+    received: list[dict[str, Any]] = []
+    ws = await connect_when_free(listener.url)
+    await ws.send(SessionStart(AudioFormat("pcm_s16le", rate, 1), partials=False).to_json())
+    started = await listener.record("meeting.started")
+    for i in range(0, cut, frame):
+        await ws.send(data[i : i + frame])
+    async with asyncio.timeout(TIMEOUT_S):  # the first sentence's final, then the line drops
+        while not any(m["type"] == "transcript.final" for m in received):
+            received.append(parse_server_message(str(await ws.recv())))
+    ws.transport.abort()
+
+    token = next(m["resume_token"] for m in reversed(received) if "resume_token" in m)
+    resume = {
+        "type": "session.resume",
+        "session_id": received[0]["session_id"],
+        "resume_token": token,
+        "last_seq": received[-1]["seq"],
+    }
+    async with connect(listener.url) as ws:
+        await ws.send(json.dumps(resume))
+        async with asyncio.timeout(TIMEOUT_S):  # what it missed, then session.resumed
+            while received[-1]["type"] != "session.resumed":
+                received.append(parse_server_message(str(await ws.recv())))
+        resumed = received[-1]
+        offset = round(resumed["t"] * rate) * 2
+        for i in range(offset, len(data), frame):
+            await ws.send(data[i : i + frame])
+        await ws.send(SessionEnd().to_json())
+        messages = received + await receive_all(ws)
+    assert resumed["same_session"] is True
+    assert [m["seq"] for m in messages] == list(range(len(messages)))
+    finals = [m for m in messages if m["type"] == "transcript.final"]
+    ended = await listener.record("meeting.ended")
+    assert ended["dir"] == started["dir"] and ended["reason"] == "end"  # one meeting
+    lines, rendered = meeting_files(ended)
+    assert lines == [without_seq(f) for f in finals]
+    assert_notes_say(lines, rendered, {"morning", "weekly", "comments", "friday"})

@@ -250,3 +250,22 @@ def test_tokens_are_signed_and_name_their_session() -> None:
         tokens.verify(token, "s2")
     with pytest.raises(ResumeError):
         ResumeTokens().verify(token, "s1")  # a daemon with a secret of its own
+
+
+async def test_a_resume_takes_the_session_from_a_connection_the_daemon_thinks_alive(
+    make_server: Any, speech_clips: list[np.ndarray]
+) -> None:
+    """The client reconnects before the daemon noticed its old connection died: the token
+    proves the session is the client's, and the old connection is dropped."""
+    server = await make_server()
+    audio = conversation(speech_clips)
+    data = pcm16(audio)
+    client = Client()
+    old = await connect(ws_url(server))
+    await send_audio(old, data[: len(pcm16(speech_clips[0]))])
+    await read_into(old, client, finals=1)  # the old connection stays open, unread
+    resumed = await resume_and_finish(server, client, data)
+    assert resumed["same_session"] is True
+    await asyncio.wait_for(old.wait_closed(), 5)  # dropped by the daemon
+    check_once(client, audio)
+    assert await server.wait_idle(5.0)

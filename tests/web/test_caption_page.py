@@ -275,9 +275,17 @@ HEARD = (
 )
 
 
-async def test_the_page_reconnects_when_the_daemon_restarts(model: AsrModel, browser: Cdp) -> None:
+SESSION_ID = "run && run.resume && run.resume.sessionId"
+
+
+@pytest.mark.parametrize("secret", [None, "a resume secret both daemons share"])
+async def test_the_page_reconnects_when_the_daemon_restarts(
+    model: AsrModel, browser: Cdp, secret: str | None
+) -> None:
+    """With the secret, the restarted daemon continues the page's session (resume); without
+    it, the page is refused the resume and starts a new session."""
     cdp = browser
-    first = daemon(model)
+    first = daemon(model, resume_secret=secret)
     await first.startup()
     second: Server | None = None
     try:
@@ -294,6 +302,8 @@ async def test_the_page_reconnects_when_the_daemon_restarts(model: AsrModel, bro
         await cdp.wait_for(f"{HEARD} >= 1", WAIT_WORDS_S)
 
         port = first.port
+        session_id = await cdp.eval(SESSION_ID)
+        assert session_id
         await first.shutdown()  # finals, session.ended "shutdown", close 1001: a restart begins
         await cdp.wait_for(f"{STATE} === 'reconnecting'", 10)
         assert "server shutting down (1001); attempt 1 in" in await cdp.eval(STATUS)
@@ -302,9 +312,14 @@ async def test_the_page_reconnects_when_the_daemon_restarts(model: AsrModel, bro
         await asyncio.sleep(1.5)  # a retry or two finds the port closed: the backoff goes on
         assert await cdp.eval(STATE) == "reconnecting", await cdp.eval(STATUS)
 
-        second = daemon(model, port=port)
+        second = daemon(model, port=port, resume_secret=secret)
         await second.startup()
         await cdp.wait_for(f"{STATE} === 'live'", 20)
+        if secret is None:
+            assert await cdp.eval(SESSION_ID) not in (None, session_id)
+        else:
+            assert await cdp.eval(SESSION_ID) == session_id
+            assert "resumed" in await cdp.eval(STATUS)
         try:
             await cdp.wait_for(f"{HEARD} > {before}", WAIT_WORDS_S)
         except TimeoutError:

@@ -1,7 +1,9 @@
 // Live captions: microphone -> AudioWorklet (16-bit PCM at the context's rate) -> WebSocket
 // /v1/stream (protocol v1, docs/protocol.md) -> rolling captions, a state line and downloads.
 // A connection lost while live (a daemon restart, a network drop) is retried with backoff; the
-// microphone stays open meanwhile, and the transcript goes on where it was.
+// microphone stays open meanwhile. The new connection resumes the session (docs/protocol.md,
+// "Resume"): the last minute of audio is kept and what the daemon lacks is sent again, so the
+// transcript goes on where it was; a daemon that cannot resume it gets a new session.
 "use strict";
 
 const STREAM_PATH = "/v1/stream";
@@ -18,6 +20,7 @@ const RETRY_MAX_MS = 8000; // long, up to this (plus up to 20% at random, so tha
 // restart, try again later (busy, or still warming up), bad gateway. Protocol errors
 // (1007, 1008, 1009) would only fail again.
 const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
+const KEEP_AUDIO_S = 60; // audio kept to send again after a resume
 
 const el = (id) => document.getElementById(id);
 const ui = {
@@ -210,30 +213,89 @@ async function start() {
     return;
   }
   r.t0 = r.ctx.currentTime;
+  r.audio = { chunks: [], start: 0, end: 0 }; // PCM of the session: byte offsets on its clock
+  r.resume = null; // {sessionId, token, lastSeq, offset} once a session has started
+  r.node.port.onmessage = (event) => {
+    keepAudio(r, event.data);
+    const conn = r.conn;
+    if (conn && conn.streaming && conn.ws.readyState === WebSocket.OPEN && !r.endSent) {
+      conn.ws.send(event.data);
+    }
+  };
   connect(r);
+}
+
+function keepAudio(r, buffer) {
+  const a = r.audio;
+  a.chunks.push(buffer);
+  a.end += buffer.byteLength;
+  const keep = KEEP_AUDIO_S * r.ctx.sampleRate * 2;
+  while (a.chunks.length > 1 && a.end - a.start - a.chunks[0].byteLength >= keep) {
+    a.start += a.chunks.shift().byteLength;
+  }
+}
+
+// The kept audio from `t` (seconds on the session's clock) on; what is no longer kept is lost.
+function audioFrom(r, t) {
+  const a = r.audio;
+  let offset = Math.round(t * r.ctx.sampleRate) * 2;
+  const out = [];
+  let lost = 0;
+  if (offset < a.start) {
+    lost = (a.start - offset) / 2 / r.ctx.sampleRate;
+    a.end -= a.start - offset; // the session's clock goes on from t
+    a.start = offset;
+  }
+  let at = a.start;
+  for (const chunk of a.chunks) {
+    const next = at + chunk.byteLength;
+    if (next > offset) out.push(offset > at ? chunk.slice(offset - at) : chunk);
+    at = next;
+  }
+  return { out, lost };
+}
+
+function startMessage(r) {
+  return JSON.stringify({
+    type: "session.start",
+    version: 1,
+    audio: { encoding: "pcm_s16le", sample_rate: r.ctx.sampleRate, channels: 1 },
+    language: ui.language.value,
+    partials: true,
+    word_timestamps: true,
+  });
+}
+
+// A new session on `conn`: its clock starts now.
+function startSession(r, conn) {
+  // place the session's clock on the run's: audio sent while no connection was open is lost
+  conn.offset = r.ctx.currentTime - r.t0;
+  r.audio = { chunks: [], start: 0, end: 0 };
+  r.resume = null;
+  conn.streaming = true;
+  conn.ws.send(startMessage(r));
 }
 
 // One WebSocket session of the run; `conn` holds what belongs to this connection only.
 function connect(r) {
   const ws = new WebSocket(streamUrl());
-  const conn = { ws, ended: false, error: null, offset: 0 };
+  // streaming: audio goes out as it comes (after session.start, or once session.resumed said
+  // from where)
+  const conn = { ws, ended: false, error: null, offset: 0, streaming: false };
   r.conn = conn;
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
-    // the session's clock starts at 0: place it on the run's clock (audio sent while no
-    // connection was open is lost, so this is the time the new stream starts)
-    conn.offset = r.ctx.currentTime - r.t0;
+    if (!r.resume) {
+      startSession(r, conn);
+      return;
+    }
+    conn.offset = r.resume.offset;
     ws.send(JSON.stringify({
-      type: "session.start",
-      version: 1,
-      audio: { encoding: "pcm_s16le", sample_rate: r.ctx.sampleRate, channels: 1 },
-      language: ui.language.value,
-      partials: true,
-      word_timestamps: true,
+      type: "session.resume",
+      session_id: r.resume.sessionId,
+      resume_token: r.resume.token,
+      last_seq: r.resume.lastSeq,
     }));
-    r.node.port.onmessage = (event) => {
-      if (ws.readyState === WebSocket.OPEN && !r.endSent) ws.send(event.data);
-    };
   };
   ws.onmessage = (event) => onMessage(r, conn, event.data);
   ws.onerror = () => {}; // the close event that follows carries what there is to say
@@ -247,12 +309,26 @@ function onMessage(r, conn, data) {
   } catch {
     return;
   }
+  if (msg.type === "session.started") {
+    r.resume = { sessionId: msg.session_id, token: null, lastSeq: 0, offset: conn.offset };
+  }
+  if (r.resume && typeof msg.seq === "number") r.resume.lastSeq = msg.seq;
+  if (r.resume && typeof msg.resume_token === "string") r.resume.token = msg.resume_token;
   switch (msg.type) {
     case "session.started":
       r.attempt = 0; // a working connection: the next loss starts the backoff afresh
       if (!r.ending) setState("live", `${msg.audio.sample_rate} Hz`);
       ui.status.title = `model: ${msg.model}`; // a long path at times: kept off the line
       break;
+    case "session.resumed": {
+      r.attempt = 0;
+      const { out, lost } = audioFrom(r, msg.t);
+      for (const chunk of out) conn.ws.send(chunk);
+      conn.streaming = true;
+      const detail = lost > 0 ? `resumed; ${lost.toFixed(1)} s of audio lost` : "resumed";
+      if (!r.ending) setState("live", detail);
+      break;
+    }
     case "transcript.partial":
       showPartial(msg.text, msg.stable_text);
       showLanguage(msg.language, msg.language_probability);
@@ -261,12 +337,17 @@ function onMessage(r, conn, data) {
       addFinal(msg, conn.offset);
       break;
     case "error":
+      if (msg.code === "resume_failed") { // another daemon, without the secret: start anew
+        startSession(r, conn);
+        break;
+      }
       // a fatal error is followed by the close, which decides whether to retry; the others
       // rejected one frame and the session goes on
       if (msg.fatal) conn.error = `${msg.message} (${msg.code})`;
       break;
     case "session.ended":
       conn.ended = true;
+      if (msg.reason !== "shutdown") r.resume = null; // over: a new session follows
       if (r.ending) finish(r, "stopped", `session ended (${msg.reason})`);
       // else the server ended it (a restart: "shutdown"; "idle"; "max_length"): its close
       // follows, and the captions go on with a new session
