@@ -195,6 +195,8 @@ class Stream:
         self.state = ResumeState(fmt.sample_rate, fmt.bytes_per_frame, KEEP_AUDIO_S)
         self.all_sent = False  # session.end went out
         self.fatal = False
+        self.resuming = False  # a connection was lost; not resumed yet
+        self.failures = 0  # connections lost or refused since the session last went on
         # The source's frames, read by one task for every connection: a sender cancelled with
         # its connection must not close the source.
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -271,12 +273,19 @@ class Stream:
                     self.state = ResumeState(
                         self.start.audio.sample_rate, self.start.audio.bytes_per_frame, KEEP_AUDIO_S
                     )
+                    self.resuming, self.failures = False, 0
                     if not resumed.done():
                         resumed.set_result(None)
+                    continue
+                if msg["type"] == "error" and msg.get("code") == "server_busy" and self.resuming:
+                    # not the session's: a full daemon refused the resume; try again
+                    notice(f"the daemon is busy ({msg['message']}); trying again")
                     continue
                 self.state.received(msg)
                 self.printer.show(msg)
                 if msg["type"] == "session.resumed" and not resumed.done():
+                    self.resuming = False
+                    self.failures = 0
                     lost = self.state.lost_s
                     notice(
                         f"resumed at {msg['t']:.1f} s"
@@ -356,24 +365,25 @@ async def run(args: argparse.Namespace) -> int:
 
 async def serve(stream: Stream, ws: ClientConnection, args: argparse.Namespace) -> int:
     """The session over `ws`, then over new connections while it can be resumed."""
-    resuming = False
     while True:
         async with ws:
             try:
-                return await stream.run(ws, resuming)
+                return await stream.run(ws, stream.resuming)
             except Lost:
-                notice("connection lost; resuming the session")
-        for wait_s in RECONNECT_WAITS_S:
-            await asyncio.sleep(wait_s)
+                if not stream.resuming:
+                    notice("connection lost; resuming the session")
+                stream.resuming = True
+        while True:  # the backoff goes on over refused resumes, until one goes through
+            if stream.failures >= len(RECONNECT_WAITS_S):
+                notice("gave up reconnecting")
+                return 1
+            await asyncio.sleep(RECONNECT_WAITS_S[stream.failures])
+            stream.failures += 1
             try:
                 ws = await open_socket(args.url, args.token)
                 break
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 notice(f"cannot reconnect to {args.url}: {exc or type(exc).__name__}")
-        else:
-            notice("gave up reconnecting")
-            return 1
-        resuming = True
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

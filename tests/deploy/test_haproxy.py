@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
@@ -17,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import speech
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 sys.path[:0] = [str(TESTS / "engine"), str(TESTS / "server"), str(TESTS / "clients")]
 
+from fleet_helpers import free_port, resumed_elsewhere  # noqa: E402
 from server_helpers import reference_finals  # noqa: E402
 from test_captions import captions, write_wav  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
@@ -31,12 +30,6 @@ pytestmark = pytest.mark.timeout(180)
 
 SECRET = "replicas behind haproxy share this"
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sessions_on(port: int) -> int:
@@ -110,13 +103,6 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
             await proc.wait()
 
 
-@pytest.fixture
-def clip(sentences: list[np.ndarray]) -> np.ndarray:
-    pause = speech.silence(1.2)
-    parts = [speech.silence(0.3), sentences[0], pause, sentences[1], pause, sentences[0], pause]
-    return np.concatenate(parts)
-
-
 async def test_new_streams_are_spread_over_both_daemons(fleet: Fleet) -> None:
     clients = [await connect(fleet.url) for _ in range(4)]
     try:
@@ -142,15 +128,5 @@ async def test_a_killed_daemons_clients_resume_on_the_other(
     victim = fleet.daemons[0]
     os.kill(victim.pid, signal.SIGKILL)
     outcomes = await asyncio.gather(*runs)
-    want = reference_finals(clip)
-    resumed_elsewhere = 0
-    for rc, out, err in outcomes:
-        assert rc == 0, err
-        events = [json.loads(line) for line in out.splitlines()]
-        assert [e["seq"] for e in events] == list(range(len(events))), err
-        finals = [e for e in events if e["type"] == "transcript.final"]
-        assert [f["text"] for f in finals] == want, err
-        assert [f["segment_id"] for f in finals] == list(range(len(want)))
-        resumed = [e for e in events if e["type"] == "session.resumed"]
-        resumed_elsewhere += sum(not e["same_session"] for e in resumed)
-    assert resumed_elsewhere == 1  # the killed daemon's client, on the survivor
+    # the killed daemon's client, on the survivor
+    assert resumed_elsewhere(outcomes, reference_finals(clip)) == 1

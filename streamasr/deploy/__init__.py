@@ -1,0 +1,1 @@
+"""Ways to run streamasr past one process (docs/scaling.md)."""

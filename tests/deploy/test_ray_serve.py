@@ -1,0 +1,117 @@
+"""streamasr.deploy.ray_serve on a local Ray (2 CPUs): two replicas of the daemon with the
+weightless FakeModel behind Serve's proxy. Streams are spread over both; over the replicas'
+room a client gets the daemon's own refusal; a killed replica's clients resume elsewhere with
+every final once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS / "engine"), str(TESTS / "server"), str(TESTS / "clients")]
+
+from fleet_helpers import free_port, resumed_elsewhere  # noqa: E402
+from server_helpers import receive_all, reference_finals  # noqa: E402
+from test_captions import captions, write_wav  # noqa: E402
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+STREAMS = 2  # per replica
+
+
+@pytest.fixture(scope="module")
+def serve_url() -> Iterator[str]:
+    try:
+        import ray
+        from ray import serve
+    except ImportError:  # a hard failure: a skip would hide an untested deployment
+        pytest.fail('Ray is not installed (pip install -e ".[dev]" brings ray[serve])')
+    from streamasr.deploy.ray_serve import build
+
+    port = free_port()
+    engine = str(TESTS / "engine")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": engine}},  # fake_model, in the replicas
+        log_to_driver=False,
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = build(
+            {
+                "model_factory": "fake_model:FakeModel",
+                "streams_per_replica": str(STREAMS),
+                "min_replicas": "2",
+                "max_replicas": "2",
+                "num_cpus": "0.5",
+                "resume_secret": "the replicas' shared secret",
+            }
+        )
+        serve.run(app, name="streamasr", route_prefix="/")  # returns once the replicas run
+        yield f"ws://127.0.0.1:{port}/v1/stream"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def replica_names() -> list[str]:
+    import ray
+
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and "REPLICA" in a["name"]
+    )
+
+
+async def open_session(url: str) -> tuple[ClientConnection, dict[str, Any]]:
+    ws = await connect(url)
+    await ws.send(bytes(3200))
+    return ws, json.loads(await ws.recv())
+
+
+async def test_streams_fill_both_replicas_then_the_daemon_refuses(serve_url: str) -> None:
+    assert len(replica_names()) == 2
+    held = []
+    try:
+        for _ in range(2 * STREAMS):  # one replica alone has room for STREAMS only
+            ws, first = await open_session(serve_url)
+            held.append(ws)
+            assert first["type"] == "session.started", first
+        extra = await connect(serve_url)  # Serve lets one past each replica's room ...
+        refused = await asyncio.wait_for(receive_all(extra), 10)
+        assert refused.close_code == 1013  # ... and the daemon there refuses it, documented
+        assert [(e["code"], e["fatal"]) for e in refused.of("error")] == [("server_busy", True)]
+    finally:
+        for ws in held:
+            await ws.close()
+
+
+async def test_a_killed_replicas_clients_resume_with_every_final(
+    serve_url: str, clip: np.ndarray, tmp_path: Path
+) -> None:
+    import ray
+
+    await asyncio.sleep(1.0)  # the previous test's sessions have closed
+    wav = write_wav(tmp_path / "clip.wav", clip)
+    args = ("--url", serve_url, "--json", "--speed", "2", str(wav))
+    runs = []
+    for _ in range(2 * STREAMS):  # one after the other: Serve places each on the less busy
+        runs.append(asyncio.create_task(captions(*args, timeout_s=120)))
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1.5)  # all streaming, STREAMS on each replica; mid second utterance
+    victim = replica_names()[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)  # its process dies
+    outcomes = await asyncio.gather(*runs)
+    # the killed replica's clients, each resumed once on another
+    assert resumed_elsewhere(outcomes, reference_finals(clip)) == STREAMS
