@@ -191,8 +191,7 @@ class Stream:
         self.start = start
         self.frames = frames
         self.printer = printer
-        fmt = start.audio
-        self.state = ResumeState(fmt.sample_rate, fmt.bytes_per_frame, KEEP_AUDIO_S)
+        self.state = self._fresh_state()
         self.all_sent = False  # session.end went out
         self.fatal = False
         self.resuming = False  # a connection was lost; not resumed yet
@@ -201,6 +200,10 @@ class Stream:
         # its connection must not close the source.
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
+
+    def _fresh_state(self) -> ResumeState:
+        fmt = self.start.audio
+        return ResumeState(fmt.sample_rate, fmt.bytes_per_frame, KEEP_AUDIO_S)
 
     async def _read_source(self) -> None:
         try:
@@ -213,12 +216,13 @@ class Stream:
         if self._pump is not None:
             self._pump.cancel()
 
-    async def run(self, ws: ClientConnection, resuming: bool) -> int:
-        """Serve one connection; the exit code, or `Lost`."""
+    async def run(self, ws: ClientConnection) -> int:
+        """Serve one connection (resuming the session after a lost one); the exit code, or
+        `Lost`."""
         if self._pump is None:
             self._pump = asyncio.create_task(self._read_source())
         resumed: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
-        sender = asyncio.create_task(self._send(ws, resumed if resuming else None))
+        sender = asyncio.create_task(self._send(ws, resumed if self.resuming else None))
         receiver = asyncio.create_task(self._receive(ws, resumed))
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -270,9 +274,7 @@ class Stream:
                 msg = parse_server_message(raw)
                 if msg["type"] == "error" and msg.get("code") == "resume_failed":
                     notice(f"the session could not be resumed ({msg['message']}); a new one starts")
-                    self.state = ResumeState(
-                        self.start.audio.sample_rate, self.start.audio.bytes_per_frame, KEEP_AUDIO_S
-                    )
+                    self.state = self._fresh_state()
                     self.resuming, self.failures = False, 0
                     if not resumed.done():
                         resumed.set_result(None)
@@ -368,7 +370,7 @@ async def serve(stream: Stream, ws: ClientConnection, args: argparse.Namespace) 
     while True:
         async with ws:
             try:
-                return await stream.run(ws, stream.resuming)
+                return await stream.run(ws)
             except Lost:
                 if not stream.resuming:
                     notice("connection lost; resuming the session")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streamasr.server.config import ConfigError, ServerConfig, load_config
+from streamasr.server.config import ConfigError, ServerConfig, coerce_settings, load_config
 
 HEADROOM = 1  # ongoing requests a replica takes past its sessions: the daemon itself refuses
 # that one with its documented error (server_busy, close 1013) instead of Serve queueing it
@@ -76,29 +76,9 @@ def split_args(args: Mapping[str, Any]) -> tuple[RayOptions, ServerConfig]:
     env = dict(os.environ)
     # every replica signs with one secret, so that each continues the others' sessions
     env.setdefault("STREAMASR_RESUME_SECRET", secrets.token_hex(32))
-    flags = {**daemon_args, "max_sessions": options.streams_per_replica, "port": 0}
-    try:
-        config = load_config(None, env, {k: _typed(k, v) for k, v in flags.items()})
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from None
-    return options, config
-
-
-def _typed(name: str, value: Any) -> Any:
-    """A `serve run` string as the setting's type (load_config's flags are typed)."""
-    if not isinstance(value, str):
-        return value
-    hints = {f.name: f.type for f in dataclasses.fields(ServerConfig)}
-    kind = str(hints.get(name, "str"))
-    if kind.startswith("int"):
-        return int(value)
-    if kind.startswith("float"):
-        return float(value)
-    if kind.startswith("bool"):
-        return value.lower() in ("1", "true", "yes")
-    if kind.startswith("tuple"):
-        return tuple(v for v in value.replace(",", " ").split() if v)
-    return value
+    flags = coerce_settings(daemon_args, "serve run arguments")
+    flags.update(max_sessions=options.streams_per_replica, port=0)
+    return options, load_config(None, env, flags)
 
 
 def _factory(spec: str | None) -> Callable[[str], Any] | None:

@@ -119,7 +119,7 @@ class Server:
             self.metrics,
             StaticFiles(static),
             lambda: self.state,
-            lambda: (self.active_sessions - self.held_sessions, self.capacity),
+            lambda: (self.placed_sessions, self.capacity),
             lambda: self._ctx.model.info if self._ctx is not None else None,
         )
         self._ctx: ServerContext | None = None
@@ -167,6 +167,11 @@ class Server:
     def held_sessions(self) -> int:
         """Streams whose client vanished, held for it to resume: they take no place."""
         return len(self._ctx.held) if self._ctx is not None else 0
+
+    @property
+    def placed_sessions(self) -> int:
+        """The sessions that take a place of `capacity`: all but the held ones."""
+        return self.active_sessions - self.held_sessions
 
     async def run(self, on_ready: Callable[[Server], None] | None = None) -> None:
         """Start, serve until `request_shutdown()` (SIGTERM/SIGINT), then drain and stop."""
@@ -359,7 +364,7 @@ class Server:
     def _refusal(self, client: str | None) -> tuple[str, str] | None:
         """Why a new session of `client` is refused (the message and the close reason), if it
         is: the server is full, or that client holds its share."""
-        if self.active_sessions - self.held_sessions >= self.capacity:
+        if self.placed_sessions >= self.capacity:
             limit = self.capacity
             message = f"the server is at its limit of {limit} sessions; try again later"
             return message, f"server busy: {limit} sessions"

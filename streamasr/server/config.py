@@ -192,13 +192,19 @@ def _from_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return coerce_settings(raw, str(path))
+
+
+def coerce_settings(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Settings by name (`-` or `_`), as TOML values or strings, in their fields' types;
+    ConfigError for an unknown name or a bad value, naming `where` they came from."""
     types_ = _field_types()
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in types_:
-            raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(types_)})")
-        out[name] = _coerce(name, types_[name], value, f"{path}: {key}")
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(types_)})")
+        out[name] = _coerce(name, types_[name], value, f"{where}: {key}")
     return out
 
 

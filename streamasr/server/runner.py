@@ -132,8 +132,7 @@ class SessionRunner:
                 self._driver.release()
             if self.handed_off is None:  # else the resumed session owns the channel
                 await self._close_socket()
-            if self._attached is not None and not self._attached.done():
-                self._attached.set_result(None)
+            self._release_channel()
 
     def end(self, reason: str = "shutdown") -> None:
         """A server-side end: finalise the session, send its finals and session.ended, close."""
@@ -181,13 +180,7 @@ class SessionRunner:
                     return
             elif self._hold():
                 return
-            if self._recorded or self._inbox is None:
-                self._finish(None)
-            elif not self._gone:  # decode what it sent; `_decode_loop` finishes
-                self._gone = True
-                self._unlive()
-                self._idle_deadline = None
-                await self._inbox.put_command(End("disconnect"))
+            self._vanished()
         except Exception:
             log.exception("session %s failed", self.session_id)
             self.ctx.metrics.errors.labels(code=ErrorCode.INTERNAL_ERROR.value).inc()
@@ -477,7 +470,8 @@ class SessionRunner:
         while True:
             message = await self.outbox.get()
             if isinstance(message, CloseRequest):
-                self._finish(None if self._held else (message.code, message.reason))
+                held = self._held is not None
+                self._finish(None if held else (message.code, message.reason))
                 return
             if isinstance(message, Reply):
                 frames = list(message.frames)
@@ -490,7 +484,7 @@ class SessionRunner:
 
     async def _deliver(self, frames: list[str]) -> None:
         """Send `frames`, unless the client is gone; a held session keeps them (`_encode`)."""
-        if self._held or self._gone:
+        if self._held is not None or self._gone:
             return
         self._sending = True
         try:
@@ -531,24 +525,27 @@ class SessionRunner:
         ending = self._done.is_set() or self._gone or self._close_after is not None
         if not self._resumable or grace <= 0 or self._driver is None or ending:
             return False
-        if not isinstance(self.protocol, ServerProtocol):
+        if not isinstance(self.protocol, ServerProtocol) or self.ctx.max_held < 1:
             return False
         if self.protocol.state is not State.STREAMING:
             return False  # ending (session.end) or not started
         held = self.ctx.held
-        while held and len(held) >= self.ctx.max_held:  # the oldest held session goes
+        while len(held) >= self.ctx.max_held:  # the oldest held session goes
             held[next(iter(held))].let_go()
-        if self.ctx.max_held < 1:
-            return False
         loop = asyncio.get_running_loop()
         self._held = loop.call_later(grace, self.let_go)
         self._idle_deadline = None
         self._sending = False
         self.ctx.held[self.session_id] = self
-        if self._attached is not None and not self._attached.done():
-            self._attached.set_result(None)  # that channel is dead: its handler may return
+        self._release_channel()  # that channel is dead
         log.info("session %s: client gone; held %.0f s for it to resume", self.session_id, grace)
         return True
+
+    def _release_channel(self) -> None:
+        """The session no longer uses the channel it was resumed on: that connection's
+        handler may return."""
+        if self._attached is not None and not self._attached.done():
+            self._attached.set_result(None)
 
     def _unlive(self) -> None:
         """It can no longer be resumed: it is over, or ending as a vanished client's."""
@@ -566,19 +563,24 @@ class SessionRunner:
         """No resume within the grace period: end the session as a vanished client's."""
         self._unhold()
         log.info("session %s: not resumed; ending it", self.session_id)
-        if self._inbox is None or self._recorded:
+        self._vanished()
+
+    def _vanished(self) -> None:
+        """The client is gone for good: the session decodes what it sent (`_decode_loop`
+        then finishes), or finishes now if it has nothing to decode."""
+        if self._recorded or self._inbox is None:
             self._finish(None)
-            return
-        self._gone = True
-        self._unlive()
-        self._spawn(self._inbox.put_command(End("disconnect")))
+        elif not self._gone:
+            self._gone = True
+            self._unlive()
+            self._idle_deadline = None
+            self._spawn(self._inbox.put_command(End("disconnect")))
 
     def attach(self, channel: Channel, last_seq: int) -> asyncio.Future[None]:
         """The client is back on `channel`: replay what it missed and go on. The future is done
         when the session no longer uses `channel` (ended, or the client vanished again)."""
         self._unhold()
-        if self._attached is not None and not self._attached.done():
-            self._attached.set_result(None)  # the connection it had: its handler may return
+        self._release_channel()  # the connection it had
         left, self.channel = self.channel, channel
         left.abort()  # the client left it for this one, perhaps before it noticed it was dead
         loop = asyncio.get_running_loop()

@@ -126,7 +126,8 @@ class ServerContext:
 
 
 class Resumable(Protocol):
-    """A session whose client vanished, waiting for it to come back."""
+    """A session its client may resume: held since the client vanished, or still on the
+    connection the client is leaving."""
 
     def let_go(self) -> None:
         """End it as a vanished client's session."""
