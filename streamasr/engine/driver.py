@@ -100,6 +100,9 @@ class LocalSession:
     def feed(self, samples: np.ndarray) -> list[Event]:
         return self._driver.run(self.session.feed, samples)
 
+    def steer(self, keywords: tuple[str, ...]) -> None:
+        self.session.steer(keywords)
+
     def flush(self) -> list[Event]:
         return self._driver.run(self.session.flush)
 

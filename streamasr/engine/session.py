@@ -124,6 +124,7 @@ class Session:
         self._last: _Joinable | None = None  # the latest final, if it had text
         # the prompt and keywords, and how many of their tokens did not fit
         self._bias, self.bias_cut = bias_tokens(model, self.config)
+        self._steered: tuple[str, ...] = ()  # keywords added by `steer`
         self._closed = False
         self.partials_paused = False  # set by a host that is behind real time: finals only
         self.step_scale = 1  # set by a host that is falling behind: partials this much rarer
@@ -637,6 +638,15 @@ class Session:
         if prefix and known is not None:
             return known, known
         return "auto", self._language
+
+    def steer(self, keywords: tuple[str, ...]) -> None:
+        """Bias the next decodes with `keywords` too, after the session's own prompt and
+        keywords (which keep their place at the head of the bias); `()` takes them away."""
+        if keywords == self._steered:
+            return
+        self._steered = keywords
+        config = replace(self.config, keywords=self.config.keywords + keywords)
+        self._bias, self.bias_cut = bias_tokens(self.model, config)
 
     def _keep(self, r: DecodeResult) -> bool:
         return not looks_like_hallucination(r, self.config.decode)

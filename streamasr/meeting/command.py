@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from streamasr.errors import InputError
+from streamasr.meeting.ocr import OcrBackend, load_ocr
+from streamasr.meeting.slide_sources import FolderWatcher, ReplaySlides, ScreenshotCommand
+from streamasr.meeting.slides import Slide, SlideReader
+from streamasr.meeting.terms import SlideTerms, TermWindow, extract_terms, tokenizer_rarity
 from streamasr.models.placement import add_placement_args
+
+if TYPE_CHECKING:
+    from streamasr.models.base import AsrModel
 
 EXIT_OK = 0
 
@@ -66,12 +74,47 @@ def add_meeting_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         default="max",
         help="file pacing: a factor of real time (1, 4, ...) or max (default)",
     )
+    add_slide_args(m)
     m.add_argument(
         "--silence-timeout",
         type=float,
         default=None,
         metavar="S",
         help="end the meeting after S seconds without speech (default: never)",
+    )
+
+
+def add_slide_args(m: argparse.ArgumentParser) -> None:
+    g = m.add_argument_group("slides (docs/meeting.md)")
+    g.add_argument(
+        "--slides",
+        type=Path,
+        metavar="DIR",
+        help="read slides from the images in DIR: live, each new file when it arrives; with "
+        "--input, each file named by the second it shows (0012.5-intro.png)",
+    )
+    g.add_argument(
+        "--screenshot",
+        metavar="CMD",
+        help="read slides from the image a command writes to stdout (e.g. 'grim -'), run "
+        "every --screenshot-every seconds; unchanged screens are not read again",
+    )
+    g.add_argument(
+        "--screenshot-every", type=float, default=5.0, metavar="S", help="default 5 seconds"
+    )
+    g.add_argument(
+        "--ocr",
+        default="tesseract",
+        help="OCR backend: tesseract (default; Debian tesseract-ocr), glm-ocr "
+        "(zai-org/GLM-OCR from the local Hugging Face cache) or a GLM-OCR directory",
+    )
+    g.add_argument(
+        "--slide-terms",
+        type=int,
+        default=TermWindow.max_terms,
+        metavar="N",
+        help=f"bias the recogniser with at most N terms of the slides of the last "
+        f"{TermWindow.window_s / 60:g} minutes (default {TermWindow.max_terms}; 0: none)",
     )
 
 
@@ -119,7 +162,18 @@ def _record(args: argparse.Namespace, out: TextIO) -> int:
         raise InputError(f"--speed must be a number or max, got {args.speed!r}") from None
     outdir = args.out if args.out is not None else default_out_dir()
     if args.listen is not None:
+        if args.slides is not None or args.screenshot is not None:
+            raise InputError("with --listen, the producer sends its slides (slide messages)")
         return _listen(args, outdir, out)
+    if args.slides is not None and args.screenshot is not None:
+        raise InputError("--slides and --screenshot: one source of slides at a time")
+    window = _term_window(args)
+    replay = None
+    if args.slides is not None and args.input not in (None, "-"):
+        replay = ReplaySlides(args.slides)
+    ocr = None
+    if args.slides is not None or args.screenshot is not None:
+        ocr = load_ocr(args.ocr, compute=args.compute, dtype=args.dtype)
     source: AudioSource
     if args.input == "-":
         source = StdinSource()
@@ -133,9 +187,55 @@ def _record(args: argparse.Namespace, out: TextIO) -> int:
         session = LocalSession(model, config)
     except ValueError as exc:  # a language or task the model lacks
         raise InputError(str(exc)) from None
-    recorder = MeetingRecorder(session, outdir, _emitter(out), args.silence_timeout)
-    run_meeting(source, recorder)
+    emit = _emitter(out)
+    reader = None if ocr is None else _slide_reader(ocr, model, emit)
+    recorder = MeetingRecorder(
+        session, outdir, emit, args.silence_timeout, reader, SlideTerms(window), replay=replay
+    )
+    watcher = None
+    if reader is not None:
+        recorder.open_meeting()  # a slide may show before anyone speaks
+        if replay is None:
+            watcher = _slide_watcher(args, reader.offer, lambda: session.position, emit)
+            watcher.start()
+    try:
+        run_meeting(source, recorder)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        if reader is not None:
+            reader.close()
     return EXIT_OK
+
+
+def _warner(emit: Callable[[dict[str, Any]], None]) -> Callable[[str], None]:
+    return lambda message: emit({"type": "warning", "message": message})
+
+
+def _term_window(args: argparse.Namespace) -> TermWindow:
+    try:
+        return TermWindow(max_terms=args.slide_terms)
+    except ValueError as exc:
+        raise InputError(f"--slide-terms: {exc}") from None
+
+
+def _slide_reader(
+    ocr: OcrBackend, model: AsrModel, emit: Callable[[dict[str, Any]], None]
+) -> SlideReader:
+    """The OCR thread of a meeting with slides, its terms judged rare by `model`'s tokenizer."""
+    rare = tokenizer_rarity(model.encode_text)
+    return SlideReader(ocr, lambda text: extract_terms(text, rare), _warner(emit))
+
+
+def _slide_watcher(
+    args: argparse.Namespace,
+    offer: Callable[[Slide], None],
+    clock: Callable[[], int],
+    emit: Callable[[dict[str, Any]], None],
+) -> FolderWatcher | ScreenshotCommand:
+    if args.slides is not None:
+        return FolderWatcher(args.slides, offer, clock, _warner(emit))
+    return ScreenshotCommand(args.screenshot, args.screenshot_every, offer, clock, _warner(emit))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -166,6 +266,7 @@ def _listen(args: argparse.Namespace, outdir: Path, out: TextIO) -> int:
             silence_timeout_s=args.silence_timeout,
             # the language and task of a producer's session.start that names none
             session=SessionConfig(language=args.language, task=args.task),
+            terms=_term_window(args),
             **({} if args.idle_timeout is None else {"idle_timeout_s": args.idle_timeout}),
         )
     except ValueError as exc:
@@ -175,5 +276,17 @@ def _listen(args: argparse.Namespace, outdir: Path, out: TextIO) -> int:
         model.info.check_language(args.language, args.task)
     except ValueError as exc:  # a language or task the model lacks
         raise InputError(str(exc)) from None
-    asyncio.run(listen(config, model, _emitter(out)))
+    emit = _emitter(out)
+    try:
+        reader: SlideReader | None = _slide_reader(
+            load_ocr(args.ocr, compute=args.compute, dtype=args.dtype), model, emit
+        )
+    except InputError as exc:  # slides are an extra of --listen: the audio is recorded anyway
+        emit({"type": "warning", "message": f"slide messages are refused: {exc}"})
+        reader = None
+    try:
+        asyncio.run(listen(config, model, emit, reader))
+    finally:
+        if reader is not None:
+            reader.close()
     return EXIT_OK

@@ -27,6 +27,8 @@ from streamasr.config import SessionConfig
 from streamasr.engine.scheduler import Scheduler, SchedulerConfig
 from streamasr.errors import InputError
 from streamasr.meeting.recorder import Emit, MeetingNotes
+from streamasr.meeting.slides import SlideReader
+from streamasr.meeting.terms import SlideTerms, TermWindow
 from streamasr.models.base import AsrModel
 from streamasr.net import is_loopback
 from streamasr.server.asgi import AsgiChannel, close_channel, deny
@@ -34,6 +36,7 @@ from streamasr.server.config import ServerConfig, token_problem
 from streamasr.server.host import Host
 from streamasr.server.metrics import ServerMetrics
 from streamasr.server.protocol import (
+    MAX_SLIDE_TEXT_BYTES,
     STREAM_PATH,
     CloseCode,
     ErrorCode,
@@ -66,6 +69,7 @@ class ListenConfig:
     # slot is given back (close 1000 "idle")
     session: SessionConfig = dataclasses.field(default_factory=SessionConfig)  # the engine's
     # settings; partials and word timings follow each producer's session.start
+    terms: TermWindow = TermWindow()  # which slides' terms bias the recogniser
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65_535:
@@ -97,11 +101,19 @@ class ListenConfig:
 class MeetingListener:
     """A WebSocket server at `STREAM_PATH` that lets one producer at a time record a meeting."""
 
-    def __init__(self, config: ListenConfig, model: AsrModel, emit: Emit, pool: DecodePool) -> None:
+    def __init__(
+        self,
+        config: ListenConfig,
+        model: AsrModel,
+        emit: Emit,
+        pool: DecodePool,
+        slides: SlideReader | None = None,
+    ) -> None:
         self.config = config
         self.model = model
         self.emit = emit
         self.pool = pool
+        self.slides = slides  # reads the producers' slide messages; None: they are refused
         # one producer, so one inference thread and no batching
         self.scheduler = Scheduler(model, SchedulerConfig(max_batch=1, budget_ms=0.0, workers=1))
         server_config = config.server_config()
@@ -137,7 +149,8 @@ class MeetingListener:
     async def start(self) -> None:
         host = Host(
             self.app,
-            max_message_bytes=2 * self.config.max_frame_bytes,  # the hard cap, as in the daemon
+            # the hard cap, as in the daemon, or a slide message's
+            max_message_bytes=max(2 * self.config.max_frame_bytes, MAX_SLIDE_TEXT_BYTES),
             server_header="streamasr-meeting",
         )
         await host.start(self.config.host, self.config.port)
@@ -167,7 +180,9 @@ class MeetingListener:
             await close_channel(ws, CloseCode.GOING_AWAY, SHUTDOWN_REASON)
             return
         limit, tokens = self.config.max_frame_bytes, self.ctx.tokens
-        codec = ServerProtocol(max_frame_bytes=limit, model=self.model.info, tokens=tokens)
+        codec = ServerProtocol(
+            max_frame_bytes=limit, model=self.model.info, tokens=tokens, slides=True
+        )
         if self.producer is not None:
             channel = await resuming(ws, self.ctx) if self.ctx.live else ws
             if channel is ws:
@@ -178,7 +193,10 @@ class MeetingListener:
             if back.handed_off is not None:
                 await back.handed_off
             return
-        notes = MeetingNotes(self.config.out, self.emit, self.config.silence_timeout_s)
+        terms = SlideTerms(self.config.terms)
+        notes = MeetingNotes(
+            self.config.out, self.emit, self.config.silence_timeout_s, self.slides, terms
+        )
         producer = self.producer = SessionRunner(
             ws, codec, self.ctx, recording=notes, shutdown_reason=SHUTDOWN_REASON
         )
@@ -234,11 +252,13 @@ class _ProducerCheck:
         return None
 
 
-async def listen(config: ListenConfig, model: AsrModel, emit: Emit) -> None:
+async def listen(
+    config: ListenConfig, model: AsrModel, emit: Emit, slides: SlideReader | None = None
+) -> None:
     """Serve producers until SIGTERM/SIGINT; SIGUSR1 ends the current meeting."""
     loop = asyncio.get_running_loop()
     pool = DecodePool(1)  # one producer, so one decode thread
-    listener = MeetingListener(config, model, emit, pool)
+    listener = MeetingListener(config, model, emit, pool, slides)
     stop = asyncio.Event()
     handlers = {signal.SIGTERM: stop.set, signal.SIGINT: stop.set, signal.SIGUSR1: listener.split}
     try:

@@ -12,12 +12,16 @@ import numpy as np
 
 from streamasr import SAMPLE_RATE
 from streamasr.events import Event, SpeechStarted, SpeechStopped, TranscriptFinal
+from streamasr.meeting.slide_sources import ReplaySlides
+from streamasr.meeting.slides import ReadSlide, Slide, SlideReader
 from streamasr.meeting.sources import AudioSource
 from streamasr.meeting.store import MeetingWriter
+from streamasr.meeting.terms import SlideTerms
 
 Emit = Callable[[dict[str, Any]], None]
 # meeting.ended reason for each way a producer's session can end (`SessionEnded.reason`)
 END_REASONS = {"client": "end"}
+SLIDE_DRAIN_S = 60.0  # at a meeting's end, how long the slides being read are waited for
 
 
 class Transcriber(Protocol):
@@ -29,6 +33,10 @@ class Transcriber(Protocol):
         ...
 
     def feed(self, samples: np.ndarray) -> list[Event]: ...
+
+    def steer(self, keywords: tuple[str, ...]) -> None:
+        """Bias the next decodes with `keywords` too (`Session.steer`)."""
+        ...
 
     def flush(self) -> list[Event]: ...
 
@@ -44,9 +52,19 @@ class MeetingNotes:
     heard for `silence_timeout_s` of audio (sample clock, not wall clock); the next final then
     opens a new meeting. `emit` gets each final after its fsync. This is the daemon's
     `Recording` for `meeting --listen`; `MeetingRecorder` drives it for the other sources.
+
+    With a `SlideReader`, the slides it has read are filed with the next events (a slide
+    opens a meeting as a final does), and their terms (`context`) bias the recogniser.
     """
 
-    def __init__(self, out: Path, emit: Emit, silence_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        out: Path,
+        emit: Emit,
+        silence_timeout_s: float | None = None,
+        slides: SlideReader | None = None,
+        terms: SlideTerms | None = None,
+    ) -> None:
         if silence_timeout_s is not None and silence_timeout_s <= 0:
             raise ValueError(f"silence timeout must be positive, got {silence_timeout_s}")
         self.out = out
@@ -54,10 +72,24 @@ class MeetingNotes:
         self.timeout_samples = (
             None if silence_timeout_s is None else round(silence_timeout_s * SAMPLE_RATE)
         )
+        self.slides = slides
+        self.terms = terms or SlideTerms()
         self.writer: MeetingWriter | None = None
         self.meetings: list[Path] = []
         self._speaking = False
         self._last_voice_end = 0
+
+    def show(self, image: bytes, sample: int) -> str | None:
+        """A slide a producer sent, shown at stream position `sample`: queued for OCR. Returns
+        why it cannot be, or None."""
+        if self.slides is None:
+            return "this meeting recorder reads no slides (its OCR backend is not available)"
+        self.slides.offer(Slide(sample, image, "producer"))
+        return None
+
+    def context(self, position: int) -> tuple[str, ...]:
+        """The terms of the slides shown lately: keywords for the next decodes."""
+        return self.terms.current(position)
 
     def opened(self, position: int) -> None:
         """Open a meeting now, its clock at stream position `position`, speech or not."""
@@ -67,6 +99,7 @@ class MeetingNotes:
     def record(self, events: Sequence[object], position: int) -> None:
         """File the finals among `events` (each on disk when this returns); end the meeting
         after `silence_timeout_s` without speech up to stream position `position`."""
+        self._file_slides()
         for ev in events:
             if isinstance(ev, SpeechStarted):
                 self._speaking = True
@@ -106,8 +139,26 @@ class MeetingNotes:
         self.emit({"type": "meeting.started", "dir": str(writer.path)})
         return writer
 
+    def _file_slides(self, drain: bool = False) -> None:
+        """Write the slides read so far into the meeting (`drain`: those being read too)."""
+        if self.slides is None:
+            return
+        if drain and not self.slides.wait_idle(SLIDE_DRAIN_S):
+            self.emit({"type": "warning", "message": "slides still being read were left out"})
+        for read in self.slides.take():
+            self._file_slide(read)
+
+    def _file_slide(self, read: ReadSlide) -> None:
+        slide = read.slide
+        writer = self.writer or self._open(slide.sample)
+        record = writer.add_slide(slide.sample, slide.image, read.fmt, read.text, read.terms)
+        self.terms.add(slide.sample, read.terms)
+        self.emit({**record, "meeting": writer.path.name, "ocr_s": round(read.ocr_s, 3)})
+
     def end_meeting(self, reason: str) -> None:
         """Close the open meeting's transcript and render it; the session is not touched."""
+        if self.writer is not None:
+            self._file_slides(drain=reason != "silence")
         writer, self.writer = self.writer, None
         if writer is None:
             return
@@ -131,13 +182,33 @@ class MeetingRecorder(MeetingNotes):
         out: Path,
         emit: Emit,
         silence_timeout_s: float | None = None,
+        slides: SlideReader | None = None,
+        terms: SlideTerms | None = None,
+        *,
+        replay: ReplaySlides | None = None,
     ) -> None:
-        super().__init__(out, emit, silence_timeout_s)
+        super().__init__(out, emit, silence_timeout_s, slides, terms)
         self.session = session
+        self.replay = replay
 
     def feed(self, samples: np.ndarray) -> list[Event]:
         """Feed audio; returns the session's events, each final already on disk."""
+        if self.replay is not None and self.slides is not None:
+            self._replay_slides()
         return self._filed(self.session.feed(samples))
+
+    def _replay_slides(self) -> None:
+        """A replay's slides due by now are read before the audio goes on, so a replay is
+        the same however fast it runs (live, OCR runs beside the audio instead)."""
+        assert self.replay is not None and self.slides is not None
+        due = self.replay.due(self.session.position)
+        if not due:
+            return
+        for slide in due:
+            self.slides.offer(slide)
+        self.slides.wait_idle()
+        self._file_slides()
+        self.session.steer(self.context(self.session.position))
 
     def open_meeting(self) -> None:
         """Open a meeting now, its clock at the current stream position, speech or not."""
@@ -161,6 +232,7 @@ class MeetingRecorder(MeetingNotes):
 
     def _filed(self, events: list[Event]) -> list[Event]:
         self.record(events, self.session.position)
+        self.session.steer(self.context(self.session.position))
         return events
 
 

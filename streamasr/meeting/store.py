@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streamasr import SAMPLE_RATE
 from streamasr.events import TranscriptFinal, Word
 from streamasr.formats import to_srt, to_vtt
 
 JSONL = "transcript.jsonl"
+SLIDES = "slides.jsonl"
 RENDERED = ("transcript.srt", "transcript.vtt", "transcript.md")
+T = TypeVar("T")
 
 
 def default_out_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -96,8 +98,10 @@ class MeetingWriter:
         self.path = _make_meeting_dir(out, time.time() if now is None else now)
         self.origin_sample = origin_sample  # stream sample at which the meeting's clock is 0
         self.count = 0
+        self.slides = 0
         # O_APPEND: every write lands at the end, so a restart can never overwrite a line
         self._fd: int | None = _open_private(self.path / JSONL, os.O_WRONLY | os.O_APPEND)
+        self._slides_fd: int | None = None  # slides.jsonl, opened with the first slide
         _fsync_dir(self.path)  # the new dir entry and file survive a power cut too
 
     def append(self, final: TranscriptFinal) -> dict[str, Any]:
@@ -105,21 +109,57 @@ class MeetingWriter:
         if self._fd is None:
             raise RuntimeError("meeting is closed")
         record = _shifted(final, self.origin_sample).to_dict()
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        written = 0
-        while written < len(data):  # one write in practice; a short write is finished, not lost
-            written += os.write(self._fd, data[written:])
-        os.fsync(self._fd)
+        _append_line(self._fd, record)
         self.count += 1
         return record
 
+    def add_slide(
+        self, sample: int, image: bytes, fmt: str, text: str, terms: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """Save a slide's image (fsynced, its directory entry too), then append its line to
+        slides.jsonl and fsync it: a line on disk always has its image. `sample` is on the
+        stream clock; the line's `t` is on the meeting's, as the finals' times are."""
+        if self._fd is None:
+            raise RuntimeError("meeting is closed")
+        if self._slides_fd is None:
+            self._slides_fd = _open_private(self.path / SLIDES, os.O_WRONLY | os.O_APPEND)
+        self.slides += 1
+        name = f"slide-{self.slides:04d}.{fmt}"
+        fd = _open_private(self.path / name, os.O_WRONLY | os.O_TRUNC | os.O_EXCL)
+        try:
+            _write_all(fd, image)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.path)
+        t = max(0, sample - self.origin_sample) / SAMPLE_RATE
+        record = {"type": "slide", "t": round(t, 3), "image": name, "text": text}
+        record["terms"] = list(terms)  # what the recogniser was biased with after it
+        _append_line(self._slides_fd, record)
+        return record
+
     def close(self) -> None:
-        """Close the jsonl and render srt, vtt and md beside it."""
+        """Close the jsonl files and render srt, vtt and md beside them."""
         if self._fd is None:
             return
         os.close(self._fd)
         self._fd = None
+        if self._slides_fd is not None:
+            os.close(self._slides_fd)
+            self._slides_fd = None
         render_dir(self.path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = 0
+    while written < len(data):  # one write in practice; a short write is finished, not lost
+        written += os.write(fd, data[written:])
+
+
+def _append_line(fd: int, record: dict[str, Any]) -> None:
+    """One JSON line at the end of `fd`, fsynced."""
+    _write_all(fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())
+    os.fsync(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -150,43 +190,80 @@ def final_from_dict(d: Mapping[str, Any]) -> TranscriptFinal:
     )
 
 
-def read_finals(meeting_dir: Path) -> list[TranscriptFinal]:
-    """The finals of a meeting's transcript.jsonl.
+def _read_lines(path: Path, parse: Callable[[Any], T], kind: str) -> list[T]:
+    """The records of a jsonl file, each through `parse`.
 
     A last line without its newline is a write cut short by a crash before it was reported
-    (reported finals are fsynced whole); it is ignored. Any other bad line is an error.
+    (reported lines are fsynced whole); it is ignored. Any other bad line is an error.
     """
-    raw = (meeting_dir / JSONL).read_bytes()
-    lines = raw.split(b"\n")
+    lines = path.read_bytes().split(b"\n")
     if lines and lines[-1] != b"":
         lines = lines[:-1]  # torn tail
-    finals = []
+    records = []
     for n, line in enumerate(lines, start=1):
         if not line:
             continue
         try:
-            finals.append(final_from_dict(json.loads(line)))
+            records.append(parse(json.loads(line)))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"{meeting_dir / JSONL}:{n}: not a transcript.final line: {exc}"
-            ) from exc
-    return finals
+            raise ValueError(f"{path}:{n}: not a {kind} line: {exc}") from exc
+    return records
 
 
-def to_markdown(finals: list[TranscriptFinal], title: str) -> str:
-    lines = [f"# Meeting {title}", ""]
+def read_finals(meeting_dir: Path) -> list[TranscriptFinal]:
+    """The finals of a meeting's transcript.jsonl."""
+    return _read_lines(meeting_dir / JSONL, final_from_dict, "transcript.final")
+
+
+@dataclass(frozen=True)
+class SlideRecord:
+    """A line of slides.jsonl: when the slide showed (meeting clock), its image, its text."""
+
+    t: float
+    image: str
+    text: str
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SlideRecord:
+        return cls(float(d["t"]), str(d["image"]), str(d["text"]))
+
+
+def read_slides(meeting_dir: Path) -> list[SlideRecord]:
+    """The slides of a meeting's slides.jsonl (none when it has no such file)."""
+    path = meeting_dir / SLIDES
+    return _read_lines(path, SlideRecord.from_dict, "slide") if path.exists() else []
+
+
+def _stamp(seconds: float) -> str:
+    s = max(int(seconds), 0)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def to_markdown(
+    finals: list[TranscriptFinal], title: str, slides: list[SlideRecord] | None = None
+) -> str:
+    """The transcript as Markdown, each slide's text as a quote at its time among the finals."""
+    entries: list[tuple[float, int, list[str]]] = []
     for f in finals:
         if f.text.strip():
-            s = max(f.start_sample, 0) // SAMPLE_RATE
-            stamp = f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-            lines.append(f"**[{stamp}]** {f.text.strip()}  ")
+            t = f.start_sample / SAMPLE_RATE
+            entries.append((t, 1, [f"**[{_stamp(t)}]** {f.text.strip()}  "]))
+    for slide in slides or ():
+        quoted = [f"> {line}  " for line in slide.text.splitlines() if line.strip()]
+        head = f"**[{_stamp(slide.t)}] Slide** ([{slide.image}]({slide.image}))"
+        entries.append((slide.t, 0, ["", head, "", *quoted, ""]))
+    lines = [f"# Meeting {title}", ""]
+    for _, _, block in sorted(entries, key=lambda e: (e[0], e[1])):
+        lines.extend(block)
     return "\n".join(lines) + "\n"
 
 
 def render_dir(meeting_dir: Path) -> list[Path]:
-    """(Re)write transcript.srt, .vtt and .md from transcript.jsonl; returns their paths."""
+    """(Re)write transcript.srt, .vtt and .md from transcript.jsonl (and slides.jsonl, for the
+    Markdown); returns their paths."""
     finals = read_finals(meeting_dir)
-    texts = (to_srt(finals), to_vtt(finals), to_markdown(finals, meeting_dir.name))
+    slides = read_slides(meeting_dir)
+    texts = (to_srt(finals), to_vtt(finals), to_markdown(finals, meeting_dir.name, slides))
     paths = []
     for name, text in zip(RENDERED, texts, strict=True):
         path = meeting_dir / name

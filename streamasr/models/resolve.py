@@ -357,8 +357,8 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def hub_instructions(repo_id: str) -> str:
-    """What to do when a hub model cannot be fetched on this machine."""
+def hub_instructions(repo_id: str, flag: str = "--model") -> str:
+    """What to do when a hub model cannot be fetched on this machine; `flag` takes its dir."""
     local = f"./models/{repo_id.split('/')[-1]}"
     return (
         f"On a machine with network access run\n"
@@ -366,7 +366,7 @@ def hub_instructions(repo_id: str) -> str:
         f"(`hf download` in huggingface_hub >= 1.0) or\n"
         f'    python -c "from huggingface_hub import snapshot_download; '
         f"snapshot_download('{repo_id}', local_dir='{local}')\"\n"
-        f"then copy {local} to this machine and pass --model {local}"
+        f"then copy {local} to this machine and pass {flag} {local}"
     )
 
 

@@ -8,6 +8,7 @@ Nothing here does I/O: docs/protocol.md describes the same rules for people.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import json
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from streamasr import SAMPLE_RATE
 from streamasr.audio.pcm import ENCODINGS, decode_pcm, sample_bytes
 from streamasr.audio.resample import MAX_RATE, MIN_RATE
 from streamasr.config import SessionConfig
@@ -29,6 +31,10 @@ PROTOCOL_VERSION = 1
 STREAM_PATH = "/v1/stream"
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")  # ISO 639-1 (or 639-3 where 639-1 has none)
 MAX_TEXT_BYTES = 65_536  # a control message is a few hundred bytes; anything this big is abuse
+# The image of a `slide` message (meeting recorders only), decoded: a 4K screenshot as PNG is
+# 1-3 MB. Its text frame, base64 and all, may be this times 4/3 plus `MAX_TEXT_BYTES`.
+MAX_SLIDE_BYTES = 4 * 1024 * 1024
+MAX_SLIDE_TEXT_BYTES = MAX_SLIDE_BYTES * 4 // 3 + MAX_TEXT_BYTES
 
 
 class CloseCode(enum.IntEnum):
@@ -62,6 +68,7 @@ class ErrorCode(enum.StrEnum):
     SERVER_BUSY = "server_busy"
     INTERNAL_ERROR = "internal_error"
     RESUME_FAILED = "resume_failed"
+    SLIDE_REFUSED = "slide_refused"
 
 
 # error code -> close code of a fatal error, or None: the error is reported and the session goes on
@@ -82,6 +89,7 @@ CLOSE_CODES: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.SERVER_BUSY: CloseCode.TRY_AGAIN,
     ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL,
     ErrorCode.RESUME_FAILED: None,  # the connection may start a new session instead
+    ErrorCode.SLIDE_REFUSED: None,  # that slide is lost; the audio goes on
 }
 
 
@@ -330,7 +338,41 @@ class SessionResume:
         raise ProtocolError(ErrorCode.RESUME_FAILED, problem)
 
 
-ClientMessage = SessionStart | SessionResume | SessionFlush | SessionEnd
+@dataclass(frozen=True)
+class SlideMessage:
+    """An image the meeting shows now, or at `t` (seconds on the session's clock: the audio
+    sent so far); taken by `streamasr meeting --listen` only (docs/protocol.md, "Slides")."""
+
+    image: bytes  # PNG, JPEG, WebP, BMP, GIF or TIFF, as the file would hold it
+    t: float | None = None
+    type: ClassVar[str] = "slide"
+
+    def to_json(self) -> str:
+        body: dict[str, Any] = {"type": self.type, "image": base64.b64encode(self.image).decode()}
+        if self.t is not None:
+            body["t"] = self.t
+        return json.dumps(body)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> SlideMessage:
+        data, t = obj.get("image"), obj.get("t")
+        if t is not None and (
+            not isinstance(t, int | float) or isinstance(t, bool) or not 0 <= t < 1e7
+        ):
+            raise ProtocolError(ErrorCode.SLIDE_REFUSED, "'t' must be seconds >= 0")
+        if not isinstance(data, str) or not data:
+            raise ProtocolError(ErrorCode.SLIDE_REFUSED, "'image' must be the image in base64")
+        try:
+            image = base64.b64decode(data, validate=True)
+        except ValueError:
+            raise ProtocolError(ErrorCode.SLIDE_REFUSED, "'image' is not valid base64") from None
+        if len(image) > MAX_SLIDE_BYTES:
+            message = f"the image is {len(image)} B, over the limit of {MAX_SLIDE_BYTES} B"
+            raise ProtocolError(ErrorCode.SLIDE_REFUSED, message)
+        return cls(image, None if t is None else float(t))
+
+
+ClientMessage = SessionStart | SessionResume | SessionFlush | SessionEnd | SlideMessage
 
 
 def load_json(text: str) -> Any:
@@ -344,8 +386,9 @@ def load_json(text: str) -> Any:
         raise ProtocolError(ErrorCode.BAD_JSON, "text frame nests too deeply") from None
 
 
-def parse_client_message(text: str) -> ClientMessage:
-    """One client text frame to its message; raises ProtocolError when it is not one."""
+def parse_client_message(text: str, slides: bool = False) -> ClientMessage:
+    """One client text frame to its message; raises ProtocolError when it is not one. A
+    `slide` is a message only where `slides` are taken (meeting recorders)."""
     obj = load_json(text)
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError(
@@ -360,6 +403,8 @@ def parse_client_message(text: str) -> ClientMessage:
         return SessionFlush()
     if kind == SessionEnd.type:
         return SessionEnd()
+    if kind == SlideMessage.type and slides:
+        return SlideMessage.from_dict(obj)
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
         f"unknown message type {kind[:40]!r}; expected session.start, session.resume, "
@@ -511,7 +556,15 @@ class Resume:
     request: SessionResume
 
 
-Action = Start | Audio | Flush | End | SendError | Close | Reply | KeepAlive | Resume
+@dataclass(frozen=True, eq=False)
+class ShowSlide:
+    """A slide shown at `sample` on the session's 16 kHz stream clock."""
+
+    image: bytes
+    sample: int
+
+
+Action = Start | Audio | Flush | End | SendError | Close | Reply | KeepAlive | Resume | ShowSlide
 
 
 class State(enum.Enum):
@@ -529,10 +582,13 @@ class ServerProtocol:
         max_frame_bytes: int,
         model: ModelInfo | None = None,
         tokens: ResumeTokens | None = None,
+        slides: bool = False,
     ) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.model = model  # what session.start may ask of it; None: English transcripts only
         self.tokens = tokens  # signs the resume tokens of the messages; None: no resume
+        self.slides = slides  # `slide` messages are taken (a meeting recorder)
+        self._received = 0  # samples of audio received, at the session's rate
         self.state = State.AWAITING_START
         self.options: SessionStart | None = None
         self._seq = 0
@@ -556,9 +612,13 @@ class ServerProtocol:
         if self.state is State.ENDED:
             return []
         try:
-            if len(text.encode("utf-8", "replace")) > MAX_TEXT_BYTES:
+            limit = MAX_SLIDE_TEXT_BYTES if self.slides else MAX_TEXT_BYTES
+            if len(text) > limit or len(text.encode("utf-8", "replace")) > limit:
+                raise ProtocolError(ErrorCode.FRAME_TOO_BIG, f"text frame over {limit} B")
+            message = parse_client_message(text, self.slides)
+            if len(text) > MAX_TEXT_BYTES and not isinstance(message, SlideMessage):
                 raise ProtocolError(ErrorCode.FRAME_TOO_BIG, f"text frame over {MAX_TEXT_BYTES} B")
-            return self._on_message(parse_client_message(text))
+            return self._on_message(message)
         except ProtocolError as exc:
             return self._fail(exc)
 
@@ -574,6 +634,7 @@ class ServerProtocol:
             samples = decode_pcm(data, encoding=fmt.encoding, channels=fmt.channels)
         except AudioFormatError as exc:
             return actions + self._fail(ProtocolError(ErrorCode.BAD_AUDIO, f"frame dropped: {exc}"))
+        self._received += samples.size
         return [*actions, Audio(samples)] if samples.size else actions
 
     def end(self, reason: str, *, close_code: CloseCode = CloseCode.NORMAL) -> list[Action]:
@@ -634,6 +695,10 @@ class ServerProtocol:
                 raise ProtocolError(ErrorCode.RESUME_FAILED, "this server does not resume sessions")
             return [Resume(message)]
         actions = self._implicit_start()
+        if isinstance(message, SlideMessage):
+            rate = (self.options or SessionStart()).audio.sample_rate
+            t = self._received / rate if message.t is None else message.t
+            return [*actions, ShowSlide(message.image, round(t * SAMPLE_RATE))]
         if isinstance(message, SessionFlush):
             return [*actions, Flush()]
         self.state = State.ENDED

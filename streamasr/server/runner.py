@@ -41,6 +41,7 @@ from streamasr.server.protocol import (
     SessionResumed,
     SessionStart,
     SessionStarted,
+    ShowSlide,
     Start,
     State,
     error_event,
@@ -260,6 +261,15 @@ class SessionRunner:
                 self._resume(action.request)
                 if self.handed_off is not None:
                     return
+            elif isinstance(action, ShowSlide):
+                self._show(action)
+
+    def _show(self, slide: ShowSlide) -> None:
+        problem = "slides are taken by meeting recorders only"
+        if self.recording is not None:
+            problem = self.recording.show(slide.image, slide.sample) or ""
+        if problem:
+            self._queue(error_event(ErrorCode.SLIDE_REFUSED, problem))
 
     def _resume(self, request: SessionResume) -> None:
         """Hand the channel to the session if this daemon holds it; else, with a token this
@@ -361,6 +371,7 @@ class SessionRunner:
                 events = [shifted(e, self._origin, self._first_segment) for e in events]
             if recording is not None:
                 await offload(recording.record, events, session.position)
+                session.steer(recording.context(session.position))
                 if isinstance(item, Cut):
                     await offload(recording.cut)
                 elif isinstance(item, End):

@@ -57,6 +57,15 @@ class Recording(Protocol):
 
     def record(self, events: Sequence[ServerMessage], position: int) -> None: ...
 
+    def show(self, image: bytes, sample: int) -> str | None:
+        """A slide the client sent, shown at stream position `sample`. Returns why it was
+        refused, or None. Runs on the event loop: it only queues the slide."""
+        ...
+
+    def context(self, position: int) -> tuple[str, ...]:
+        """Keywords the session's next decodes are biased with too (`Session.steer`)."""
+        ...
+
     def cut(self) -> None:
         """After a `Cut`'s finals: end what is being recorded; the next speech starts anew."""
         ...

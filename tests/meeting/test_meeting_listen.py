@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import speech
+from slide_deck import render_slide
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -26,6 +27,7 @@ from streamasr.server.protocol import (
     SessionEnd,
     SessionFlush,
     SessionStart,
+    SlideMessage,
     parse_server_message,
 )
 
@@ -404,3 +406,27 @@ async def test_a_producer_whose_connection_drops_resumes_the_same_meeting(
     lines, rendered = meeting_files(ended)
     assert lines == [without_seq(f) for f in finals]
     assert_notes_say(lines, rendered, {"morning", "weekly", "comments", "friday"})
+
+
+async def test_a_producer_shows_a_slide_and_the_notes_read_it(
+    listener: Listener, tmp_path: Path
+) -> None:
+    audio, rate = native_speech(FIRST, tmp_path)
+    image = render_slide("Weekly Meeting", ["Linh Nguyen", "Kubernetes"])
+    async with await connect_when_free(listener.url) as ws:
+        reader = asyncio.create_task(receive_all(ws))
+        await ws.send(SessionStart(AudioFormat("pcm_s16le", rate, 1), partials=False).to_json())
+        await ws.send(SlideMessage(image, t=0.25).to_json())
+        await ws.send(audio.astype("<i2").tobytes())
+        slide = await listener.record("slide")  # read while the producer is connected
+        await ws.send(SessionEnd().to_json())
+        messages = await reader
+    assert not [m for m in messages if m["type"] == "error"], messages
+    assert slide["t"] == 0.25 and "Linh Nguyen" in slide["text"]
+    assert {"Linh Nguyen", "Kubernetes"} <= set(slide["terms"])
+    ended = await listener.record("meeting.ended")
+    notes = Path(ended["dir"])
+    assert (notes / slide["image"]).read_bytes() == image
+    (line,) = [json.loads(x) for x in (notes / "slides.jsonl").read_text().splitlines()]
+    assert line == {k: v for k, v in slide.items() if k not in ("meeting", "ocr_s")}
+    assert "> Weekly Meeting" in (notes / "transcript.md").read_text()
