@@ -87,9 +87,12 @@ def stream(
     session = LocalSession(model, config or SessionConfig())
     finals: list[TranscriptFinal] = []
     spent = 0.0
-    for i in range(0, len(audio) + 1, CHUNK):
+    steps = [
+        functools.partial(session.feed, audio[i : i + CHUNK]) for i in range(0, len(audio), CHUNK)
+    ]
+    for step in [*steps, session.close]:  # closed whatever the length: its last words count
         t0 = time.perf_counter()
-        events = session.feed(audio[i : i + CHUNK]) if i < len(audio) else session.close()
+        events = step()
         spent += time.perf_counter() - t0
         finals += [e for e in events if isinstance(e, TranscriptFinal)]
     return finals, spent

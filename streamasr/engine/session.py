@@ -141,6 +141,9 @@ class Session:
         if self.encoder not in info.encoders:
             raise ValueError(f"model {info.name} has no {self.encoder} encoder; use the window one")
         self._chunked = self.encoder == "chunked"
+        self._stops = dict(self.config.vad.stop_ms_by_language)
+        self._stop_ms = self.config.vad.stop_ms
+        self._endpoint(self._pinned)
 
     @property
     def position(self) -> int:
@@ -259,6 +262,7 @@ class Session:
             joins=last if last is not None and join and start - last.end <= join else None,
         )
         self._next_segment += 1
+        self._endpoint(self._pinned or self._language)  # until its own partials say
         return [SpeechStarted(start)]
 
     def _advance_mel(self, utt: _Utterance, end_sample: int) -> None:
@@ -535,13 +539,27 @@ class Session:
             self._remember(result)
         return events
 
-    @staticmethod
-    def _note_language(utt: _Utterance, result: DecodeResult) -> tuple[str | None, float | None]:
+    def _note_language(
+        self, utt: _Utterance, result: DecodeResult
+    ) -> tuple[str | None, float | None]:
         """The utterance's language after `result`: a decode asked for the language it already
-        had keeps the probability it was detected with."""
+        had keeps the probability it was detected with. The VAD waits for the longest pause of
+        the languages the utterance was heard in: a partial's detection on a second or two
+        flips ("zh", then "ja" on the same clause) and must not cut the sentence short."""
         if result.language != utt.language or result.language_probability is not None:
             utt.language, utt.language_probability = result.language, result.language_probability
+        self._endpoint(utt.language, longer_only=True)
         return utt.language, utt.language_probability
+
+    def _endpoint(self, language: str | None, longer_only: bool = False) -> None:
+        """The pause that ends an utterance in `language` (`VadConfig.stop_ms_by_language`)."""
+        default = self.config.vad.stop_ms
+        stop_ms = self._stops.get(language, default) if language else default
+        if longer_only:
+            stop_ms = max(stop_ms, self._stop_ms)
+        if stop_ms != self._stop_ms:
+            self._stop_ms = stop_ms
+            self._vad.set_stop_ms(stop_ms)
 
     def _remember(self, final: DecodeResult) -> None:
         """A final with text becomes the prompt of the next decodes, in its language."""

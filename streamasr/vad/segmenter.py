@@ -87,6 +87,10 @@ class VadSegmenter:
         self._unvoiced_run = 0  # consecutive unvoiced frames in the open utterance
         self._prev_end = 0  # end_sample of the previous utterance
 
+    def set_stop_ms(self, stop_ms: int) -> None:
+        """Close utterances after `stop_ms` of unvoiced audio from now on (the open one too)."""
+        self._stop_frames = _ms_to_frames(stop_ms, self.config.frame_ms)
+
     @property
     def position(self) -> int:
         """Samples fed so far (the stream clock), including a partial frame still waiting."""

@@ -9,7 +9,7 @@ import speech
 from fake_model import FakeModel
 
 from streamasr import SAMPLE_RATE
-from streamasr.config import SessionConfig
+from streamasr.config import SessionConfig, VadConfig
 from streamasr.engine.driver import LocalSession
 from streamasr.events import Event, TranscriptFinal, TranscriptPartial
 from streamasr.models.base import (
@@ -178,3 +178,22 @@ def test_a_model_that_cannot_tell_the_language_reports_none(speech_audio: np.nda
     session = LocalSession(FakeModel())
     events = transcripts(feed(session, utterance(speech_audio)) + session.close())
     assert events and {(e.language, e.language_probability) for e in events} == {(None, None)}
+
+
+@pytest.mark.parametrize(
+    ("spoken", "pinned", "finals"),
+    [("en", "auto", 2), ("it", "auto", 1), ("en", "it", 1)],
+)
+def test_a_language_that_pauses_inside_its_sentences_waits_out_a_longer_pause(
+    sentences: list[np.ndarray], spoken: str, pinned: str, finals: int
+) -> None:
+    """`stop_ms_by_language`: a 700 ms pause ends an English utterance (450 ms), not one
+    detected, or asked for, in a language that waits 1000 ms."""
+    model = Polyglot()
+    model.spoken = spoken
+    vad = VadConfig(stop_ms_by_language=(("it", 1000),))
+    session = LocalSession(model, SessionConfig(language=pinned, vad=vad))
+    pause = np.concatenate([sentences[0], speech.silence(0.7), sentences[1]])
+    events = feed(session, np.concatenate([speech.silence(0.5), pause, speech.silence(1.5)]))
+    events += session.close()
+    assert [type(e) for e in transcripts(events)].count(TranscriptFinal) == finals

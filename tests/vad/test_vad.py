@@ -146,3 +146,16 @@ def test_max_length_cuts_at_the_quietest_point(sentences: list[np.ndarray]) -> N
     for c in cut_starts:
         earlier = max(s for s in previous if s < c)
         assert c - earlier >= 1500 * SR // 1000
+
+
+def test_a_longer_stop_keeps_a_pause_inside_the_utterance(sentences: list[np.ndarray]) -> None:
+    audio = np.concatenate([sentences[0], speech.silence(0.6), sentences[1], speech.silence(1.5)])
+
+    def ends(stop_ms: int | None) -> int:
+        seg = VadSegmenter(VadConfig())
+        if stop_ms is not None:
+            seg.set_stop_ms(stop_ms)
+        events = [e for i in range(0, len(audio), 480) for e in seg.feed(audio[i : i + 480])]
+        return sum(isinstance(e, UtteranceEnd) for e in events)
+
+    assert ends(None) == 2 and ends(900) == 1
