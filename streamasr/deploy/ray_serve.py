@@ -13,18 +13,24 @@ variables of the replicas' environment apply too.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import importlib
+import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from streamasr.server.config import ConfigError, ServerConfig, coerce_settings, load_config
 
+log = logging.getLogger(__name__)
+
 HEADROOM = 1  # ongoing requests a replica takes past its sessions: the daemon itself refuses
 # that one with its documented error (server_busy, close 1013) instead of Serve queueing it
+REMOVAL_POLL_S = 1.0  # how often a replica asks Serve whether it is being removed
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,8 @@ class RayOptions:
     target_fraction: float = 0.75  # autoscale to keep open streams at this share of the above
     num_cpus: float = 1.0  # per replica (ray_actor_options)
     num_gpus: float = 0.0
-    graceful_shutdown_timeout_s: float = 20.0  # a replica being removed waits this long for
-    # its streams to end before Serve stops it; clients then resume on another replica
+    graceful_shutdown_timeout_s: float = 20.0  # a replica being removed drains its streams
+    # (finals, close 1001: they resume elsewhere) and Serve stops it at the latest after this
     model_factory: str | None = None  # "module:callable" that makes the model (tests)
 
     def __post_init__(self) -> None:
@@ -89,6 +95,66 @@ def _factory(spec: str | None) -> Callable[[str], Any] | None:
     return lambda _model: made()
 
 
+def _replica_server(config: ServerConfig, options: RayOptions) -> Any:
+    """The daemon of one replica, which drains itself once Serve starts to remove it."""
+    from streamasr.server.app import Server
+
+    class ReplicaServer(Server):
+        @contextlib.asynccontextmanager
+        async def lifespan(self, app: object) -> AsyncIterator[None]:
+            async with super().lifespan(app):
+                watcher = asyncio.create_task(drain_when_removed(self))
+                try:
+                    yield
+                finally:
+                    watcher.cancel()
+
+    return ReplicaServer(config, model_factory=_factory(options.model_factory))
+
+
+async def drain_when_removed(server: Any, poll_s: float = REMOVAL_POLL_S) -> None:
+    """Drain `server` (finals, `session.ended` "shutdown", close 1001: its clients resume on
+    another replica) once Serve marks this replica STOPPING: on a scale-down or a redeploy.
+
+    Serve itself only waits for the open requests (streams) to end, up to
+    `graceful_shutdown_timeout_s`, then kills the replica, and calls no code of the replica's
+    before that wait. So the replica asks Serve's controller for its own state, the details
+    behind `serve status`: through `_get_global_client`, Ray's own accessor, which is not
+    public API. Should a Ray release change it, the replica goes back to being killed after
+    the timeout, and its clients resume from their last final."""
+    from ray import serve
+
+    replica = serve.get_replica_context().replica_tag
+    while server.state in ("starting", "ready"):
+        await asyncio.sleep(poll_s)
+        try:
+            state = await asyncio.to_thread(_replica_state, replica)
+        except Exception:  # Serve busy or changed: keep serving, ask again
+            log.debug("replica %s: no state from Serve", replica, exc_info=True)
+            continue
+        if state == "STOPPING":
+            log.info("replica %s is being removed: draining", replica)
+            await server.drain()
+            return
+
+
+def _replica_state(replica: str) -> str | None:
+    """This replica's state in Serve's controller ("RUNNING", "STOPPING", ...), if listed."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        return None
+    details = client.get_serve_details()
+    for application in details.get("applications", {}).values():
+        for deployment in application.get("deployments", {}).values():
+            for entry in deployment.get("replicas", []):
+                if entry.get("replica_id") == replica:
+                    state = entry.get("state")
+                    return str(getattr(state, "value", state))  # a str enum, or its value
+    return None
+
+
 def build(args: Mapping[str, Any]) -> Any:
     """The Serve application (`serve run streamasr.deploy.ray_serve:build key=value ...`)."""
     from ray import serve
@@ -96,9 +162,7 @@ def build(args: Mapping[str, Any]) -> Any:
     options, config = split_args(args)
 
     def asgi_app() -> Any:  # runs in each replica: its own Server, whose lifespan loads the model
-        from streamasr.server.app import Server
-
-        return Server(config, model_factory=_factory(options.model_factory)).app
+        return _replica_server(config, options).app
 
     autoscaling = {
         "min_replicas": options.min_replicas,

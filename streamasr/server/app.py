@@ -134,6 +134,8 @@ class Server:
         self._drained = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
+        self._draining: asyncio.Task[None] | None = None
+        self._shutting_down = False
 
     # ---------------------------------------------------------------- public
     @property
@@ -258,25 +260,38 @@ class Server:
         self._stop.set()
 
     async def shutdown(self) -> None:
-        """Stop accepting, finalise every open session, close each 1001, within the drain time."""
-        if self.state in ("stopping", "stopped"):
+        """Stop accepting, finalise every open session, close each 1001, within the drain time;
+        then stop."""
+        if self._shutting_down:
             return
+        self._shutting_down = True
+        await self.drain()
+        if self._host is not None:
+            await self._host.stop()
+        await self._unload()
+        log.info("stopped")
+
+    async def drain(self) -> None:
+        """Take no more sessions; finalise every open one and close it 1001 ("going away":
+        clients resume elsewhere), within the drain time. The model stays loaded: what a
+        replica that its platform removes does before it is stopped (`deploy.ray_serve`)."""
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        await asyncio.shield(self._draining)
+
+    async def _drain(self) -> None:
         self.state = "stopping"
         self.metrics.ready.set(0)
         notify("STOPPING=1")
         if self._host is not None:
             self._host.stop_accepting()  # open sessions drain below
-        log.info("shutting down: draining %d session(s)", len(self._connections))
+        log.info("draining %d session(s)", len(self._connections))
         for conn in list(self._connections):
             conn.end("shutdown")
         if not await self.wait_idle(self.config.drain_timeout_s):
             log.warning("drain timeout: closing %d session(s) now", len(self._connections))
             for conn in list(self._connections):
                 conn.abort(grace_s=FORCE_CLOSE_GRACE_S)
-        if self._host is not None:
-            await self._host.stop()
-        await self._unload()
-        log.info("stopped")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object) -> AsyncIterator[None]:

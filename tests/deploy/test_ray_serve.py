@@ -19,13 +19,23 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "engine"), str(TESTS / "server"), str(TESTS / "clients")]
 
 from fleet_helpers import free_port, resumed_elsewhere  # noqa: E402
-from server_helpers import receive_all, reference_finals  # noqa: E402
+from server_helpers import dequantized, receive_all, reference_finals  # noqa: E402
 from test_captions import captions, write_wav  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
 STREAMS = 2  # per replica
+
+
+ARGS = {
+    "model_factory": "fake_model:FakeModel",
+    "streams_per_replica": str(STREAMS),
+    "min_replicas": "2",
+    "max_replicas": "2",
+    "num_cpus": "0.5",
+    "resume_secret": "the replicas' shared secret",
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +57,7 @@ def serve_url() -> Iterator[str]:
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = build(
-            {
-                "model_factory": "fake_model:FakeModel",
-                "streams_per_replica": str(STREAMS),
-                "min_replicas": "2",
-                "max_replicas": "2",
-                "num_cpus": "0.5",
-                "resume_secret": "the replicas' shared secret",
-            }
-        )
-        serve.run(app, name="streamasr", route_prefix="/")  # returns once the replicas run
+        serve.run(build(ARGS), name="streamasr", route_prefix="/")  # once the replicas run
         yield f"ws://127.0.0.1:{port}/v1/stream"
     finally:
         serve.shutdown()
@@ -115,3 +115,61 @@ async def test_a_killed_replicas_clients_resume_with_every_final(
     outcomes = await asyncio.gather(*runs)
     # the killed replica's clients, each resumed once on another
     assert resumed_elsewhere(outcomes, reference_finals(clip)) == STREAMS
+
+
+def speech_spans(audio: np.ndarray) -> list[tuple[float, float]]:
+    """The (start, end) seconds of the finals a local session with FakeModel gives `audio`."""
+    from fake_model import FakeModel
+
+    from streamasr.engine.driver import LocalSession
+    from streamasr.events import TranscriptFinal
+
+    session = LocalSession(FakeModel())
+    events = session.feed(audio) + session.close()
+    return [
+        (e.start_sample / 16_000, e.end_sample / 16_000)
+        for e in events
+        if isinstance(e, TranscriptFinal)
+    ]
+
+
+def check_drained(outcome: tuple[int, str, str], speech: list[tuple[float, float]]) -> None:
+    """A client whose replica drained: it ended well, its finals in one gapless `seq`, each
+    once (in order, none overlapping another), and together they cover all the speech. A
+    drain finalises the utterance it cuts, so one said over a drain is two finals."""
+    rc, out, err = outcome
+    assert rc == 0, err + out
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["seq"] for e in events] == list(range(len(events))), err
+    reasons = [e["reason"] for e in events if e["type"] == "session.ended"]
+    assert "shutdown" in reasons and reasons[-1] == "client", (reasons, err)
+    finals = [e for e in events if e["type"] == "transcript.final"]
+    assert [f["segment_id"] for f in finals] == list(range(len(finals)))
+    spans = [(f["start"], f["end"]) for f in finals if f["text"]]
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
+    for start, end in speech:
+        heard = sum(max(0.0, min(end, e) - max(start, s)) for s, e in spans)
+        assert heard >= 0.8 * (end - start), (start, end, spans)
+
+
+async def test_a_redeploy_drains_the_old_replicas_and_their_clients_resume(
+    serve_url: str, clip: np.ndarray, tmp_path: Path
+) -> None:
+    """A rolling update replaces both replicas: each old one, once Serve marks it STOPPING,
+    finalises its streams and closes them 1001 (`session.ended` "shutdown"), and its clients
+    resume on another replica and go on; nothing waits for Serve's kill."""
+    from ray import serve
+
+    from streamasr.deploy.ray_serve import build
+
+    await asyncio.sleep(1.0)  # the previous test's sessions have closed
+    wav = write_wav(tmp_path / "clip.wav", clip)
+    args = ("--url", serve_url, "--json", "--speed", "1", str(wav))
+    runs = []
+    for _ in range(STREAMS):
+        runs.append(asyncio.create_task(captions(*args, timeout_s=150)))
+        await asyncio.sleep(0.5)
+    await asyncio.to_thread(serve.run, build(ARGS), name="streamasr", route_prefix="/")
+    speech = speech_spans(dequantized(clip))
+    for outcome in await asyncio.gather(*runs):
+        check_drained(outcome, speech)

@@ -77,6 +77,25 @@ async def test_shutdown_finalises_every_open_session_then_closes_1001(
     assert server.state == "stopped" and server.active_sessions == 0
 
 
+async def test_a_drain_finalises_the_sessions_and_keeps_the_model_until_shutdown(
+    make_server: Any, speech_clips: list[np.ndarray]
+) -> None:
+    """`drain()`, what a replica its platform removes runs: the sessions end as on SIGTERM,
+    no new one is taken, and the later `shutdown()` still stops the server."""
+    server = await make_server(start=False, drain_timeout_s=5.0)
+    task = await run_in_task(server)
+    ws, first = await open_utterance(server, speech_clips[3])
+    await asyncio.gather(server.drain(), server.drain())  # once, however often it is asked
+    result = await rest_of(ws, first)
+    assert result.types[-3:] == ["speech.stopped", "transcript.final", "session.ended"]
+    assert result.of("session.ended")[0]["reason"] == "shutdown"
+    assert result.close_code == 1001
+    assert server.state == "stopping" and server.active_sessions == 0
+    server.request_shutdown()
+    await asyncio.wait_for(task, 5.0)
+    assert server.state == "stopped"
+
+
 class SlowModel(FakeModel):
     def decode(self, request: TranscribeRequest) -> DecodeResult:
         time.sleep(0.6)  # simulated compute on the worker thread, longer than the drain time
