@@ -136,7 +136,8 @@ def speech_spans(audio: np.ndarray) -> list[tuple[float, float]]:
 def check_drained(outcome: tuple[int, str, str], speech: list[tuple[float, float]]) -> None:
     """A client whose replica drained: it ended well, its finals in one gapless `seq`, each
     once (in order, none overlapping another), and together they cover all the speech. A
-    drain finalises the utterance it cuts, so one said over a drain is two finals."""
+    drain finalises the utterance it cuts, so one said over a drain is two finals (or one,
+    when what was left of it is too short to be an utterance)."""
     rc, out, err = outcome
     assert rc == 0, err + out
     events = [json.loads(line) for line in out.splitlines()]
@@ -144,7 +145,8 @@ def check_drained(outcome: tuple[int, str, str], speech: list[tuple[float, float
     reasons = [e["reason"] for e in events if e["type"] == "session.ended"]
     assert "shutdown" in reasons and reasons[-1] == "client", (reasons, err)
     finals = [e for e in events if e["type"] == "transcript.final"]
-    assert [f["segment_id"] for f in finals] == list(range(len(finals)))
+    ids = [f["segment_id"] for f in finals]  # a segment may have no final: the tail of the
+    assert ids == sorted(set(ids)), ids  # utterance a drain cut, too short to decode, has none
     spans = [(f["start"], f["end"]) for f in finals if f["text"]]
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
     for start, end in speech:
