@@ -282,7 +282,7 @@ def _listen(args: argparse.Namespace, outdir: Path, out: TextIO) -> int:
             load_ocr(args.ocr, compute=args.compute, dtype=args.dtype), model, emit
         )
     except InputError as exc:  # slides are an extra of --listen: the audio is recorded anyway
-        emit({"type": "warning", "message": f"slide messages are refused: {exc}"})
+        _warner(emit)(f"slide messages are refused: {exc}")
         reader = None
     try:
         asyncio.run(listen(config, model, emit, reader))

@@ -65,12 +65,23 @@ class ReplaySlides:
 
 
 class _Poller:
-    """A daemon thread that calls `poll` every `interval_s` until `stop`."""
+    """A daemon thread that calls `poll` every `interval_s` until `stop`; `poll` offers what
+    it finds as shown at `clock()`, and reports what goes wrong to `on_error`."""
 
-    def __init__(self, interval_s: float, name: str) -> None:
+    def __init__(
+        self,
+        interval_s: float,
+        name: str,
+        offer: Offer,
+        clock: Clock,
+        on_error: Callable[[str], None],
+    ) -> None:
         if not interval_s > 0:
             raise InputError(f"the slide interval must be positive, got {interval_s}")
         self.interval_s = interval_s
+        self.offer = offer
+        self.clock = clock
+        self.on_error = on_error
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -99,13 +110,10 @@ class FolderWatcher(_Poller):
     def __init__(
         self, folder: Path, offer: Offer, clock: Clock, on_error: Callable[[str], None]
     ) -> None:
-        super().__init__(1.0, "slide-folder")
+        super().__init__(1.0, "slide-folder", offer, clock, on_error)
         if not folder.is_dir():
             raise InputError(f"--slides {folder}: not a directory")
         self.folder = folder
-        self.offer = offer
-        self.clock = clock
-        self.on_error = on_error
         self._seen = set(_images(folder))
         self._sizes: dict[Path, int] = {}
 
@@ -146,13 +154,10 @@ class ScreenshotCommand(_Poller):
         clock: Clock,
         on_error: Callable[[str], None],
     ) -> None:
-        super().__init__(interval_s, "slide-screenshot")
+        super().__init__(interval_s, "slide-screenshot", offer, clock, on_error)
         self.argv = shlex.split(command)
         if not self.argv:
             raise InputError("--screenshot: empty command")
-        self.offer = offer
-        self.clock = clock
-        self.on_error = on_error
         self._failing = False  # a failure is reported once, until a screenshot works again
 
     def poll(self) -> None:

@@ -133,8 +133,8 @@ class MeetingWriter:
             os.close(fd)
         _fsync_dir(self.path)
         t = max(0, sample - self.origin_sample) / SAMPLE_RATE
-        record = {"type": "slide", "t": round(t, 3), "image": name, "text": text}
-        record["terms"] = list(terms)  # what the recogniser was biased with after it
+        # terms: what the recogniser was biased with after it
+        record = {"type": "slide", "t": round(t, 3), "image": name, "text": text, "terms": [*terms]}
         _append_line(self._slides_fd, record)
         return record
 
