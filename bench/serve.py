@@ -2,6 +2,7 @@
 
     python bench/serve.py [--url ws://HOST:PORT/v1/stream] [--token T] [--model tiny.en]
                           [--clients 1,2,3,4,6,8] [--seconds 20] [--threads N] [--workers N]
+                          [--max-batch N]
                           [--corpus DIR] [--max-latency 2.0]
 
 Without `--url` it starts a daemon (`python -m streamasr.cli serve --port 0 ...`) and stops it
@@ -23,8 +24,12 @@ for `--seconds` seconds, then sends session.end. Per N the markdown table gives:
   without inference threads (`max_batch` 1);
 - daemon cores and peak RSS, for a daemon this script started: its CPU time (user + system, all
   threads) over the round's wall time, and the largest resident set sampled every 100 ms in the
-  round (n/a with `--url`); client cores: this script's own CPU time over the round (its
-  clients share the machine with a local daemon, which can use at most what they leave);
+  round (n/a with `--url`); cores streaming: its CPU time over the part of the round when every
+  client streams (from the last client's first frame to the first client's last), without the
+  start, when no client has spoken yet, and the end, when the last finals drain from fewer
+  streams: what an overloaded daemon uses while it falls behind; client cores: this script's
+  own CPU time over the round (its clients share the machine with a local daemon, which can use
+  at most what they leave);
 - WER of the finals against the corpus text.
 
 A round is *held* when p95 final latency <= `--max-latency`, the lag growth < 0.5 s and the
@@ -137,6 +142,7 @@ class Round:
     busy: float | None = None  # inference threads' utilisation
     mean_batch: float | None = None
     cores: float | None = None  # the daemon's CPU time over the round's wall time
+    streaming_cores: float | None = None  # ... over the part of it when every client streams
     client_cores: float = 0.0  # this script's (the clients'), which shares the machine
     peak_rss: int | None = None  # bytes
     failures: int = 0
@@ -189,8 +195,8 @@ def pct(xs: list[float], q: float) -> str:
 HEADER = (
     "| clients | finals | final p50 s | final p95 s | partial gap p50 s | partial gap p95 s "
     "| partial lat p50 s | lag growth s | send late s | inference busy | mean batch "
-    "| daemon cores | client cores | peak RSS GiB | WER | held |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| daemon cores | cores streaming | client cores | peak RSS GiB | WER | held |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -209,6 +215,7 @@ def row(r: Round, max_latency: float) -> str:
         "n/a" if r.busy is None else f"{r.busy:.0%}",
         "n/a" if r.mean_batch is None else f"{r.mean_batch:.2f}",
         "n/a" if r.cores is None else f"{r.cores:.2f}",
+        "n/a" if r.streaming_cores is None else f"{r.streaming_cores:.2f}",
         f"{r.client_cores:.2f}",
         "n/a" if r.peak_rss is None else f"{r.peak_rss / 2**30:.2f}",
         f"{wer(r.refs, r.hyps):.1%}",
@@ -239,8 +246,10 @@ class ProcessWatch:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak = 0
+        self.clock = asyncio.get_running_loop().time  # the clients' clock (their `sent_at`)
         self.cpu0 = self.cpu_seconds()
-        self.t0 = time.monotonic()
+        self.t0 = self.clock()
+        self.cpu: list[tuple[float, float]] = [(self.t0, self.cpu0)]  # (clock, CPU seconds)
         self.task = asyncio.create_task(self._sample())
 
     def cpu_seconds(self) -> float:
@@ -255,13 +264,21 @@ class ProcessWatch:
     async def _sample(self) -> None:
         while True:
             self.peak = max(self.peak, self.rss())
+            self.cpu.append((self.clock(), self.cpu_seconds()))
             await asyncio.sleep(0.1)
+
+    def cores_between(self, start: float, end: float) -> float | None:
+        """Cores used between two instants of `clock` (the outermost samples inside them)."""
+        inside = [(t, c) for t, c in self.cpu if start <= t <= end]
+        if len(inside) < 2 or inside[-1][0] - inside[0][0] < 1:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
     def stop(self) -> tuple[float, int]:
         """(cores used, peak RSS in bytes) since the start."""
         self.task.cancel()
         self.peak = max(self.peak, self.rss())
-        return (self.cpu_seconds() - self.cpu0) / (time.monotonic() - self.t0), self.peak
+        return (self.cpu_seconds() - self.cpu0) / (self.clock() - self.t0), self.peak
 
 
 async def run_round(
@@ -282,6 +299,8 @@ async def run_round(
     result.client_cores = clients.stop()[0]
     if watch is not None:
         result.cores, result.peak_rss = watch.stop()
+        streaming = max(r.sent_at[0] for r in runs), min(r.sent_at[-1] for r in runs)
+        result.streaming_cores = watch.cores_between(*streaming)
     if len(before) == len(after) == len(INFERENCE):
         delta = {k: after[k] - before[k] for k in INFERENCE}
         result.busy = delta["busy_seconds"] / ((t1 - t0) * after["threads"])
@@ -332,6 +351,7 @@ async def main_async(args: argparse.Namespace) -> int:
     extra = ["--workers", str(args.workers)] + (
         ["--threads", str(args.threads)] if args.threads else []
     )
+    extra += ["--max-batch", str(args.max_batch)] if args.max_batch else []
     proc, url = (
         (None, args.url)
         if args.url
@@ -370,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="audio per client per round")
     p.add_argument("--threads", type=int, help="the daemon's torch threads")
     p.add_argument("--workers", type=int, default=1, help="the daemon's decode threads")
+    p.add_argument("--max-batch", type=int, help="the daemon's rows per batch (its default: 8)")
     p.add_argument("--corpus", type=Path, default=DEFAULT_OUT, help="bench/corpus.py output")
     p.add_argument("--max-latency", type=float, default=2.0, help="p95 final latency bound, s")
     p.add_argument(

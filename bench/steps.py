@@ -1,14 +1,16 @@
 """One decoding step of a continuous batch, by batch size: where the per-step time goes.
 
     python bench/steps.py [--model tiny.en] [--batches 1,2,4,8] [--threads 1] [--repeats 3]
-                          [--corpus DIR]
+                          [--finals K] [--corpus DIR]
 
 Runs the model on the CPU as the engine does (decoder weights that fp16 holds exactly packed
 for FBGEMM's fp16-weight GEMM, models/packed_linear.py) and with that off (`use_fp16_gemm`:
 MKL's float32 GEMM). For each batch size B, B held-out corpus utterances (their first 3 s, each
 its own window) join one `StepBatch`; the table gives the median time of the steps while all B
 rows are decoding (the best of `--repeats` runs), the time per row, and the vocabulary
-projection alone for B rows.
+projection alone for B rows. With `--finals K`, the first K rows are finals' windows instead:
+the whole 30 s window (1500 encoder frames), as when finals decode beside partials in the
+daemon.
 """
 
 from __future__ import annotations
@@ -33,13 +35,17 @@ from streamasr.models.loader import load_model
 from streamasr.models.packed_linear import use_fp16_gemm
 
 
-def requests(corpus: Path, n: int) -> list[TranscribeRequest]:
+def requests(
+    corpus: Path, n: int, finals: int = 0, window_frames: int = 3000
+) -> list[TranscribeRequest]:
+    """n requests of the corpus's first 3 s: the first `finals` on the whole window."""
     out = []
-    for clip in load_clips(corpus)[:n]:
+    for i, clip in enumerate(load_clips(corpus)[:n]):
         mel = LogMelBuffer(n_mels=80)
         mel.append(clip.audio[: 3 * SAMPLE_RATE])
         pad = mel.covered_frames + 100
-        feats = mel.features(pad_to_frames=pad + pad % 2)
+        window = window_frames if i < finals else pad + pad % 2
+        feats = mel.features(pad_to_frames=window)
         out.append(TranscribeRequest(feats, mel.covered_frames))
     return out
 
@@ -70,15 +76,17 @@ def main() -> None:
     p.add_argument("--batches", default="1,2,4,8")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--finals", type=int, default=0, help="rows on a whole 30 s window")
     p.add_argument("--corpus", type=Path, default=DEFAULT_OUT)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     model = load_model(args.model, compute="cpu")
-    reqs = requests(args.corpus, max(batches))
+    reqs = requests(args.corpus, max(batches), args.finals, model.info.features.window_frames)
     d = model.config.d_model  # type: ignore[attr-defined]
     print("command: python " + shlex.join(sys.argv))
-    print(f"machine: torch threads {args.threads}; model {args.model}; rows: 3 s windows\n")
+    finals = f", the first {args.finals} on 30 s windows" if args.finals else ""
+    print(f"machine: torch threads {args.threads}; model {args.model}; rows: 3 s{finals}\n")
     print(
         "| batch | step ms, fp16-packed | per row | step ms, float32 | per row "
         "| vocab ms, packed / float32 |"

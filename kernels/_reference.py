@@ -37,12 +37,10 @@ def masked_attention(
     scale: float | None = None,
 ) -> torch.Tensor:
     """q (B, Hq, Lq, D) against k, v (B, Hkv, Lk, D) under `key_limits`; returns (B, Hq, Lq, D)."""
+    if mask == "none" or mask == "causal" and q.shape[2] == 1:
+        # Every query sees all of its sequence's valid keys: no mask to build.
+        return _per_length(q, k, v, lengths, scale)
     n = int(lengths.max())  # no query sees a key at or past the longest valid length
-    if q.shape[2] == 1 and mask != "block_causal" and int(lengths.min()) == n:
-        # One query per sequence, all of the same length: it sees every valid key, no mask.
-        return F.scaled_dot_product_attention(
-            q, k[:, :, :n], v[:, :, :n], scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
     limits = key_limits(lengths, q.shape[2], mask=mask, block_size=block_size)  # (B, Lq)
     keys = torch.arange(n, device=q.device)
     allowed = keys.view(1, 1, n) < limits.unsqueeze(-1)  # (B, Lq, N)
@@ -61,3 +59,32 @@ def masked_attention(
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
     )
+
+
+def _per_length(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, scale: float | None
+) -> torch.Tensor:
+    """Unmasked attention of each sequence over its first lengths[b] keys, one SDPA call per run
+    of neighbouring sequences of equal length.
+
+    A masked call over the longest length would read, copy and score every sequence's keys up to
+    it: a decoding step of short windows beside a final's 30 s one (1500 encoder frames) spent
+    11 ms per layer in cross-attention on one CPU thread for four rows, against 1.6 ms this way.
+    Each sequence's result is also exactly what it gives alone."""
+    gqa = q.shape[1] != k.shape[1]
+    ends = lengths.tolist()
+    if min(ends) == max(ends):
+        n = ends[0]
+        return F.scaled_dot_product_attention(
+            q, k[:, :, :n], v[:, :, :n], scale=scale, enable_gqa=gqa
+        )
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    start = 0
+    for stop in range(1, len(ends) + 1):
+        if stop == len(ends) or ends[stop] != ends[start]:
+            n, rows = ends[start], slice(start, stop)
+            out[rows] = F.scaled_dot_product_attention(
+                q[rows], k[rows, :, :n], v[rows, :, :n], scale=scale, enable_gqa=gqa
+            )
+            start = stop
+    return out

@@ -30,6 +30,7 @@ class ModelCall:
     utterance: int
     chunked: bool = False
     background: bool = False  # the session goes on without it (an early final)
+    final: bool = False  # its result is an utterance's final: the scheduler runs it before partials
 
 
 @dataclass

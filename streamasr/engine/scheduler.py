@@ -12,6 +12,11 @@ step feeds one token to every row, and a row leaves with its result as soon as i
 partial never waits for another stream's long final to finish decoding, and no step is spent on
 finished rows. When the batch is empty, the first call waits at most `budget_ms` for others to
 join it. Other models get whole batches: up to `max_batch` queued calls run as one `AsrModel.run`.
+
+Finals go first: a call whose result is an utterance's final (`ModelCall.final`) is taken before
+every waiting partial, and a pass (an encoder pass, a whole batch) takes either finals or
+partials, never both, so a final never waits for partials' windows to be encoded with its own.
+A partial only shows sooner; a final is what the speaker waits for after they stop.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from streamasr.models.base import AsrModel, DecodeResult, StepBatch, TranscribeR
 from streamasr.models.slots import attempt
 
 log = logging.getLogger(__name__)
+
+_Queued = tuple[TranscribeRequest, Future[DecodeResult], float]  # and when it was queued
 
 CONGESTED_WAIT_S = 0.05  # calls waiting this long on average: the inference threads are saturated
 WAIT_SMOOTHING = 0.2  # weight of the newest call in the moving average of waits
@@ -69,7 +76,9 @@ class Scheduler:
         self.model = model
         self.config = config or SchedulerConfig()
         self.stats = SchedulerStats()
-        self._queue: deque[tuple[TranscribeRequest, Future[DecodeResult], float]] = deque()
+        # (request, its future, when it was queued): finals, and the partials behind them
+        self._finals: deque[_Queued] = deque()
+        self._partials: deque[_Queued] = deque()
         self.wait_s = 0.0  # moving average of how long a call waits before it runs
         self._cv = threading.Condition()
         self._closed = False
@@ -83,18 +92,19 @@ class Scheduler:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, request: TranscribeRequest) -> Future[DecodeResult]:
+    def submit(self, request: TranscribeRequest, *, final: bool = False) -> Future[DecodeResult]:
+        """Queue a decode; a `final` one runs before the partials queued."""
         future: Future[DecodeResult] = Future()
         with self._cv:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
-            self._queue.append((request, future, time.monotonic()))
+            (self._finals if final else self._partials).append((request, future, time.monotonic()))
             self._cv.notify()
         return future
 
     def submit_call(self, call: ModelCall) -> Future[DecodeResult]:
         """A session's call, over its stream's encoder cache when it is chunked."""
-        return self.submit(self.caches.request(call))
+        return self.submit(self.caches.request(call), final=call.final)
 
     def release(self, stream: int) -> None:
         """The stream ended: drop its encoder cache."""
@@ -107,7 +117,7 @@ class Scheduler:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._finals) + len(self._partials)
 
     def close(self) -> None:
         """Stop the threads after the calls already queued."""
@@ -126,32 +136,33 @@ class Scheduler:
     def _take(
         self, room: int, *, wait: bool
     ) -> list[tuple[TranscribeRequest, Future[DecodeResult]]]:
-        """Up to `room` queued calls, oldest first; calls cancelled while queued are dropped.
-        With `wait`, block for a first live call (and up to `budget_ms` for more to join it);
-        [] then means closed and drained."""
+        """Up to `room` queued calls, finals first, each kind oldest first: the finals if any
+        wait, else the partials. Calls cancelled while queued are dropped. With `wait`, block for
+        a first live call (and up to `budget_ms` for more to join it); [] then means closed and
+        drained."""
         with self._cv:
             while True:
                 if wait:
-                    while not self._queue and not self._closed:
+                    while not self.queued and not self._closed:
                         self._cv.wait()
                     deadline = time.monotonic() + self.config.budget_ms / 1000
-                    while self._queue and len(self._queue) < room and not self._closed:
+                    while 0 < self.queued < room and not self._closed:
                         left = deadline - time.monotonic()
                         if left <= 0 or not self._cv.wait(left):
                             break
-                taken = self._pop_live(room)
-                if taken or not wait or not self._queue and self._closed:
+                taken = self._pop_live(self._finals, room) or self._pop_live(self._partials, room)
+                if taken or not wait or not self.queued and self._closed:
                     break
             now = time.monotonic()
             for _, _, queued_at in taken:
                 self.wait_s += WAIT_SMOOTHING * (now - queued_at - self.wait_s)
             return [(r, f) for r, f, _ in taken]
 
-    def _pop_live(self, room: int) -> list[tuple[TranscribeRequest, Future[DecodeResult], float]]:
-        """Pop up to `room` queued calls that are not cancelled, marking them running."""
-        taken: list[tuple[TranscribeRequest, Future[DecodeResult], float]] = []
-        while self._queue and len(taken) < room:
-            call = self._queue.popleft()
+    def _pop_live(self, queue: deque[_Queued], room: int) -> list[_Queued]:
+        """Pop up to `room` calls of `queue` that are not cancelled, marking them running."""
+        taken: list[_Queued] = []
+        while queue and len(taken) < room:
+            call = queue.popleft()
             if call[1].set_running_or_notify_cancel():  # False: cancelled while queued
                 taken.append(call)
             else:

@@ -194,11 +194,17 @@ class Session:
             raise
         return step
 
-    def _call(self, request: TranscribeRequest, chunked: bool = False, later: bool = False) -> int:
+    def _call(
+        self,
+        request: TranscribeRequest,
+        chunked: bool = False,
+        later: bool = False,
+        final: bool = False,
+    ) -> int:
         """Ask for a decode; its id. The operation yields the id to wait for the result."""
         assert self._utt is not None
         call = ModelCall(
-            self._next_call, request, self.stream, self._utt.segment_id, chunked, later
+            self._next_call, request, self.stream, self._utt.segment_id, chunked, later, final
         )
         self._next_call += 1
         self._step.calls.append(call)
@@ -382,7 +388,8 @@ class Session:
         request = self._request(
             mel, **self._final_args(utt, end), window=window, pad_ms=self.config.final_pad_ms
         )
-        return _Speculation(end, call=self._call(request, later=True), mel=mel, window=window)
+        call = self._call(request, later=True, final=True)
+        return _Speculation(end, call=call, mel=mel, window=window)
 
     def _settle(
         self,
@@ -585,7 +592,8 @@ class Session:
         joins: _Joinable | None = None,
     ) -> Waits[DecodeResult]:
         """Decode `mel`, continuing `prefix` (which starts with the final it `joins`, if any);
-        the latest `hypothesis` is offered as a draft."""
+        the latest `hypothesis` is offered as a draft. A decode with `words` (word timings) is
+        a final's: the runner takes it before the partials waiting."""
         request = self._request(
             mel,
             prefix=prefix,
@@ -600,7 +608,7 @@ class Session:
             # real audio after them; the rest of the window is recomputed on the next update.
             chunk, ahead = self.config.chunk_ms // 20, self.config.lookahead_ms // 20
             request.commit_frames = (mel.num_frames // 2 - ahead) // chunk * chunk
-        return (yield self._call(request, chunked))
+        return (yield self._call(request, chunked, final=words))
 
     def _request(
         self,

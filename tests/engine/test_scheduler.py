@@ -360,6 +360,39 @@ def test_a_call_cancelled_while_queued_never_runs(
     assert scheduler.stats.cancelled == 1 and scheduler.stats.calls == 2
 
 
+def test_finals_are_encoded_before_the_partials_queued_before_them(
+    model: WhisperModel, clips: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the encoder is busy, two partials and then a final are queued: the final is
+    encoded next, in a pass of its own, then the partials together; each decodes as if alone."""
+    busy_feats, busy_n = features(clips[0])
+    busy = TranscribeRequest(busy_feats, busy_n, [], DecodeConfig(), False, [])
+    gate = _GatedEncoder(model, gated_frames=frames_of(busy_feats))
+    partials = [
+        TranscribeRequest(*features(clips[i][: len(clips[i]) // 2]), [], DecodeConfig(), False, [])
+        for i in (1, 2)
+    ]
+    final_feats, final_n = features(clips[2])
+    final = TranscribeRequest(final_feats, final_n, [], DecodeConfig(), True, [])
+    alone = [single(model, r) for r in (*partials, final)]
+    monkeypatch.setattr(model, "encode_tails", gate)
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=4, budget_ms=0))
+    first = scheduler.submit(busy)
+    assert gate.entered.wait(30)
+    queued = [scheduler.submit(r) for r in partials] + [scheduler.submit(final, final=True)]
+    assert scheduler.queued == 3
+    gate.release.set()
+    results = [f.result(timeout=60) for f in queued]
+    assert first.result(timeout=60).text.strip()
+    scheduler.close()
+    assert gate.passes[1:] == [
+        [frames_of(final_feats)],
+        [frames_of(r.features) for r in partials],
+    ]
+    for got, want in zip(results, alone, strict=True):
+        assert got.tokens == want.tokens  # type: ignore[attr-defined]
+
+
 def frames_of(feats: np.ndarray) -> int:
     return int(feats.shape[1] + feats.shape[1] % 2)  # the model pads the mel to even
 
@@ -391,3 +424,35 @@ def test_whole_batches_go_on_after_taking_only_cancelled_calls() -> None:
     assert scheduler.submit(request).result(timeout=30).text == first.result().text
     scheduler.close()
     assert scheduler.stats.cancelled == 3 and scheduler.stats.calls == 2
+
+
+def test_whole_batches_take_finals_first_and_never_mix_them_with_partials() -> None:
+    """A model without a continuous batch: queued behind a running call, two partials and two
+    finals run as two batches, the finals' first."""
+    from fake_model import FakeModel
+
+    class Gated(FakeModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.release = threading.Event(), threading.Event()
+            self.batches: list[list[int]] = []
+
+        def run(self, requests: list[TranscribeRequest]) -> list[DecodeResult]:
+            self.batches.append([r.num_frames for r in requests])
+            self.entered.set()
+            assert self.release.wait(30)
+            return super().run(requests)
+
+    def request(frames: int) -> TranscribeRequest:
+        return TranscribeRequest(np.zeros((80, 400), np.float32), frames, [], DecodeConfig())
+
+    model = Gated()
+    scheduler = Scheduler(model, SchedulerConfig(max_batch=4, budget_ms=0))  # type: ignore[arg-type]
+    first = scheduler.submit(request(400))
+    assert model.entered.wait(30)
+    futures = [scheduler.submit(request(n), final=n > 250) for n in (100, 300, 200, 350)]
+    model.release.set()
+    assert first.result(timeout=30).text
+    assert all(f.result(timeout=30).text for f in futures)
+    scheduler.close()
+    assert model.batches == [[400], [300, 350], [100, 200]]

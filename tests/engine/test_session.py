@@ -348,7 +348,7 @@ def test_an_early_final_is_a_background_call_dropped_when_speech_goes_on(
     session = Session(model, SessionConfig(partials=False))
     steps = [session.feed(c) for c in chunks(np.concatenate([speech.silence(0.4), pause]))]
     early = [c for st in steps for c in st.calls]
-    assert len(early) == 1 and early[0].background  # asked for in the pause ...
+    assert len(early) == 1 and early[0].background and early[0].final  # asked for in the pause
     assert session.awaiting is None  # ... and not waited for
     steps = [session.feed(c) for c in chunks(rest)]
     assert [c for st in steps for c in st.cancelled] == [early[0].id]  # speech went on
@@ -391,7 +391,7 @@ def test_an_operation_waits_for_its_call_and_takes_only_that_result(
             break
     assert step is not None and session.awaiting is not None
     (call,) = step.calls
-    assert call.id == session.awaiting and not call.background
+    assert call.id == session.awaiting and not call.background and not call.final  # a partial
     with pytest.raises(RuntimeError, match="waits for"):
         session.feed(speech_audio[:800])
     with pytest.raises(RuntimeError, match="waits for"):

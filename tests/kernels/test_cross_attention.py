@@ -86,3 +86,20 @@ def test_reference_ignores_states_past_the_length() -> None:
         n = int(enc_lens[b])
         weights = torch.softmax(q[b, h, i] @ k[b, h, :n].T / 4.0, dim=-1)
         torch.testing.assert_close(got[b, h, i], weights @ v[b, h, :n])
+
+
+def test_reference_gives_each_sequence_what_it_gives_alone() -> None:
+    """Rows of mixed lengths (a final's 1500 encoder frames beside partials' short windows, two
+    neighbours of equal length): each row's output is the very bits of that row run alone, so a
+    batched decode equals decoding alone; unwritten NaN tails stay unread."""
+    lens = [1500, 150, 150, 330, 1500]
+    q, k, v = kt.random_qkv(
+        batch=len(lens), layout=kt.HeadLayout(6, 6, 64), q_len=1, kv_len=1500,
+        dtype=torch.float32, seed=8,
+    )  # fmt: skip
+    enc_lens = torch.tensor(lens)
+    got = cross_attention_ref(q, kt.poison_tail(k, enc_lens), kt.poison_tail(v, enc_lens), enc_lens)
+    assert torch.isfinite(got).all()
+    for b, n in enumerate(lens):
+        alone = cross_attention_ref(q[b : b + 1], k[b : b + 1, :, :n], v[b : b + 1, :, :n])
+        assert torch.equal(got[b : b + 1], alone)

@@ -170,3 +170,17 @@ def test_reference_never_reads_past_a_sequence_length() -> None:
     )
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, clean)
+
+
+def test_one_new_token_per_sequence_is_what_each_gives_alone() -> None:
+    """A decoding step: one query per row, every row at its own position. Each row's output is
+    the very bits of that row run alone."""
+    lens = [1, 57, 57, 200, 448, 9]
+    q, k, v = kt.random_qkv(
+        batch=len(lens), layout=kt.LAYOUTS[0], q_len=1, kv_len=448, dtype=torch.float32, seed=4
+    )
+    seq_lens = torch.tensor(lens)
+    got = decode_attention_ref(q, k, v, seq_lens)
+    for b in range(len(lens)):
+        alone = decode_attention_ref(q[b : b + 1], k[b : b + 1], v[b : b + 1], seq_lens[b : b + 1])
+        assert torch.equal(got[b : b + 1], alone)
