@@ -36,7 +36,7 @@ from streamasr.models.slots import attempt
 
 log = logging.getLogger(__name__)
 
-_Queued = tuple[TranscribeRequest, Future[DecodeResult], float]  # and when it was queued
+_Queued = tuple[TranscribeRequest, Future[DecodeResult], float]  # request, future, queued at
 
 CONGESTED_WAIT_S = 0.05  # calls waiting this long on average: the inference threads are saturated
 WAIT_SMOOTHING = 0.2  # weight of the newest call in the moving average of waits
@@ -76,8 +76,7 @@ class Scheduler:
         self.model = model
         self.config = config or SchedulerConfig()
         self.stats = SchedulerStats()
-        # (request, its future, when it was queued): finals, and the partials behind them
-        self._finals: deque[_Queued] = deque()
+        self._finals: deque[_Queued] = deque()  # taken before any of the partials
         self._partials: deque[_Queued] = deque()
         self.wait_s = 0.0  # moving average of how long a call waits before it runs
         self._cv = threading.Condition()
